@@ -1,0 +1,65 @@
+//! Flags of `zf-agent-node` (SPEC §10), each with an environment fallback.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+use zerofoot_shared::config::NatsArgs;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "zf-agent-node",
+    version,
+    about = "zerofoot agent node: runs module drivers for the cluster",
+    args_conflicts_with_subcommands = true
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+    #[command(flatten)]
+    pub run: RunArgs,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Print the node's local mirror (contexts, resources, applied revisions) as JSON.
+    Inspect(InspectArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct InspectArgs {
+    /// The node's data directory.
+    #[arg(long, env = "ZF_DATA_DIR")]
+    pub data_dir: PathBuf,
+}
+
+#[derive(Args, Clone, Debug)]
+pub struct RunArgs {
+    #[command(flatten)]
+    pub nats: NatsArgs,
+
+    /// Node id (default: the one kept in the data dir, or a new random one).
+    #[arg(long, env = "ZF_NODE_ID", value_parser = parse_id)]
+    pub id: Option<String>,
+
+    /// Where the node keeps its id, its redb mirror and its module cache.
+    #[arg(long, env = "ZF_DATA_DIR", default_value = "zf-node-data")]
+    pub data_dir: PathBuf,
+
+    /// Heartbeat interval in milliseconds.
+    #[arg(long, env = "ZF_HEARTBEAT_MS", default_value_t = 200, value_parser = clap::value_parser!(u64).range(10..=60_000))]
+    pub heartbeat_ms: u64,
+
+    /// Silence after which a node (or the lead) counts as gone, in milliseconds.
+    #[arg(long, env = "ZF_LAPSE_MS", default_value_t = 1000, value_parser = clap::value_parser!(u64).range(20..=600_000))]
+    pub lapse_ms: u64,
+
+    /// Seconds an unused module bundle stays in the node's cache.
+    #[arg(long, env = "ZF_MODULE_CACHE_TTL_S", default_value_t = 600)]
+    pub module_cache_ttl_s: u64,
+}
+
+fn parse_id(s: &str) -> Result<String, String> {
+    zerofoot_shared::names::validate_instance_id(s)
+        .map(|_| s.to_string())
+        .map_err(|e| e.to_string())
+}

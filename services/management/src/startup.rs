@@ -1,0 +1,148 @@
+//! Builds the management service from its config: binds the HTTP listener
+//! first (so /healthz answers 503 while NATS is away), connects to NATS in the
+//! background, then serves until the shutdown token fires.
+
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use anyhow::Context as _;
+use async_nats::service::ServiceExt;
+use tokio_util::sync::CancellationToken;
+use zerofoot_shared::assets::Assets;
+use zerofoot_shared::modules::ModuleCatalog;
+use zerofoot_shared::names::{Names, MANAGEMENT_SERVICE};
+use zerofoot_shared::nats::{connect_with_retry, service_metadata};
+
+use crate::cluster_view::ClusterView;
+use crate::config::Config;
+use crate::error::ApiError;
+
+/// What exists once NATS is reachable.
+pub struct Nats {
+    pub client: async_nats::Client,
+    pub assets: Assets,
+    pub catalog: ModuleCatalog,
+    _service: async_nats::service::Service,
+}
+
+#[derive(Clone)]
+pub struct AppState {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    config: Config,
+    id: String,
+    names: Names,
+    nats: OnceLock<Nats>,
+    view: ClusterView,
+}
+
+impl AppState {
+    fn new(config: Config) -> Self {
+        let id = config
+            .id
+            .clone()
+            .unwrap_or_else(|| format!("mgmt-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]));
+        let names = config.nats.names();
+        Self {
+            inner: Arc::new(Inner {
+                config,
+                id,
+                names,
+                nats: OnceLock::new(),
+                view: ClusterView::default(),
+            }),
+        }
+    }
+
+    /// The NATS handles, or 503 while the service is still connecting.
+    pub fn nats(&self) -> Result<&Nats, ApiError> {
+        self.inner.nats.get().ok_or_else(|| {
+            ApiError::unavailable(format!(
+                "not connected to NATS at {} yet; retrying in the background",
+                self.inner.config.nats.nats_url
+            ))
+        })
+    }
+
+    pub fn id(&self) -> &str {
+        &self.inner.id
+    }
+    pub fn names(&self) -> &Names {
+        &self.inner.names
+    }
+    pub fn view(&self) -> &ClusterView {
+        &self.inner.view
+    }
+    pub fn config(&self) -> &Config {
+        &self.inner.config
+    }
+}
+
+/// Runs the service until `shutdown` fires.
+pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let listener = tokio::net::TcpListener::bind(config.http_addr)
+        .await
+        .with_context(|| format!("cannot listen on {}", config.http_addr))?;
+    let state = AppState::new(config);
+    let span = tracing::info_span!("management", id = %state.id(), cluster = %state.names().cluster());
+    let _enter = span.enter();
+    tracing::info!(addr = %listener.local_addr()?, "HTTP API listening");
+
+    tokio::spawn(connect(state.clone(), shutdown.clone()));
+
+    let app = crate::routes::router(state.clone());
+    axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown.clone().cancelled_owned())
+        .await
+        .context("HTTP server failed")?;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+async fn connect(state: AppState, shutdown: CancellationToken) {
+    let config = state.config();
+    let name = format!("zf-management {}", state.id());
+    let Ok(client) = connect_with_retry(&config.nats.nats_url, &name, &shutdown).await else {
+        return;
+    };
+    let mut delay = Duration::from_millis(200);
+    let assets = loop {
+        match Assets::open(client.clone(), state.names(), config.nats.replicas).await {
+            Ok(assets) => break assets,
+            Err(e) => {
+                tracing::warn!(error = %e, "retrying");
+                tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    _ = tokio::time::sleep(delay) => {}
+                }
+                delay = (delay * 2).min(Duration::from_secs(5));
+            }
+        }
+    };
+    let service = match client
+        .service_builder()
+        .description("zerofoot management: HTTP API of the cluster")
+        .metadata(service_metadata(state.names().cluster().as_str(), state.id()))
+        .start(MANAGEMENT_SERVICE, zerofoot_shared::VERSION)
+        .await
+    {
+        Ok(service) => service,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot register the micro service; restart the process");
+            return;
+        }
+    };
+    let catalog = ModuleCatalog::start(assets.module_index.clone(), shutdown.clone());
+    state
+        .view()
+        .start(client.clone(), state.names().clone(), shutdown.clone());
+    let _ = state.inner.nats.set(Nats {
+        client,
+        assets,
+        catalog,
+        _service: service,
+    });
+    tracing::info!("ready");
+}

@@ -1,0 +1,188 @@
+//! The JetStream assets of one cluster and their settings, in one place
+//! (SPEC §2, §12). Every service opens them through [`Assets::open`], which
+//! creates what is missing and warns about existing assets whose settings
+//! could lose data (fewer replicas than asked for, memory storage).
+
+use std::time::Duration;
+
+use async_nats::jetstream::{self, kv, object_store, stream};
+
+use crate::names::Names;
+
+/// Objects in the uploads store that nobody picked up are dropped after this.
+const UPLOAD_MAX_AGE: Duration = Duration::from_secs(3600);
+/// Lead claims kept per key, so that `nats kv history` shows the terms.
+const LEAD_HISTORY: i64 = 64;
+/// Retention of the events stream.
+pub const EVENTS_MAX_AGE: Duration = Duration::from_secs(7 * 24 * 3600);
+/// `Nats-Msg-Id` deduplication window of the events stream.
+pub const EVENTS_DUPLICATE_WINDOW: Duration = Duration::from_secs(120);
+
+#[derive(Debug, thiserror::Error)]
+#[error("cannot open or create the JetStream asset {asset}: {message}; check that nats-server runs with JetStream enabled")]
+pub struct AssetError {
+    pub asset: String,
+    pub message: String,
+}
+
+impl AssetError {
+    fn new(asset: &str, err: impl std::fmt::Display) -> Self {
+        Self {
+            asset: asset.to_string(),
+            message: err.to_string(),
+        }
+    }
+}
+
+/// Handles on every bucket, object store and stream of one cluster.
+#[derive(Clone)]
+pub struct Assets {
+    pub jetstream: jetstream::Context,
+    pub contexts: kv::Store,
+    pub lead: kv::Store,
+    pub resources: kv::Store,
+    pub module_index: kv::Store,
+    pub modules: object_store::ObjectStore,
+    pub uploads: object_store::ObjectStore,
+    pub events: stream::Stream,
+}
+
+impl Assets {
+    /// Opens every asset, creating the missing ones with `replicas` replicas.
+    pub async fn open(
+        client: async_nats::Client,
+        names: &Names,
+        replicas: u8,
+    ) -> Result<Self, AssetError> {
+        let js = jetstream::new(client);
+        let replicas = usize::from(replicas);
+        let kv_config = |bucket: String, history: i64| kv::Config {
+            bucket,
+            history,
+            num_replicas: replicas,
+            storage: jetstream::stream::StorageType::File,
+            ..Default::default()
+        };
+        let contexts = open_kv(&js, kv_config(names.contexts_bucket(), 1), replicas).await?;
+        let lead = open_kv(&js, kv_config(names.lead_bucket(), LEAD_HISTORY), replicas).await?;
+        let resources = open_kv(&js, kv_config(names.resources_bucket(), 1), replicas).await?;
+        let module_index =
+            open_kv(&js, kv_config(names.module_index_bucket(), 1), replicas).await?;
+        let modules = open_objects(
+            &js,
+            object_store::Config {
+                bucket: names.module_objects(),
+                description: Some("zerofoot module bundles, by digest".into()),
+                num_replicas: replicas,
+                ..Default::default()
+            },
+            replicas,
+        )
+        .await?;
+        let uploads = open_objects(
+            &js,
+            object_store::Config {
+                bucket: names.upload_objects(),
+                description: Some("zerofoot bundles waiting for validation".into()),
+                max_age: UPLOAD_MAX_AGE,
+                num_replicas: replicas,
+                ..Default::default()
+            },
+            replicas,
+        )
+        .await?;
+        let events_name = names.events_stream();
+        let events = js
+            .get_or_create_stream(stream::Config {
+                name: events_name.clone(),
+                subjects: vec![names.all_op_events()],
+                max_age: EVENTS_MAX_AGE,
+                duplicate_window: EVENTS_DUPLICATE_WINDOW,
+                num_replicas: replicas,
+                storage: stream::StorageType::File,
+                allow_direct: true,
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| AssetError::new(&events_name, e))?;
+        let mut events_probe = events.clone();
+        check_stream(&mut events_probe, &events_name, replicas).await;
+        Ok(Self {
+            jetstream: js,
+            contexts,
+            lead,
+            resources,
+            module_index,
+            modules,
+            uploads,
+            events,
+        })
+    }
+}
+
+async fn open_kv(
+    js: &jetstream::Context,
+    config: kv::Config,
+    replicas: usize,
+) -> Result<kv::Store, AssetError> {
+    let bucket = config.bucket.clone();
+    let store = match js.get_key_value(&bucket).await {
+        Ok(store) => store,
+        Err(_) => match js.create_key_value(config).await {
+            Ok(store) => store,
+            // Another service created it between our get and create.
+            Err(create_err) => js
+                .get_key_value(&bucket)
+                .await
+                .map_err(|_| AssetError::new(&bucket, create_err))?,
+        },
+    };
+    if let Ok(mut stream) = js.get_stream(format!("KV_{bucket}")).await {
+        check_stream(&mut stream, &bucket, replicas).await;
+    }
+    Ok(store)
+}
+
+async fn open_objects(
+    js: &jetstream::Context,
+    config: object_store::Config,
+    replicas: usize,
+) -> Result<object_store::ObjectStore, AssetError> {
+    let bucket = config.bucket.clone();
+    let store = match js.get_object_store(&bucket).await {
+        Ok(store) => store,
+        Err(_) => match js.create_object_store(config).await {
+            Ok(store) => store,
+            Err(create_err) => js
+                .get_object_store(&bucket)
+                .await
+                .map_err(|_| AssetError::new(&bucket, create_err))?,
+        },
+    };
+    if let Ok(mut stream) = js.get_stream(format!("OBJ_{bucket}")).await {
+        check_stream(&mut stream, &bucket, replicas).await;
+    }
+    Ok(store)
+}
+
+/// Warns about settings that can lose acknowledged data.
+async fn check_stream(stream: &mut stream::Stream, asset: &str, replicas: usize) {
+    let Ok(info) = stream.info().await else {
+        return;
+    };
+    let config = &info.config;
+    if config.num_replicas < replicas {
+        tracing::warn!(
+            asset,
+            found = config.num_replicas,
+            wanted = replicas,
+            "asset has fewer replicas than configured; a lost NATS node can lose its data. Raise them with `nats stream edit --replicas`"
+        );
+    }
+    if config.storage == stream::StorageType::Memory {
+        tracing::warn!(
+            asset,
+            "asset is stored in memory and is lost when nats-server restarts; recreate it with file storage"
+        );
+    }
+}

@@ -1,0 +1,33 @@
+//! Command-line flags every binary shares (SPEC §10), flattened into each
+//! service's own `clap` parser. Every flag has an environment fallback.
+
+use clap::Args;
+
+use crate::names::{ClusterName, Names};
+
+/// Where NATS is and which cluster this process belongs to.
+#[derive(Args, Clone, Debug)]
+pub struct NatsArgs {
+    /// NATS server URL(s), comma separated.
+    #[arg(long, env = "ZF_NATS_URL", default_value = "nats://127.0.0.1:4222")]
+    pub nats_url: String,
+
+    /// Cluster name: every subject and JetStream asset carries it.
+    #[arg(long, env = "ZF_CLUSTER", default_value = "default", value_parser = parse_cluster)]
+    pub cluster: ClusterName,
+
+    /// Replicas of every bucket and stream this process creates (3 on a
+    /// three-node NATS cluster in production).
+    #[arg(long, env = "ZF_REPLICAS", default_value_t = 1, value_parser = clap::value_parser!(u8).range(1..=5))]
+    pub replicas: u8,
+}
+
+impl NatsArgs {
+    pub fn names(&self) -> Names {
+        Names::new(self.cluster.clone())
+    }
+}
+
+fn parse_cluster(s: &str) -> Result<ClusterName, String> {
+    s.parse().map_err(|e: crate::names::NameError| e.to_string())
+}

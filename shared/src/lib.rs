@@ -1,0 +1,27 @@
+//! The library every zerofoot service links: what must be identical across
+//! processes lives here and nowhere else.
+//!
+//! - [`names`]: every NATS subject, bucket, stream and service name, built from
+//!   the cluster name. No other module formats a subject.
+//! - [`protocol`]: the versioned (`"v": 1`) JSON types that cross NATS.
+//! - [`assets`]: JetStream buckets and streams with their settings, created
+//!   idempotently and checked for unsafe settings at start.
+//! - [`config`]: command-line flags shared by every binary.
+//! - [`nats`]: connecting with retry and backoff.
+//! - [`bundle`]: checking, packing and safely unpacking module bundles.
+//! - [`modules`]: the read side of the module index (list, resolve, get).
+//! - [`telemetry`], [`shutdown`]: logging and graceful shutdown.
+
+pub mod assets;
+pub mod bundle;
+pub mod config;
+pub mod modules;
+pub mod names;
+pub mod nats;
+pub mod protocol;
+pub mod shutdown;
+pub mod telemetry;
+pub mod time;
+
+/// The version every zerofoot binary reports (heartbeats, micro service info).
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");

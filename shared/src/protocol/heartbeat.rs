@@ -1,0 +1,46 @@
+//! Membership messages: the heartbeat every agent node publishes, and the lead
+//! claim kept in the lead bucket (SPEC §6).
+
+use serde::{Deserialize, Serialize};
+use time::OffsetDateTime;
+
+use super::v1;
+
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    Lead,
+    Auxiliary,
+}
+
+/// Published on `zf.<cluster>.node.<node>.heartbeat` every heartbeat interval.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct Heartbeat {
+    #[serde(default = "v1")]
+    pub v: u32,
+    pub node: String,
+    pub role: Role,
+    /// The newest lead term this node has seen.
+    pub term: u64,
+    /// Driver processes running on the node now.
+    pub running: u32,
+    /// The node's build version.
+    pub version: String,
+    /// How often this node beats, and after how long without a beat others
+    /// count it gone.
+    pub interval_ms: u64,
+    pub lapse_ms: u64,
+    #[serde(with = "time::serde::rfc3339")]
+    pub started_at: OffsetDateTime,
+}
+
+/// A lead claim, key `lead` in `zf_<cluster>_lead`.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct LeadClaim {
+    #[serde(default = "v1")]
+    pub v: u32,
+    pub term: u64,
+    pub node: String,
+    #[serde(with = "time::serde::rfc3339")]
+    pub at: OffsetDateTime,
+}

@@ -1,0 +1,228 @@
+//! `module.json`, the manifest at the root of every module bundle (SPEC §3),
+//! and the module index record built from it. Parsing and checking a manifest
+//! is pure: the repository and the nodes use the same rules.
+
+use std::collections::BTreeMap;
+use std::path::{Component, Path};
+
+use serde::{Deserialize, Serialize};
+use time::OffsetDateTime;
+
+use super::v1;
+
+/// Sync timeout when the manifest names none.
+pub const DEFAULT_SYNC_TIMEOUT_MS: u64 = 30_000;
+/// Retries of a sync operation whose node was lost, when the manifest names none.
+pub const DEFAULT_RETRIES: u32 = 1;
+
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum OperationKind {
+    Sync,
+    Async,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct OperationSpec {
+    pub kind: OperationKind,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout_ms: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retries: Option<u32>,
+}
+
+impl OperationSpec {
+    pub fn timeout_ms(&self) -> u64 {
+        self.timeout_ms.unwrap_or(DEFAULT_SYNC_TIMEOUT_MS)
+    }
+    pub fn retries(&self) -> u32 {
+        self.retries.unwrap_or(DEFAULT_RETRIES)
+    }
+}
+
+/// The contents of `module.json`.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Manifest {
+    pub name: String,
+    pub version: semver::Version,
+    #[serde(default)]
+    pub description: String,
+    pub entrypoint: String,
+    pub operations: BTreeMap<String, OperationSpec>,
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ManifestError {
+    #[error("module.json is not valid: {0}")]
+    Json(String),
+    #[error("module.json: name {0:?} is invalid: use a-z, 0-9 and '-', starting with a letter or digit, at most 63 characters")]
+    Name(String),
+    #[error("module.json: entrypoint {0:?} must be a relative path inside the bundle without '..'")]
+    Entrypoint(String),
+    #[error("module.json: operations must name at least one operation")]
+    NoOperations,
+    #[error("module.json: operation name {0:?} is invalid: use a-z, 0-9, '-' and '_', at most 63 characters")]
+    OperationName(String),
+    #[error("module.json: operation {0:?} has timeout_ms 0; leave it out for the default of 30000")]
+    ZeroTimeout(String),
+}
+
+impl Manifest {
+    /// Parses and checks `module.json`. The error names the field at fault.
+    pub fn parse(bytes: &[u8]) -> Result<Self, ManifestError> {
+        let manifest: Manifest =
+            serde_json::from_slice(bytes).map_err(|e| ManifestError::Json(e.to_string()))?;
+        manifest.check()?;
+        Ok(manifest)
+    }
+
+    fn check(&self) -> Result<(), ManifestError> {
+        if !is_module_name(&self.name) {
+            return Err(ManifestError::Name(self.name.clone()));
+        }
+        if !is_inside_root(&self.entrypoint) {
+            return Err(ManifestError::Entrypoint(self.entrypoint.clone()));
+        }
+        if self.operations.is_empty() {
+            return Err(ManifestError::NoOperations);
+        }
+        for (name, spec) in &self.operations {
+            let ok = (1..=63).contains(&name.len())
+                && name
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_');
+            if !ok {
+                return Err(ManifestError::OperationName(name.clone()));
+            }
+            if spec.timeout_ms == Some(0) {
+                return Err(ManifestError::ZeroTimeout(name.clone()));
+            }
+        }
+        Ok(())
+    }
+
+    /// The entrypoint as a normalised relative path (`./bin/run` → `bin/run`).
+    pub fn entrypoint_path(&self) -> std::path::PathBuf {
+        Path::new(&self.entrypoint)
+            .components()
+            .filter(|c| matches!(c, Component::Normal(_)))
+            .collect()
+    }
+}
+
+/// `[a-z0-9][a-z0-9-]{0,62}`
+pub fn is_module_name(name: &str) -> bool {
+    let bytes = name.as_bytes();
+    !bytes.is_empty()
+        && bytes.len() <= 63
+        && (bytes[0].is_ascii_lowercase() || bytes[0].is_ascii_digit())
+        && bytes
+            .iter()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || *b == b'-')
+}
+
+/// True for a relative path that stays inside its root (no `..`, not absolute,
+/// not empty).
+pub fn is_inside_root(path: &str) -> bool {
+    let mut depth = 0usize;
+    for component in Path::new(path).components() {
+        match component {
+            Component::Normal(_) => depth += 1,
+            Component::CurDir => {}
+            Component::ParentDir | Component::RootDir | Component::Prefix(_) => return false,
+        }
+    }
+    depth > 0
+}
+
+/// One stored module version: the module index value, key `<name>.<version>`.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct ModuleRecord {
+    #[serde(default = "v1")]
+    pub v: u32,
+    pub name: String,
+    pub version: semver::Version,
+    /// `sha256:<hex>` of the bundle bytes.
+    pub digest: String,
+    /// Bundle size in bytes.
+    pub size: u64,
+    #[serde(default)]
+    pub description: String,
+    pub entrypoint: String,
+    pub operations: BTreeMap<String, OperationSpec>,
+    #[serde(with = "time::serde::rfc3339")]
+    pub published_at: OffsetDateTime,
+}
+
+impl ModuleRecord {
+    pub fn new(manifest: Manifest, digest: String, size: u64) -> Self {
+        Self {
+            v: v1(),
+            name: manifest.name,
+            version: manifest.version,
+            digest,
+            size,
+            description: manifest.description,
+            entrypoint: manifest.entrypoint,
+            operations: manifest.operations,
+            published_at: crate::time::now(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn manifest(patch: serde_json::Value) -> Result<Manifest, ManifestError> {
+        let mut base = serde_json::json!({
+            "name": "file-tail", "version": "1.2.0", "entrypoint": "bin/run",
+            "operations": {"count": {"kind": "sync", "timeout_ms": 5000}, "follow": {"kind": "async"}}
+        });
+        if let (Some(base), Some(patch)) = (base.as_object_mut(), patch.as_object()) {
+            for (k, v) in patch {
+                base.insert(k.clone(), v.clone());
+            }
+        }
+        Manifest::parse(&serde_json::to_vec(&base).expect("json"))
+    }
+
+    #[test]
+    fn a_good_manifest_parses() {
+        let m = manifest(serde_json::json!({})).expect("valid");
+        assert_eq!(m.name, "file-tail");
+        assert_eq!(m.operations["count"].timeout_ms(), 5000);
+        assert_eq!(m.operations["follow"].kind, OperationKind::Async);
+        assert_eq!(m.operations["follow"].retries(), DEFAULT_RETRIES);
+    }
+
+    #[test]
+    fn bad_fields_are_named() {
+        let cases = [
+            (serde_json::json!({"name": "Bad_Name"}), "name"),
+            (serde_json::json!({"name": "-x"}), "name"),
+            (serde_json::json!({"version": "1.2"}), "version"),
+            (serde_json::json!({"entrypoint": "../run"}), "entrypoint"),
+            (serde_json::json!({"entrypoint": "/bin/sh"}), "entrypoint"),
+            (serde_json::json!({"entrypoint": ""}), "entrypoint"),
+            (serde_json::json!({"operations": {}}), "operations"),
+            (serde_json::json!({"operations": {"x": {"kind": "daily"}}}), "unknown variant"),
+            (serde_json::json!({"operations": {"x": {"kind": "sync", "timeout_ms": 0}}}), "timeout_ms"),
+            (serde_json::json!({"operations": {"a b": {"kind": "sync"}}}), "operation name"),
+        ];
+        for (patch, expected) in cases {
+            let err = manifest(patch.clone()).expect_err(&patch.to_string());
+            assert!(err.to_string().contains(expected), "{patch}: {err}");
+        }
+    }
+
+    #[test]
+    fn paths_must_stay_inside() {
+        assert!(is_inside_root("bin/run"));
+        assert!(is_inside_root("./run"));
+        assert!(!is_inside_root("a/../../b"));
+        assert!(!is_inside_root("/etc/passwd"));
+        assert!(!is_inside_root("."));
+    }
+}

@@ -1,0 +1,127 @@
+//! Versioned JSON types that cross NATS. Every top-level message carries
+//! `"v": 1` so that the format can evolve; readers refuse versions they do not
+//! know rather than guess.
+
+mod context;
+mod heartbeat;
+mod manifest;
+mod reply;
+mod resource;
+
+pub use context::{
+    Attempt, AttemptOutcome, CheckpointPosition, ExecutionContext, NewOperation, OperationState,
+};
+pub use heartbeat::{Heartbeat, LeadClaim, Role};
+pub use manifest::{
+    Manifest, ManifestError, ModuleRecord, OperationKind, OperationSpec, DEFAULT_RETRIES,
+    DEFAULT_SYNC_TIMEOUT_MS,
+};
+pub use reply::{RemoteError, Reply};
+pub use resource::{mask_secrets, mask_str, ResourceRecord, ResourceView};
+
+use serde::{Deserialize, Serialize};
+
+/// The protocol version this build speaks.
+pub const PROTOCOL_VERSION: u32 = 1;
+
+pub(crate) fn v1() -> u32 {
+    PROTOCOL_VERSION
+}
+
+/// Decodes a protocol message, refusing a `"v"` this build does not know.
+pub fn decode<T: serde::de::DeserializeOwned + Versioned>(bytes: &[u8]) -> Result<T, DecodeError> {
+    let value: T = serde_json::from_slice(bytes).map_err(DecodeError::Json)?;
+    if value.version() != PROTOCOL_VERSION {
+        return Err(DecodeError::Version(value.version()));
+    }
+    Ok(value)
+}
+
+/// Encodes a protocol message. Serialising these types cannot fail (no maps
+/// with non-string keys), so this returns bytes directly.
+pub fn encode<T: Serialize>(value: &T) -> bytes::Bytes {
+    serde_json::to_vec(value)
+        .expect("protocol types always serialise")
+        .into()
+}
+
+/// A message that carries a protocol version.
+pub trait Versioned {
+    fn version(&self) -> u32;
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum DecodeError {
+    #[error("not a valid message: {0}")]
+    Json(serde_json::Error),
+    #[error("protocol version {0} is not supported (this build speaks version 1)")]
+    Version(u32),
+}
+
+/// Request on `op.submit`: take and run this operation.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct SubmitOperation {
+    #[serde(default = "v1")]
+    pub v: u32,
+    pub op: uuid::Uuid,
+}
+
+/// Answer to [`SubmitOperation`]: the node that took it.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct SubmitAccepted {
+    #[serde(default = "v1")]
+    pub v: u32,
+    pub node: String,
+}
+
+/// Request on `repo.put`: validate and store the bundle uploaded as `upload`
+/// in the uploads object store.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct PutModule {
+    #[serde(default = "v1")]
+    pub v: u32,
+    pub upload: String,
+}
+
+/// Answer to [`PutModule`].
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct PutModuleOutcome {
+    #[serde(default = "v1")]
+    pub v: u32,
+    /// False when the same bytes were already stored (a no-op).
+    pub created: bool,
+    pub module: ModuleRecord,
+}
+
+/// Request on `repo.get`: one module by name (newest or `version`) or by digest.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Default)]
+pub struct GetModule {
+    #[serde(default = "v1")]
+    pub v: u32,
+    #[serde(default)]
+    pub name: Option<String>,
+    #[serde(default)]
+    pub version: Option<String>,
+    #[serde(default)]
+    pub digest: Option<String>,
+}
+
+macro_rules! versioned {
+    ($($t:ty),*) => {$(
+        impl Versioned for $t {
+            fn version(&self) -> u32 { self.v }
+        }
+    )*};
+}
+versioned!(
+    SubmitOperation,
+    SubmitAccepted,
+    PutModule,
+    PutModuleOutcome,
+    GetModule,
+    ExecutionContext,
+    Heartbeat,
+    LeadClaim,
+    ModuleRecord,
+    ResourceRecord
+);
