@@ -125,7 +125,9 @@ fn walk<R: Read>(
     mut visit: impl FnMut(&mut Entry<'_, R>, &Path, Option<&[u8]>) -> Result<(), BundleError>,
 ) -> Result<Found, BundleError> {
     let mut reader = BufReader::new(bundle);
-    let head = reader.fill_buf().map_err(|e| BundleError::NotTar(e.to_string()))?;
+    let head = reader
+        .fill_buf()
+        .map_err(|e| BundleError::NotTar(e.to_string()))?;
     if head.len() < 2 || head[0] != 0x1f || head[1] != 0x8b {
         return Err(BundleError::NotGzip);
     }
@@ -253,7 +255,9 @@ fn points_below(target: &Path) -> bool {
 /// folder's content (sorted entries, zero timestamps and owners), so packing
 /// the same folder twice gives the same digest.
 pub fn pack_dir(dir: &Path) -> io::Result<Vec<u8>> {
-    let encoder = flate2::GzBuilder::new().mtime(0).write(Vec::new(), flate2::Compression::default());
+    let encoder = flate2::GzBuilder::new()
+        .mtime(0)
+        .write(Vec::new(), flate2::Compression::default());
     let mut builder = tar::Builder::new(encoder);
     builder.follow_symlinks(false);
     add_dir(&mut builder, dir, Path::new(""))?;
@@ -311,7 +315,12 @@ mod tests {
     }
 
     fn file<'a>(name: &'a str, data: &'a [u8]) -> Raw<'a> {
-        Raw { name, kind: tar::EntryType::Regular, link: "", data }
+        Raw {
+            name,
+            kind: tar::EntryType::Regular,
+            link: "",
+            data,
+        }
     }
 
     fn tar_of(entries: &[Raw<'_>]) -> Vec<u8> {
@@ -337,7 +346,10 @@ mod tests {
     }
 
     fn bundle(extra: Vec<Raw<'_>>) -> Vec<u8> {
-        let mut entries = vec![file("module.json", MANIFEST.as_bytes()), file("bin/run", b"#!/bin/sh\n")];
+        let mut entries = vec![
+            file("module.json", MANIFEST.as_bytes()),
+            file("bin/run", b"#!/bin/sh\n"),
+        ];
         entries.extend(extra);
         gzip(&tar_of(&entries))
     }
@@ -349,20 +361,41 @@ mod tests {
     #[test]
     fn a_good_bundle_is_accepted_and_unpacked() {
         let bytes = bundle(vec![
-            Raw { name: "lib/", kind: tar::EntryType::Directory, link: "", data: b"" },
-            Raw { name: "lib/alias", kind: tar::EntryType::Symlink, link: "../bin/run", data: b"" },
+            Raw {
+                name: "lib/",
+                kind: tar::EntryType::Directory,
+                link: "",
+                data: b"",
+            },
+            Raw {
+                name: "lib/alias",
+                kind: tar::EntryType::Symlink,
+                link: "../bin/run",
+                data: b"",
+            },
         ]);
         // That symlink climbs with '..': refused, and nothing else in it is.
         assert!(refused(&bytes).contains("lib/alias"));
 
-        let bytes = bundle(vec![Raw { name: "run2", kind: tar::EntryType::Symlink, link: "bin/run", data: b"" }]);
+        let bytes = bundle(vec![Raw {
+            name: "run2",
+            kind: tar::EntryType::Symlink,
+            link: "bin/run",
+            data: b"",
+        }]);
         let manifest = inspect(bytes.as_slice()).expect("valid");
         assert_eq!(manifest.name, "demo");
         let dir = tempfile::tempdir().expect("tempdir");
         unpack(bytes.as_slice(), dir.path()).expect("unpack");
-        assert_eq!(fs::read_to_string(dir.path().join("module.json")).expect("manifest"), MANIFEST);
+        assert_eq!(
+            fs::read_to_string(dir.path().join("module.json")).expect("manifest"),
+            MANIFEST
+        );
         use std::os::unix::fs::PermissionsExt;
-        let mode = fs::metadata(dir.path().join("bin/run")).expect("entrypoint").permissions().mode();
+        let mode = fs::metadata(dir.path().join("bin/run"))
+            .expect("entrypoint")
+            .permissions()
+            .mode();
         assert_eq!(mode & 0o111, 0o111, "entrypoint is executable");
     }
 
@@ -375,7 +408,12 @@ mod tests {
 
     #[test]
     fn manifest_problems_are_named() {
-        let with = |m: &str| gzip(&tar_of(&[file("module.json", m.as_bytes()), file("bin/run", b"x")]));
+        let with = |m: &str| {
+            gzip(&tar_of(&[
+                file("module.json", m.as_bytes()),
+                file("bin/run", b"x"),
+            ]))
+        };
         assert!(refused(&with("{nope")).contains("module.json is not valid"));
         assert!(refused(&with(&MANIFEST.replace("demo", "Bad Name"))).contains("name"));
         assert!(refused(&with(&MANIFEST.replace("1.0.0", "one"))).contains("version"));
@@ -385,13 +423,69 @@ mod tests {
     #[test]
     fn entries_that_escape_are_refused() {
         let cases = [
-            (Raw { name: "../evil", kind: tar::EntryType::Regular, link: "", data: b"x" }, "../evil"),
-            (Raw { name: "/etc/evil", kind: tar::EntryType::Regular, link: "", data: b"x" }, "/etc/evil"),
-            (Raw { name: "pw", kind: tar::EntryType::Symlink, link: "/etc/passwd", data: b"" }, "/etc/passwd"),
-            (Raw { name: "hl", kind: tar::EntryType::Link, link: "../../etc/passwd", data: b"" }, "hard link"),
-            (Raw { name: "dev", kind: tar::EntryType::Char, link: "", data: b"" }, "device files"),
-            (Raw { name: "blk", kind: tar::EntryType::Block, link: "", data: b"" }, "device files"),
-            (Raw { name: "fifo", kind: tar::EntryType::Fifo, link: "", data: b"" }, "FIFOs"),
+            (
+                Raw {
+                    name: "../evil",
+                    kind: tar::EntryType::Regular,
+                    link: "",
+                    data: b"x",
+                },
+                "../evil",
+            ),
+            (
+                Raw {
+                    name: "/etc/evil",
+                    kind: tar::EntryType::Regular,
+                    link: "",
+                    data: b"x",
+                },
+                "/etc/evil",
+            ),
+            (
+                Raw {
+                    name: "pw",
+                    kind: tar::EntryType::Symlink,
+                    link: "/etc/passwd",
+                    data: b"",
+                },
+                "/etc/passwd",
+            ),
+            (
+                Raw {
+                    name: "hl",
+                    kind: tar::EntryType::Link,
+                    link: "../../etc/passwd",
+                    data: b"",
+                },
+                "hard link",
+            ),
+            (
+                Raw {
+                    name: "dev",
+                    kind: tar::EntryType::Char,
+                    link: "",
+                    data: b"",
+                },
+                "device files",
+            ),
+            (
+                Raw {
+                    name: "blk",
+                    kind: tar::EntryType::Block,
+                    link: "",
+                    data: b"",
+                },
+                "device files",
+            ),
+            (
+                Raw {
+                    name: "fifo",
+                    kind: tar::EntryType::Fifo,
+                    link: "",
+                    data: b"",
+                },
+                "FIFOs",
+            ),
         ];
         for (entry, expected) in cases {
             let name = entry.name.to_string();

@@ -29,5 +29,6 @@ impl NatsArgs {
 }
 
 fn parse_cluster(s: &str) -> Result<ClusterName, String> {
-    s.parse().map_err(|e: crate::names::NameError| e.to_string())
+    s.parse()
+        .map_err(|e: crate::names::NameError| e.to_string())
 }

@@ -153,7 +153,9 @@ fn apply(index: &RwLock<Index>, entry: &kv::Entry) {
             Ok(record) => {
                 index.insert((record.name.clone(), record.version.clone()), record);
             }
-            Err(e) => tracing::warn!(key = entry.key, error = %e, "skipping an unreadable module index entry"),
+            Err(e) => {
+                tracing::warn!(key = entry.key, error = %e, "skipping an unreadable module index entry")
+            }
         },
         kv::Operation::Delete | kv::Operation::Purge => {
             index.retain(|(name, version), _| {

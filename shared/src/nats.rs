@@ -110,7 +110,10 @@ pub async fn discover(
 }
 
 /// Metadata every zerofoot micro service registers with.
-pub fn service_metadata(cluster: &str, instance: &str) -> std::collections::HashMap<String, String> {
+pub fn service_metadata(
+    cluster: &str,
+    instance: &str,
+) -> std::collections::HashMap<String, String> {
     std::collections::HashMap::from([
         ("cluster".to_string(), cluster.to_string()),
         ("instance".to_string(), instance.to_string()),

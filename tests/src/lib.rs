@@ -1,1 +1,483 @@
-//! stub
+//! The end-to-end harness: a real nats-server per test on a free port with its
+//! own store, the real service binaries as child processes under a unique
+//! cluster name, real HTTP. Everything started here is killed when its handle
+//! drops, also when the test panics; a failing test prints the tail of every
+//! process's log.
+
+use std::future::Future;
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+use serde_json::Value;
+
+pub mod modules;
+
+/// Polls `probe` until it returns `Some`, or panics after `timeout` saying
+/// what was awaited and what the last probe saw.
+pub async fn wait_until<T, F, Fut>(what: &str, timeout: Duration, mut probe: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, String>>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        let last = match probe().await {
+            Ok(v) => return v,
+            Err(seen) => seen,
+        };
+        if Instant::now() > deadline {
+            panic!("timed out after {timeout:?} waiting for {what}; last seen: {last}");
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+/// A free TCP port on 127.0.0.1.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("no free port on 127.0.0.1")
+}
+
+/// The workspace's target directory holding the built binaries.
+fn bin_dir() -> PathBuf {
+    let exe = std::env::current_exe().expect("test binary path");
+    // target/<profile>/deps/<test binary>
+    exe.parent()
+        .and_then(Path::parent)
+        .map(Path::to_path_buf)
+        .expect("test binary lives in target/<profile>/deps")
+}
+
+/// Path of a service binary, built by `cargo build --bins` (scripts/test.sh does).
+pub fn service_binary(name: &str) -> PathBuf {
+    let path = bin_dir().join(name);
+    assert!(
+        path.exists(),
+        "{} is missing: run `cargo build --bins` before the end-to-end tests (scripts/test.sh does)",
+        path.display()
+    );
+    path
+}
+
+/// The nats-server binary: $ZF_NATS_SERVER, the project's .venv, or PATH.
+pub fn nats_server_binary() -> PathBuf {
+    if let Ok(p) = std::env::var("ZF_NATS_SERVER") {
+        return PathBuf::from(p);
+    }
+    let venv = Path::new(env!("CARGO_MANIFEST_DIR")).join("../.venv/bin/nats-server");
+    if venv.exists() {
+        return venv;
+    }
+    PathBuf::from("nats-server")
+}
+
+/// A child process with its log in a file; SIGKILLed on drop.
+pub struct Process {
+    pub name: String,
+    child: Option<Child>,
+    program: PathBuf,
+    args: Vec<String>,
+    envs: Vec<(String, String)>,
+    pub log: PathBuf,
+}
+
+impl Process {
+    pub fn spawn(
+        name: &str,
+        program: &Path,
+        args: &[String],
+        envs: &[(String, String)],
+        log_dir: &Path,
+    ) -> Self {
+        let mut p = Self {
+            name: name.to_string(),
+            child: None,
+            program: program.to_path_buf(),
+            args: args.to_vec(),
+            envs: envs.to_vec(),
+            log: log_dir.join(format!("{name}.log")),
+        };
+        p.start();
+        p
+    }
+
+    /// Starts (again) with the same program, arguments and environment; the
+    /// log file is appended to.
+    pub fn start(&mut self) {
+        assert!(self.child.is_none(), "{} is already running", self.name);
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .expect("open log file");
+        let child = Command::new(&self.program)
+            .args(&self.args)
+            .envs(self.envs.iter().map(|(k, v)| (k, v)))
+            .env(
+                "RUST_LOG",
+                std::env::var("ZF_TEST_LOG").unwrap_or_else(|_| "info".into()),
+            )
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log handle"))
+            .stderr(log)
+            .spawn()
+            .unwrap_or_else(|e| {
+                panic!(
+                    "cannot start {} ({}): {e}",
+                    self.name,
+                    self.program.display()
+                )
+            });
+        self.child = Some(child);
+    }
+
+    pub fn pid(&self) -> Pid {
+        Pid::from_raw(self.child.as_ref().expect("process is running").id() as i32)
+    }
+
+    pub fn signal(&self, signal: Signal) {
+        kill(self.pid(), signal)
+            .unwrap_or_else(|e| panic!("cannot send {signal} to {}: {e}", self.name));
+    }
+
+    /// SIGKILL, and reap.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// SIGTERM, then wait up to `timeout` for the exit status.
+    pub fn terminate(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        let mut child = self.child.take()?;
+        let _ = kill(Pid::from_raw(child.id() as i32), Signal::SIGTERM);
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = child.try_wait() {
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+        None
+    }
+
+    pub fn is_running(&mut self) -> bool {
+        match self.child.as_mut() {
+            Some(child) => matches!(child.try_wait(), Ok(None)),
+            None => false,
+        }
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        // Resume a paused process so that SIGKILL is delivered promptly.
+        if let Some(child) = &self.child {
+            let _ = kill(Pid::from_raw(child.id() as i32), Signal::SIGCONT);
+        }
+        self.kill();
+        if std::thread::panicking() {
+            let text = self.log_text();
+            let tail: Vec<&str> = text.lines().rev().take(40).collect();
+            eprintln!(
+                "----- last lines of {} ({}) -----",
+                self.name,
+                self.log.display()
+            );
+            for line in tail.into_iter().rev() {
+                eprintln!("{line}");
+            }
+        }
+    }
+}
+
+/// A nats-server with JetStream on a free port and its own store.
+pub struct NatsServer {
+    pub port: u16,
+    pub process: Process,
+}
+
+impl NatsServer {
+    pub fn start(dir: &Path) -> Self {
+        Self::start_on(dir, free_port())
+    }
+
+    pub fn start_on(dir: &Path, port: u16) -> Self {
+        let store = dir.join("nats-store");
+        let args = vec![
+            "-a".into(),
+            "127.0.0.1".into(),
+            "-p".into(),
+            port.to_string(),
+            "-js".into(),
+            "-sd".into(),
+            store.display().to_string(),
+        ];
+        let process = Process::spawn("nats-server", &nats_server_binary(), &args, &[], dir);
+        let server = Self { port, process };
+        server.wait_ready();
+        server
+    }
+
+    fn wait_ready(&self) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "nats-server did not listen on port {} within 10 s",
+                self.port
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn restart(&mut self) {
+        self.process.kill();
+        self.process.start();
+        self.wait_ready();
+    }
+
+    pub fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+
+    pub async fn client(&self) -> async_nats::Client {
+        async_nats::connect(self.url())
+            .await
+            .expect("connect to the test nats-server")
+    }
+}
+
+/// A whole cluster: nats-server, repository, management and agent nodes.
+pub struct Cluster {
+    pub dir: tempfile::TempDir,
+    pub cluster: String,
+    pub nats: NatsServer,
+    pub repository: Option<Process>,
+    pub management: Vec<Management>,
+    pub nodes: Vec<Process>,
+    pub http: reqwest::Client,
+}
+
+pub struct Management {
+    pub process: Process,
+    pub port: u16,
+}
+
+impl Management {
+    pub fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.port)
+    }
+}
+
+/// Extra flags for the agent nodes (e.g. faster heartbeats).
+#[derive(Clone, Default)]
+pub struct NodeFlags(pub Vec<String>);
+
+impl Cluster {
+    /// nats-server, repository, one management instance and `nodes` nodes.
+    pub async fn start(nodes: usize) -> Self {
+        let mut cluster = Self::bare().await;
+        cluster.start_repository();
+        cluster.start_management();
+        for _ in 0..nodes {
+            cluster.add_node(&NodeFlags::default());
+        }
+        cluster.wait_healthy().await;
+        cluster
+    }
+
+    /// Only nats-server; add services by hand.
+    pub async fn bare() -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let nats = NatsServer::start(dir.path());
+        Self {
+            cluster: format!("t{}", &uuid::Uuid::new_v4().simple().to_string()[..8]),
+            nats,
+            repository: None,
+            management: Vec::new(),
+            nodes: Vec::new(),
+            http: reqwest::Client::builder()
+                .timeout(Duration::from_secs(60))
+                .build()
+                .expect("http client"),
+            dir,
+        }
+    }
+
+    pub fn common_env(&self) -> Vec<(String, String)> {
+        vec![
+            ("ZF_NATS_URL".into(), self.nats.url()),
+            ("ZF_CLUSTER".into(), self.cluster.clone()),
+        ]
+    }
+
+    pub fn start_repository(&mut self) {
+        let p = Process::spawn(
+            "repository",
+            &service_binary("zf-repository"),
+            &[],
+            &self.common_env(),
+            self.dir.path(),
+        );
+        self.repository = Some(p);
+    }
+
+    pub fn start_management(&mut self) -> usize {
+        let port = free_port();
+        let index = self.management.len();
+        let process = Process::spawn(
+            &format!("management-{index}"),
+            &service_binary("zf-management"),
+            &[
+                "--http-addr".into(),
+                format!("127.0.0.1:{port}"),
+                "--id".into(),
+                format!("mgmt-{index}"),
+            ],
+            &self.common_env(),
+            self.dir.path(),
+        );
+        self.management.push(Management { process, port });
+        index
+    }
+
+    /// Data dir of node `index`.
+    pub fn node_dir(&self, index: usize) -> PathBuf {
+        self.dir.path().join(format!("node-{index}"))
+    }
+
+    pub fn add_node(&mut self, flags: &NodeFlags) -> usize {
+        let index = self.nodes.len();
+        let mut args = vec![
+            "--data-dir".to_string(),
+            self.node_dir(index).display().to_string(),
+        ];
+        args.extend(flags.0.iter().cloned());
+        let p = Process::spawn(
+            &format!("node-{index}"),
+            &service_binary("zf-agent-node"),
+            &args,
+            &self.common_env(),
+            self.dir.path(),
+        );
+        self.nodes.push(p);
+        index
+    }
+
+    /// URL on the first management instance.
+    pub fn url(&self, path: &str) -> String {
+        self.management
+            .first()
+            .expect("a management instance")
+            .url(path)
+    }
+
+    pub async fn wait_healthy(&self) {
+        for m in &self.management {
+            let url = m.url("/healthz");
+            let http = self.http.clone();
+            wait_until(
+                "management /healthz to answer 200",
+                Duration::from_secs(20),
+                || {
+                    let (http, url) = (http.clone(), url.clone());
+                    async move {
+                        match http.get(&url).send().await {
+                            Ok(r) if r.status() == 200 => Ok(()),
+                            Ok(r) => Err(format!("status {}", r.status())),
+                            Err(e) => Err(e.to_string()),
+                        }
+                    }
+                },
+            )
+            .await;
+        }
+        let expected = self.nodes.len();
+        if expected > 0 {
+            self.wait_nodes_up(expected).await;
+        }
+    }
+
+    /// Waits until `/v1/cluster` shows `count` nodes up, and returns it.
+    pub async fn wait_nodes_up(&self, count: usize) -> Value {
+        let url = self.url("/v1/cluster");
+        let http = self.http.clone();
+        wait_until(
+            &format!("{count} nodes up in /v1/cluster"),
+            Duration::from_secs(20),
+            || {
+                let (http, url) = (http.clone(), url.clone());
+                async move {
+                    let view = get_json(&http, &url).await?;
+                    let up = view["nodes"]
+                        .as_array()
+                        .map(|n| n.iter().filter(|n| n["status"] == "up").count())
+                        .unwrap_or(0);
+                    if up == count {
+                        Ok(view)
+                    } else {
+                        Err(format!("{up} up: {view}"))
+                    }
+                }
+            },
+        )
+        .await
+    }
+
+    /// Every log line every process wrote so far.
+    pub fn all_logs(&self) -> String {
+        let mut all = String::new();
+        if let Ok(entries) = std::fs::read_dir(self.dir.path()) {
+            for e in entries.flatten() {
+                if e.path().extension().is_some_and(|x| x == "log") {
+                    all.push_str(&std::fs::read_to_string(e.path()).unwrap_or_default());
+                }
+            }
+        }
+        all
+    }
+}
+
+/// GET a URL and parse its JSON body, as an `Err(String)` for `wait_until`.
+pub async fn get_json(http: &reqwest::Client, url: &str) -> Result<Value, String> {
+    let response = http.get(url).send().await.map_err(|e| e.to_string())?;
+    let status = response.status();
+    let body: Value = response.json().await.map_err(|e| e.to_string())?;
+    if status.is_success() {
+        Ok(body)
+    } else {
+        Err(format!("status {status}: {body}"))
+    }
+}
+
+/// Runs a binary to completion with arguments, returning status and stderr.
+pub fn run_to_end(
+    program: &Path,
+    args: &[&str],
+    envs: &[(&str, &str)],
+) -> (std::process::ExitStatus, String) {
+    let out = Command::new(program)
+        .args(args)
+        .envs(envs.iter().copied())
+        .stdin(Stdio::null())
+        .output()
+        .expect("run binary");
+    (
+        out.status,
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}

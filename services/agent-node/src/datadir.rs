@@ -14,11 +14,19 @@ const ID_FILE: &str = "node-id";
 #[derive(Debug, thiserror::Error)]
 pub enum DataDirError {
     #[error("cannot create the data dir {path}: {source}; pass a writable --data-dir")]
-    Create { path: PathBuf, source: std::io::Error },
-    #[error("the data dir {0} is in use by another zf-agent-node; give each node its own --data-dir")]
+    Create {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error(
+        "the data dir {0} is in use by another zf-agent-node; give each node its own --data-dir"
+    )]
     InUse(PathBuf),
     #[error("cannot use {path}: {source}")]
-    Io { path: PathBuf, source: std::io::Error },
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("the node id kept in {path} is invalid ({reason}); delete the file to get a new id")]
     BadId { path: PathBuf, reason: String },
     #[error("this data dir belongs to node {kept:?}, not {asked:?}; use another --data-dir or drop --id")]
@@ -118,7 +126,9 @@ mod tests {
         let root = dir.path().join("a/b");
         let first = DataDir::open(&root, None).expect("open");
         let id = first.node_id().to_string();
-        let err = DataDir::open(&root, None).err().expect("second open must fail");
+        let err = DataDir::open(&root, None)
+            .err()
+            .expect("second open must fail");
         assert!(err.to_string().contains("in use"), "{err}");
         drop(first);
         let again = DataDir::open(&root, None).expect("reopen");

@@ -51,7 +51,11 @@ impl Beat {
                 lapse_ms: self.lapse.as_millis() as u64,
                 started_at: self.started_at,
             };
-            if let Err(e) = self.client.publish(self.subject.clone(), encode(&heartbeat)).await {
+            if let Err(e) = self
+                .client
+                .publish(self.subject.clone(), encode(&heartbeat))
+                .await
+            {
                 tracing::warn!(error = %e, "cannot publish a heartbeat");
             }
         }

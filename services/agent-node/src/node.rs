@@ -32,7 +32,13 @@ pub async fn run(args: RunArgs, shutdown: CancellationToken) -> anyhow::Result<(
     let _enter = span.enter();
     tracing::info!(data_dir = %data_dir.root().display(), "starting");
 
-    let client = match connect_with_retry(&args.nats.nats_url, &format!("zf-agent-node {node_id}"), &shutdown).await {
+    let client = match connect_with_retry(
+        &args.nats.nats_url,
+        &format!("zf-agent-node {node_id}"),
+        &shutdown,
+    )
+    .await
+    {
         Ok(client) => client,
         Err(_) => return Ok(()),
     };
@@ -46,7 +52,10 @@ pub async fn run(args: RunArgs, shutdown: CancellationToken) -> anyhow::Result<(
         .await
         .map_err(|e| anyhow::anyhow!("cannot register the micro service: {e}"))?;
 
-    let (_standing_tx, standing) = watch::channel(Standing { role: Role::Auxiliary, term: 0 });
+    let (_standing_tx, standing) = watch::channel(Standing {
+        role: Role::Auxiliary,
+        term: 0,
+    });
     let running = Arc::new(AtomicU32::new(0));
     let beat = Beat {
         client: client.clone(),

@@ -106,11 +106,19 @@ impl ClusterView {
 
     /// Follows heartbeats and management instances until `cancel` fires.
     pub fn start(&self, client: async_nats::Client, names: Names, cancel: CancellationToken) {
-        tokio::spawn(self.clone().follow_heartbeats(client.clone(), names.clone(), cancel.clone()));
+        tokio::spawn(
+            self.clone()
+                .follow_heartbeats(client.clone(), names.clone(), cancel.clone()),
+        );
         tokio::spawn(self.clone().discover_management(client, names, cancel));
     }
 
-    async fn follow_heartbeats(self, client: async_nats::Client, names: Names, cancel: CancellationToken) {
+    async fn follow_heartbeats(
+        self,
+        client: async_nats::Client,
+        names: Names,
+        cancel: CancellationToken,
+    ) {
         let mut sub = match client.subscribe(names.all_heartbeats()).await {
             Ok(sub) => sub,
             Err(e) => {
@@ -127,14 +135,27 @@ impl ClusterView {
             match decode::<Heartbeat>(&msg.payload) {
                 Ok(hb) => {
                     let mut nodes = self.nodes.lock().unwrap_or_else(|e| e.into_inner());
-                    nodes.insert(hb.node.clone(), Seen { heartbeat: hb, at: Instant::now() });
+                    nodes.insert(
+                        hb.node.clone(),
+                        Seen {
+                            heartbeat: hb,
+                            at: Instant::now(),
+                        },
+                    );
                 }
-                Err(e) => tracing::debug!(subject = %msg.subject, error = %e, "ignoring a malformed heartbeat"),
+                Err(e) => {
+                    tracing::debug!(subject = %msg.subject, error = %e, "ignoring a malformed heartbeat")
+                }
             }
         }
     }
 
-    async fn discover_management(self, client: async_nats::Client, names: Names, cancel: CancellationToken) {
+    async fn discover_management(
+        self,
+        client: async_nats::Client,
+        names: Names,
+        cancel: CancellationToken,
+    ) {
         let mut tick = tokio::time::interval(DISCOVERY_INTERVAL);
         loop {
             tokio::select! {
@@ -142,13 +163,26 @@ impl ClusterView {
                 _ = tick.tick() => {}
             }
             let cluster = names.cluster().as_str();
-            match discover(&client, MANAGEMENT_SERVICE, cluster, Duration::from_millis(200)).await {
+            match discover(
+                &client,
+                MANAGEMENT_SERVICE,
+                cluster,
+                Duration::from_millis(200),
+            )
+            .await
+            {
                 Ok(found) => {
                     let unique: BTreeMap<String, ManagementInstance> = found
                         .into_iter()
                         .filter_map(|s| {
                             let id = s.instance()?.to_string();
-                            Some((id.clone(), ManagementInstance { id, version: s.version }))
+                            Some((
+                                id.clone(),
+                                ManagementInstance {
+                                    id,
+                                    version: s.version,
+                                },
+                            ))
                         })
                         .collect();
                     *self.management.lock().unwrap_or_else(|e| e.into_inner()) =

@@ -6,7 +6,11 @@ use clap::Parser;
 use zerofoot_shared::config::NatsArgs;
 
 #[derive(Parser, Clone, Debug)]
-#[command(name = "zf-management", version, about = "zerofoot management service: the HTTP API of a cluster")]
+#[command(
+    name = "zf-management",
+    version,
+    about = "zerofoot management service: the HTTP API of a cluster"
+)]
 pub struct Config {
     #[command(flatten)]
     pub nats: NatsArgs,

@@ -60,12 +60,14 @@ impl From<RemoteError> for ApiError {
 impl From<JsonRejection> for ApiError {
     fn from(rejection: JsonRejection) -> Self {
         match rejection {
-            JsonRejection::JsonDataError(e) => {
-                Self::bad_request("invalid_body", format!("the body does not fit: {}", e.body_text()))
-            }
-            JsonRejection::JsonSyntaxError(e) => {
-                Self::bad_request("invalid_json", format!("the body is not valid JSON: {}", e.body_text()))
-            }
+            JsonRejection::JsonDataError(e) => Self::bad_request(
+                "invalid_body",
+                format!("the body does not fit: {}", e.body_text()),
+            ),
+            JsonRejection::JsonSyntaxError(e) => Self::bad_request(
+                "invalid_json",
+                format!("the body is not valid JSON: {}", e.body_text()),
+            ),
             JsonRejection::MissingJsonContentType(_) => Self::bad_request(
                 "invalid_content_type",
                 "send the body as JSON with Content-Type: application/json",

@@ -86,7 +86,8 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         .await
         .with_context(|| format!("cannot listen on {}", config.http_addr))?;
     let state = AppState::new(config);
-    let span = tracing::info_span!("management", id = %state.id(), cluster = %state.names().cluster());
+    let span =
+        tracing::info_span!("management", id = %state.id(), cluster = %state.names().cluster());
     let _enter = span.enter();
     tracing::info!(addr = %listener.local_addr()?, "HTTP API listening");
 
@@ -124,7 +125,10 @@ async fn connect(state: AppState, shutdown: CancellationToken) {
     let service = match client
         .service_builder()
         .description("zerofoot management: HTTP API of the cluster")
-        .metadata(service_metadata(state.names().cluster().as_str(), state.id()))
+        .metadata(service_metadata(
+            state.names().cluster().as_str(),
+            state.id(),
+        ))
         .start(MANAGEMENT_SERVICE, zerofoot_shared::VERSION)
         .await
     {

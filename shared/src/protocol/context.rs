@@ -245,9 +245,20 @@ mod tests {
         ctx.take("b", 0);
         ctx.owner_lost();
         assert_eq!(ctx.state, OperationState::Failed);
-        assert!(ctx.error.as_deref().unwrap_or("").contains("lost 2 time(s)"));
-        let outcomes: Vec<_> = ctx.attempts.iter().map(|a| (a.node.as_str(), a.outcome)).collect();
-        assert_eq!(outcomes, [("a", AttemptOutcome::Lost), ("b", AttemptOutcome::Lost)]);
+        assert!(ctx
+            .error
+            .as_deref()
+            .unwrap_or("")
+            .contains("lost 2 time(s)"));
+        let outcomes: Vec<_> = ctx
+            .attempts
+            .iter()
+            .map(|a| (a.node.as_str(), a.outcome))
+            .collect();
+        assert_eq!(
+            outcomes,
+            [("a", AttemptOutcome::Lost), ("b", AttemptOutcome::Lost)]
+        );
     }
 
     #[test]

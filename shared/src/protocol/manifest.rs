@@ -58,13 +58,17 @@ pub enum ManifestError {
     Json(String),
     #[error("module.json: name {0:?} is invalid: use a-z, 0-9 and '-', starting with a letter or digit, at most 63 characters")]
     Name(String),
-    #[error("module.json: entrypoint {0:?} must be a relative path inside the bundle without '..'")]
+    #[error(
+        "module.json: entrypoint {0:?} must be a relative path inside the bundle without '..'"
+    )]
     Entrypoint(String),
     #[error("module.json: operations must name at least one operation")]
     NoOperations,
     #[error("module.json: operation name {0:?} is invalid: use a-z, 0-9, '-' and '_', at most 63 characters")]
     OperationName(String),
-    #[error("module.json: operation {0:?} has timeout_ms 0; leave it out for the default of 30000")]
+    #[error(
+        "module.json: operation {0:?} has timeout_ms 0; leave it out for the default of 30000"
+    )]
     ZeroTimeout(String),
 }
 
@@ -89,9 +93,9 @@ impl Manifest {
         }
         for (name, spec) in &self.operations {
             let ok = (1..=63).contains(&name.len())
-                && name
-                    .bytes()
-                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_');
+                && name.bytes().all(|b| {
+                    b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_'
+                });
             if !ok {
                 return Err(ManifestError::OperationName(name.clone()));
             }
@@ -207,9 +211,18 @@ mod tests {
             (serde_json::json!({"entrypoint": "/bin/sh"}), "entrypoint"),
             (serde_json::json!({"entrypoint": ""}), "entrypoint"),
             (serde_json::json!({"operations": {}}), "operations"),
-            (serde_json::json!({"operations": {"x": {"kind": "daily"}}}), "unknown variant"),
-            (serde_json::json!({"operations": {"x": {"kind": "sync", "timeout_ms": 0}}}), "timeout_ms"),
-            (serde_json::json!({"operations": {"a b": {"kind": "sync"}}}), "operation name"),
+            (
+                serde_json::json!({"operations": {"x": {"kind": "daily"}}}),
+                "unknown variant",
+            ),
+            (
+                serde_json::json!({"operations": {"x": {"kind": "sync", "timeout_ms": 0}}}),
+                "timeout_ms",
+            ),
+            (
+                serde_json::json!({"operations": {"a b": {"kind": "sync"}}}),
+                "operation name",
+            ),
         ];
         for (patch, expected) in cases {
             let err = manifest(patch.clone()).expect_err(&patch.to_string());

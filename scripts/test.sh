@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# Every check and test of the workspace, as CI runs it: installs what the
+# tests need, checks formatting and lints, builds the service binaries, then
+# runs the unit tests and the end-to-end tests (real nats-server, real
+# processes, real HTTP).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+nats=$(scripts/install-deps.sh | tail -n 1)
+export ZF_NATS_SERVER="$nats"
+echo "using $("$nats" --version)"
+
+cargo fmt --all -- --check
+cargo clippy --workspace --all-targets -- -D warnings
+cargo build --workspace --bins
+# End-to-end tests start a nats-server and several services each: two at a
+# time is what a 2-core machine takes without starving heartbeats.
+cargo test --workspace -- --test-threads=2

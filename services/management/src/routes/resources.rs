@@ -1,0 +1,170 @@
+//! `/v1/resources`: managed resources (SPEC §4). Secrets are write-only: they
+//! are stored for the drivers and never answered, logged or echoed.
+
+use std::collections::BTreeMap;
+
+use async_nats::jetstream::kv;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use futures::TryStreamExt;
+use serde::Deserialize;
+use serde_json::{json, Value};
+use zerofoot_shared::protocol::{decode, encode, ResourceRecord, ResourceView, PROTOCOL_VERSION};
+
+use crate::error::{ApiError, ApiJson};
+use crate::startup::AppState;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PutResource {
+    kind: String,
+    #[serde(default)]
+    config: Value,
+    #[serde(default)]
+    secrets: BTreeMap<String, String>,
+}
+
+fn check_id(id: &str) -> Result<(), ApiError> {
+    zerofoot_shared::names::validate_instance_id(id).map_err(|_| {
+        ApiError::bad_request(
+            "invalid_resource_id",
+            format!("resource id {id:?} is invalid: use 1 to 64 characters from A-Z, a-z, 0-9, '-' and '_'"),
+        )
+    })
+}
+
+pub async fn put(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    ApiJson(body): ApiJson<PutResource>,
+) -> Result<(StatusCode, ApiJson<ResourceView>), ApiError> {
+    check_id(&id)?;
+    if body.kind.trim().is_empty() {
+        return Err(ApiError::unprocessable(
+            "invalid_kind",
+            "kind must be a non-empty string, e.g. \"ssh-host\"",
+        ));
+    }
+    if !(body.config.is_object() || body.config.is_null()) {
+        return Err(ApiError::unprocessable(
+            "invalid_config",
+            "config must be a JSON object",
+        ));
+    }
+    let store = &state.nats()?.assets.resources;
+    let previous = load(store, &id).await?;
+    let (state_value, state_updated_at, reported_by) = match &previous {
+        Some((r, _)) => (r.state.clone(), r.state_updated_at, r.reported_by.clone()),
+        None => (None, None, None),
+    };
+    let record = ResourceRecord {
+        v: PROTOCOL_VERSION,
+        id: id.clone(),
+        kind: body.kind,
+        config: if body.config.is_null() {
+            json!({})
+        } else {
+            body.config
+        },
+        secrets: body.secrets,
+        state: state_value,
+        state_updated_at,
+        reported_by,
+        updated_at: zerofoot_shared::time::now(),
+    };
+    let write = match &previous {
+        Some((_, revision)) => store
+            .update(&id, encode(&record), *revision)
+            .await
+            .map(|_| ())
+            .map_err(|e| e.to_string()),
+        None => store
+            .create(&id, encode(&record))
+            .await
+            .map(|_| ())
+            .map_err(|e| e.to_string()),
+    };
+    write.map_err(|e| {
+        ApiError::new(
+            StatusCode::CONFLICT,
+            "concurrent_update",
+            format!(
+                "resource {id} changed while it was being written ({e}); send the request again"
+            ),
+        )
+    })?;
+    tracing::info!(resource = %id, kind = %record.kind, "resource stored");
+    let status = if previous.is_some() {
+        StatusCode::OK
+    } else {
+        StatusCode::CREATED
+    };
+    Ok((status, ApiJson(ResourceView::from(&record))))
+}
+
+/// The record and its KV revision.
+async fn load(store: &kv::Store, id: &str) -> Result<Option<(ResourceRecord, u64)>, ApiError> {
+    let entry = store
+        .entry(id)
+        .await
+        .map_err(|e| ApiError::nats("cannot read the resources bucket", e))?;
+    match entry {
+        Some(entry) if entry.operation == kv::Operation::Put => {
+            let record = decode::<ResourceRecord>(&entry.value)
+                .map_err(|e| ApiError::internal(&format!("resource {id} is unreadable"), e))?;
+            Ok(Some((record, entry.revision)))
+        }
+        _ => Ok(None),
+    }
+}
+
+fn not_found(id: &str) -> ApiError {
+    ApiError::not_found(
+        "resource_not_found",
+        format!("no resource {id:?}; create it with PUT /v1/resources/{id}"),
+    )
+}
+
+pub async fn get(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<ApiJson<ResourceView>, ApiError> {
+    check_id(&id)?;
+    let store = &state.nats()?.assets.resources;
+    let (record, _) = load(store, &id).await?.ok_or_else(|| not_found(&id))?;
+    Ok(ApiJson(ResourceView::from(&record)))
+}
+
+pub async fn list(State(state): State<AppState>) -> Result<ApiJson<Value>, ApiError> {
+    let store = &state.nats()?.assets.resources;
+    let keys: Vec<String> = store
+        .keys()
+        .await
+        .map_err(|e| ApiError::nats("cannot list the resources bucket", e))?
+        .try_collect()
+        .await
+        .map_err(|e| ApiError::nats("cannot list the resources bucket", e))?;
+    let mut resources = Vec::with_capacity(keys.len());
+    for key in keys {
+        if let Some((record, _)) = load(store, &key).await? {
+            resources.push(ResourceView::from(&record));
+        }
+    }
+    resources.sort_by(|a, b| a.id.cmp(&b.id));
+    Ok(ApiJson(json!({"resources": resources})))
+}
+
+pub async fn delete(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    check_id(&id)?;
+    let store = &state.nats()?.assets.resources;
+    load(store, &id).await?.ok_or_else(|| not_found(&id))?;
+    store
+        .delete(&id)
+        .await
+        .map_err(|e| ApiError::nats("cannot delete from the resources bucket", e))?;
+    tracing::info!(resource = %id, "resource deleted");
+    Ok(StatusCode::NO_CONTENT)
+}
