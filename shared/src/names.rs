@@ -123,6 +123,10 @@ impl Names {
     pub fn heartbeat(&self, node: &str) -> String {
         format!("{}.node.{node}.heartbeat", self.prefix())
     }
+    /// A node's endpoint answering with a summary of its redb mirror.
+    pub fn node_mirror(&self, node: &str) -> String {
+        format!("{}.node.{node}.mirror", self.prefix())
+    }
     pub fn all_heartbeats(&self) -> String {
         format!("{}.node.*.heartbeat", self.prefix())
     }

@@ -266,7 +266,7 @@ pub struct Cluster {
     pub dir: tempfile::TempDir,
     pub cluster: String,
     pub nats: NatsServer,
-    pub repository: Option<Process>,
+    pub repositories: Vec<Process>,
     pub management: Vec<Management>,
     pub nodes: Vec<Process>,
     pub http: reqwest::Client,
@@ -307,7 +307,7 @@ impl Cluster {
         Self {
             cluster: format!("t{}", &uuid::Uuid::new_v4().simple().to_string()[..8]),
             nats,
-            repository: None,
+            repositories: Vec::new(),
             management: Vec::new(),
             nodes: Vec::new(),
             http: reqwest::Client::builder()
@@ -325,15 +325,17 @@ impl Cluster {
         ]
     }
 
-    pub fn start_repository(&mut self) {
+    pub fn start_repository(&mut self) -> usize {
+        let index = self.repositories.len();
         let p = Process::spawn(
-            "repository",
+            &format!("repository-{index}"),
             &service_binary("zf-repository"),
             &[],
             &self.common_env(),
             self.dir.path(),
         );
-        self.repository = Some(p);
+        self.repositories.push(p);
+        index
     }
 
     pub fn start_management(&mut self) -> usize {
@@ -410,6 +412,38 @@ impl Cluster {
         if expected > 0 {
             self.wait_nodes_up(expected).await;
         }
+        if !self.repositories.is_empty() {
+            self.wait_repositories(self.repositories.len()).await;
+        }
+    }
+
+    /// Waits until `count` repository instances of this cluster answer `$SRV.PING`.
+    pub async fn wait_repositories(&self, count: usize) {
+        let client = self.nats.client().await;
+        wait_until(
+            &format!("{count} repositories answering $SRV.PING"),
+            Duration::from_secs(20),
+            || {
+                let client = client.clone();
+                let cluster = self.cluster.clone();
+                async move {
+                    let found = zerofoot_shared::nats::discover(
+                        &client,
+                        "zf-repository",
+                        &cluster,
+                        Duration::from_millis(200),
+                    )
+                    .await
+                    .map_err(|e| e.to_string())?;
+                    if found.len() == count {
+                        Ok(())
+                    } else {
+                        Err(format!("{} answered", found.len()))
+                    }
+                }
+            },
+        )
+        .await;
     }
 
     /// Waits until `/v1/cluster` shows `count` nodes up, and returns it.
@@ -480,4 +514,111 @@ pub fn run_to_end(
         out.status,
         String::from_utf8_lossy(&out.stderr).into_owned(),
     )
+}
+
+/// Status and JSON body of a response (a body that is not JSON becomes a string).
+pub async fn status_and_json(response: reqwest::Response) -> (u16, Value) {
+    let status = response.status().as_u16();
+    let text = response.text().await.unwrap_or_default();
+    let body = serde_json::from_str(&text).unwrap_or(Value::String(text));
+    (status, body)
+}
+
+impl Cluster {
+    pub async fn post_json(&self, path: &str, body: &Value) -> (u16, Value) {
+        let r = self
+            .http
+            .post(self.url(path))
+            .json(body)
+            .send()
+            .await
+            .expect("POST");
+        status_and_json(r).await
+    }
+
+    pub async fn put_json(&self, path: &str, body: &Value) -> (u16, Value) {
+        let r = self
+            .http
+            .put(self.url(path))
+            .json(body)
+            .send()
+            .await
+            .expect("PUT");
+        status_and_json(r).await
+    }
+
+    pub async fn get(&self, path: &str) -> (u16, Value) {
+        let r = self.http.get(self.url(path)).send().await.expect("GET");
+        status_and_json(r).await
+    }
+
+    /// Uploads a bundle; returns status and body.
+    pub async fn upload(&self, bundle: Vec<u8>) -> (u16, Value) {
+        let r = self
+            .http
+            .post(self.url("/v1/modules"))
+            .body(bundle)
+            .send()
+            .await
+            .expect("POST /v1/modules");
+        status_and_json(r).await
+    }
+
+    /// Uploads a bundle that must be accepted as new.
+    pub async fn publish(&self, bundle: Vec<u8>) -> Value {
+        let (status, body) = self.upload(bundle).await;
+        assert_eq!(status, 201, "upload refused: {body}");
+        body
+    }
+
+    /// Waits until the module index (as management sees it) lists `name` `version`.
+    pub async fn wait_module(&self, name: &str, version: &str) {
+        let path = format!("/v1/modules/{name}");
+        wait_until(
+            &format!("module {name} {version} listed"),
+            Duration::from_secs(10),
+            || {
+                let fut = self.get(&path);
+                async move {
+                    let (_, body) = fut.await;
+                    let listed = body["versions"]
+                        .as_array()
+                        .is_some_and(|v| v.iter().any(|m| m["version"] == version));
+                    if listed {
+                        Ok(())
+                    } else {
+                        Err(body.to_string())
+                    }
+                }
+            },
+        )
+        .await;
+    }
+
+    /// The node id kept in node `index`'s data dir.
+    pub fn node_id(&self, index: usize) -> String {
+        std::fs::read_to_string(self.node_dir(index).join("node-id"))
+            .expect("node-id file")
+            .trim()
+            .to_string()
+    }
+
+    /// Index of the node process whose id is `id`.
+    pub fn node_index(&self, id: &str) -> usize {
+        (0..self.nodes.len())
+            .find(|i| self.node_id(*i) == id)
+            .unwrap_or_else(|| panic!("no node with id {id}"))
+    }
+
+    /// What node `id`'s redb mirror holds, as it answers on NATS.
+    pub async fn mirror(&self, client: &async_nats::Client, id: &str) -> Result<Value, String> {
+        let subject = format!("zf.{}.node.{id}.mirror", self.cluster);
+        let msg =
+            tokio::time::timeout(Duration::from_secs(5), client.request(subject, "{}".into()))
+                .await
+                .map_err(|_| "mirror request timed out".to_string())?
+                .map_err(|e| e.to_string())?;
+        let reply: Value = serde_json::from_slice(&msg.payload).map_err(|e| e.to_string())?;
+        reply.get("ok").cloned().ok_or_else(|| reply.to_string())
+    }
 }

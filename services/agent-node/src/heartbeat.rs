@@ -37,7 +37,7 @@ impl Beat {
                 _ = cancel.cancelled() => return,
                 _ = tick.tick() => {}
                 // A change of role is announced at once, not at the next tick.
-                _ = self.standing.changed() => {}
+                Ok(()) = self.standing.changed() => {}
             }
             let standing = *self.standing.borrow_and_update();
             let heartbeat = Heartbeat {

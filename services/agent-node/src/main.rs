@@ -1,9 +1,16 @@
 //! `zf-agent-node`: runs module drivers for a zerofoot cluster.
 
+mod cache;
 mod config;
 mod datadir;
+mod driver;
+mod executor;
 mod heartbeat;
+mod membership;
+mod mirror;
 mod node;
+mod store;
+mod sweeper;
 
 use clap::Parser;
 
@@ -27,6 +34,18 @@ async fn main() -> std::process::ExitCode {
     }
 }
 
-fn inspect(_args: config::InspectArgs) -> anyhow::Result<()> {
-    anyhow::bail!("inspect is not available yet")
+/// Prints the node's redb mirror as JSON (the node must be stopped: redb
+/// allows one process at a time).
+fn inspect(args: config::InspectArgs) -> anyhow::Result<()> {
+    let path = args.data_dir.join("node.redb");
+    if !path.exists() {
+        anyhow::bail!(
+            "{} does not exist: is {} a node's data dir?",
+            path.display(),
+            args.data_dir.display()
+        );
+    }
+    let dump = store::Store::open(&path)?.dump()?;
+    println!("{}", serde_json::to_string_pretty(&dump)?);
+    Ok(())
 }

@@ -1,5 +1,6 @@
 //! Wires the parts of an agent node under one cancellation token: data dir,
-//! NATS, JetStream assets, micro service, heartbeats.
+//! NATS, JetStream assets, redb mirror, module cache, heartbeats, the
+//! `op.submit` queue endpoint, and the sweeper.
 
 use std::sync::atomic::AtomicU32;
 use std::sync::Arc;
@@ -7,74 +8,241 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use async_nats::service::ServiceExt;
+use futures::StreamExt;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 use zerofoot_shared::assets::Assets;
-use zerofoot_shared::names::AGENT_NODE_SERVICE;
+use zerofoot_shared::names::{AGENT_NODE_SERVICE, AGENT_QUEUE_GROUP};
 use zerofoot_shared::nats::{connect_with_retry, service_metadata};
-use zerofoot_shared::protocol::Role;
+use zerofoot_shared::protocol::{
+    encode, RemoteError, Reply, Role, SubmitAccepted, SubmitOperation, PROTOCOL_VERSION,
+};
 
+use crate::cache::ModuleCache;
 use crate::config::RunArgs;
 use crate::datadir::DataDir;
+use crate::executor::{Executor, Taking};
 use crate::heartbeat::{Beat, Standing};
+use crate::membership::Membership;
+use crate::store::{Mirrored, Store};
 
 pub async fn run(args: RunArgs, shutdown: CancellationToken) -> anyhow::Result<()> {
-    let started_at = zerofoot_shared::time::now();
     let data_dir = {
         let (root, wanted) = (args.data_dir.clone(), args.id.clone());
         tokio::task::spawn_blocking(move || DataDir::open(&root, wanted.as_deref()))
             .await
             .context("data dir task failed")??
     };
+    let names = args.nats.names();
+    let span = tracing::info_span!("node", node = %data_dir.node_id(), cluster = %names.cluster());
+    serve(args, data_dir, shutdown).instrument(span).await
+}
+
+async fn serve(
+    args: RunArgs,
+    data_dir: DataDir,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let started_at = zerofoot_shared::time::now();
     let node_id = data_dir.node_id().to_string();
     let names = args.nats.names();
-    let span = tracing::info_span!("node", node = %node_id, cluster = %names.cluster());
-    let _enter = span.enter();
     tracing::info!(data_dir = %data_dir.root().display(), "starting");
+    let store = {
+        let path = data_dir.root().join("node.redb");
+        tokio::task::spawn_blocking(move || Store::open(&path))
+            .await
+            .context("store task failed")??
+    };
 
-    let client = match connect_with_retry(
+    let Ok(client) = connect_with_retry(
         &args.nats.nats_url,
         &format!("zf-agent-node {node_id}"),
         &shutdown,
     )
     .await
-    {
-        Ok(client) => client,
-        Err(_) => return Ok(()),
+    else {
+        return Ok(());
     };
-    let _assets = open_assets(&client, &args, &shutdown).await?;
+    let assets = open_assets(&client, &args, &shutdown).await?;
+    let lapse = Duration::from_millis(args.lapse_ms);
 
-    let _service = client
+    let mut tasks = tokio::task::JoinSet::new();
+    tasks.spawn(
+        crate::mirror::follow(
+            assets.contexts.clone(),
+            store.clone(),
+            Mirrored::Contexts,
+            shutdown.clone(),
+        )
+        .in_current_span(),
+    );
+    tasks.spawn(
+        crate::mirror::follow(
+            assets.resources.clone(),
+            store.clone(),
+            Mirrored::Resources,
+            shutdown.clone(),
+        )
+        .in_current_span(),
+    );
+
+    let cache = {
+        let (root, objects, ttl) = (
+            data_dir.root().join("modules"),
+            assets.modules.clone(),
+            Duration::from_secs(args.module_cache_ttl_s),
+        );
+        tokio::task::spawn_blocking(move || ModuleCache::open(root, objects, ttl))
+            .await
+            .context("cache task failed")??
+    };
+    tasks.spawn(cache.clone().evict_loop(shutdown.clone()).in_current_span());
+
+    let members = Membership::new(&node_id, lapse);
+    tasks.spawn(
+        members
+            .clone()
+            .follow(client.clone(), names.clone(), shutdown.clone())
+            .in_current_span(),
+    );
+
+    let running = Arc::new(AtomicU32::new(0));
+    let executor = Executor {
+        node: node_id.clone(),
+        assets: assets.clone(),
+        cache,
+        scratch_root: data_dir.root().join("scratch"),
+        running: running.clone(),
+        local: Arc::default(),
+        cancel: shutdown.clone(),
+    };
+    tasks.spawn(
+        crate::sweeper::sweep_loop(
+            executor.clone(),
+            store.clone(),
+            members,
+            lapse,
+            shutdown.clone(),
+        )
+        .in_current_span(),
+    );
+
+    let service = client
         .service_builder()
         .description("zerofoot agent node: runs module drivers")
         .metadata(service_metadata(names.cluster().as_str(), &node_id))
         .start(AGENT_NODE_SERVICE, zerofoot_shared::VERSION)
         .await
         .map_err(|e| anyhow::anyhow!("cannot register the micro service: {e}"))?;
+    let submit = service
+        .endpoint_builder()
+        .name("submit")
+        .queue_group(AGENT_QUEUE_GROUP)
+        .add(names.op_submit())
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot serve {}: {e}", names.op_submit()))?;
+    tasks.spawn(serve_submissions(submit, executor.clone(), shutdown.clone()).in_current_span());
+    let mirror = service
+        .endpoint_builder()
+        .name("mirror")
+        .queue_group(format!("mirror-{node_id}"))
+        .add(names.node_mirror(&node_id))
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot serve the mirror endpoint: {e}"))?;
+    tasks.spawn(serve_mirror(mirror, store.clone(), shutdown.clone()).in_current_span());
 
     let (_standing_tx, standing) = watch::channel(Standing {
         role: Role::Auxiliary,
         term: 0,
     });
-    let running = Arc::new(AtomicU32::new(0));
     let beat = Beat {
         client: client.clone(),
         subject: names.heartbeat(&node_id),
         node: node_id.clone(),
         interval: Duration::from_millis(args.heartbeat_ms),
-        lapse: Duration::from_millis(args.lapse_ms),
+        lapse,
         started_at,
         standing,
         running,
     };
-    let heartbeats = tokio::spawn(beat.run(shutdown.clone()));
+    tasks.spawn(beat.run(shutdown.clone()).in_current_span());
     tracing::info!("ready");
 
     shutdown.cancelled().await;
-    let _ = heartbeats.await;
+    let _ = service.stop().await;
+    while tasks.join_next().await.is_some() {}
     let _ = client.flush().await;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// `op.submit`: take the operation (or say why not) and answer at once; the
+/// outcome goes to the context.
+async fn serve_submissions(
+    mut endpoint: async_nats::service::endpoint::Endpoint,
+    exec: Executor,
+    cancel: CancellationToken,
+) {
+    loop {
+        let request = tokio::select! {
+            _ = cancel.cancelled() => return,
+            r = endpoint.next() => r,
+        };
+        let Some(request) = request else { return };
+        let exec = exec.clone();
+        tokio::spawn(
+            async move {
+                let reply: Reply<SubmitAccepted> = match zerofoot_shared::protocol::decode::<
+                    SubmitOperation,
+                >(&request.message.payload)
+                {
+                    Ok(submit) => exec
+                        .take_and_run(submit.op, Taking::Pending)
+                        .await
+                        .map(|()| SubmitAccepted {
+                            v: PROTOCOL_VERSION,
+                            node: exec.node.clone(),
+                        })
+                        .into(),
+                    Err(e) => Reply::Error(RemoteError::new(400, "invalid_request", e.to_string())),
+                };
+                let _ = request.respond(Ok(encode(&reply))).await;
+            }
+            .in_current_span(),
+        );
+    }
+}
+
+/// `node.<id>.mirror`: what this node's redb mirror holds, for operators and tests.
+async fn serve_mirror(
+    mut endpoint: async_nats::service::endpoint::Endpoint,
+    store: Store,
+    cancel: CancellationToken,
+) {
+    loop {
+        let request = tokio::select! {
+            _ = cancel.cancelled() => return,
+            r = endpoint.next() => r,
+        };
+        let Some(request) = request else { return };
+        let summary = store
+            .run(|s| {
+                let dump = s.dump()?;
+                Ok(serde_json::json!({
+                    "v": 1,
+                    "contexts_revision": dump.contexts_revision,
+                    "resources_revision": dump.resources_revision,
+                    "contexts": dump.contexts.iter().map(|c| serde_json::json!({"id": c.id, "state": c.state})).collect::<Vec<_>>(),
+                    "resources": dump.resources,
+                }))
+            })
+            .await;
+        let reply: Reply<serde_json::Value> = summary
+            .map_err(|e| RemoteError::new(500, "internal", e.to_string()))
+            .into();
+        let _ = request.respond(Ok(encode(&reply))).await;
+    }
 }
 
 /// Opens the cluster's JetStream assets, retrying while JetStream is not ready.

@@ -3,6 +3,7 @@
 pub mod cluster;
 pub mod health;
 pub mod modules;
+pub mod operations;
 pub mod resources;
 
 use axum::routing::{get, post, put};
@@ -17,6 +18,11 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/cluster", get(cluster::show))
         .route("/v1/modules", post(modules::upload).get(modules::list))
         .route("/v1/modules/{name}", get(modules::show))
+        .route(
+            "/v1/operations",
+            post(operations::submit).get(operations::list),
+        )
+        .route("/v1/operations/{id}", get(operations::show))
         .route("/v1/resources", get(resources::list))
         .route(
             "/v1/resources/{id}",

@@ -1,0 +1,393 @@
+//! Runs a module's entrypoint as a driver process (SPEC §3): clean
+//! environment, own process group, JSON on stdin, JSON lines on stdout,
+//! bounded output, a timeout, and the last 4 KiB of stderr for the error.
+//! Whatever way the driver ends, its whole process group is killed, so
+//! nothing it started outlives it.
+
+use std::collections::VecDeque;
+use std::path::PathBuf;
+use std::process::{ExitStatus, Stdio};
+use std::time::Duration;
+
+use nix::sys::signal::{killpg, Signal};
+use nix::unistd::Pid;
+use serde_json::Value;
+use tokio::io::{AsyncBufRead, AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio_util::sync::CancellationToken;
+
+/// Longest stdout line a driver may write.
+pub const MAX_LINE_BYTES: usize = 1024 * 1024;
+/// Most stdout a sync operation may write.
+pub const MAX_SYNC_OUTPUT_BYTES: u64 = 16 * 1024 * 1024;
+/// How much of stderr an error message carries.
+const STDERR_TAIL_BYTES: usize = 4096;
+/// How long a cancelled driver gets between SIGTERM and SIGKILL.
+const TERM_GRACE: Duration = Duration::from_secs(5);
+
+/// One line of driver output.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Output {
+    Result(Value),
+    Event { data: Value, key: Option<String> },
+    Checkpoint(Value),
+    ResourceState(Value),
+    Log { level: String, msg: String },
+}
+
+/// Reads one stdout line. A line that is not one of the protocol's messages
+/// is kept as a log line, never a failure.
+pub fn parse_line(line: &[u8]) -> Option<Output> {
+    let text = String::from_utf8_lossy(line);
+    let text = text.trim_end_matches('\r');
+    if text.trim().is_empty() {
+        return None;
+    }
+    let as_log = || Output::Log {
+        level: "info".into(),
+        msg: text.to_string(),
+    };
+    let Ok(Value::Object(mut obj)) = serde_json::from_str::<Value>(text) else {
+        return Some(as_log());
+    };
+    let data = obj.remove("data").unwrap_or(Value::Null);
+    let output = match obj.get("type").and_then(Value::as_str) {
+        Some("result") => Output::Result(data),
+        Some("event") => Output::Event {
+            data,
+            key: match obj.get("key") {
+                Some(Value::String(s)) => Some(s.clone()),
+                Some(Value::Number(n)) => Some(n.to_string()),
+                _ => None,
+            },
+        },
+        Some("checkpoint") => Output::Checkpoint(data),
+        Some("resource_state") => Output::ResourceState(data),
+        Some("log") => Output::Log {
+            level: obj
+                .get("level")
+                .and_then(Value::as_str)
+                .unwrap_or("info")
+                .to_string(),
+            msg: obj
+                .get("msg")
+                .and_then(Value::as_str)
+                .unwrap_or("")
+                .to_string(),
+        },
+        _ => as_log(),
+    };
+    Some(output)
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum DriverError {
+    #[error("cannot start the driver {program}: {message}")]
+    Spawn { program: String, message: String },
+    #[error("the driver ran past its timeout of {0} ms and was killed{1}")]
+    Timeout(u64, String),
+    #[error("the driver wrote a stdout line longer than {0} bytes and was stopped")]
+    LineTooLong(usize),
+    #[error("the driver wrote more than {0} bytes to stdout and was stopped")]
+    TooMuchOutput(u64),
+    #[error("the driver {0}{1}")]
+    Failed(String, String),
+    #[error("the driver was cancelled")]
+    Cancelled,
+    #[error("reading the driver's output failed: {0}")]
+    Io(String),
+}
+
+/// How to run one driver.
+pub struct Invocation {
+    pub program: PathBuf,
+    pub operation: String,
+    pub scratch: PathBuf,
+    pub env: Vec<(String, String)>,
+    pub stdin: Vec<u8>,
+    pub timeout: Option<Duration>,
+    pub max_output: Option<u64>,
+}
+
+/// The environment every driver starts with, besides the `ZF_*` variables.
+pub fn base_env(scratch: &std::path::Path) -> Vec<(String, String)> {
+    vec![
+        (
+            "PATH".into(),
+            std::env::var("PATH").unwrap_or_else(|_| "/usr/local/bin:/usr/bin:/bin".into()),
+        ),
+        ("HOME".into(), scratch.display().to_string()),
+        (
+            "LANG".into(),
+            std::env::var("LANG").unwrap_or_else(|_| "C.UTF-8".into()),
+        ),
+    ]
+}
+
+/// Runs the driver to its end, handing every output line to `on_output` in
+/// order. `Ok` means exit status 0.
+pub async fn run(
+    inv: Invocation,
+    cancel: &CancellationToken,
+    mut on_output: impl FnMut(Output),
+) -> Result<(), DriverError> {
+    let mut child = tokio::process::Command::new(&inv.program)
+        .arg(&inv.operation)
+        .current_dir(&inv.scratch)
+        .env_clear()
+        .envs(inv.env.iter().map(|(k, v)| (k, v)))
+        .process_group(0)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .map_err(|e| DriverError::Spawn {
+            program: inv.program.display().to_string(),
+            message: e.to_string(),
+        })?;
+    let group = child.id().map(|id| Pid::from_raw(id as i32));
+    let kill_group = |signal: Signal| {
+        if let Some(group) = group {
+            let _ = killpg(group, signal);
+        }
+    };
+
+    if let Some(mut stdin) = child.stdin.take() {
+        let input = inv.stdin;
+        // A driver that never reads stdin must not block us.
+        tokio::spawn(async move {
+            let _ = stdin.write_all(&input).await;
+        });
+    }
+    let stderr_tail = match child.stderr.take() {
+        Some(stderr) => tokio::spawn(read_tail(stderr)),
+        None => tokio::spawn(async { String::new() }),
+    };
+    let Some(stdout) = child.stdout.take() else {
+        kill_group(Signal::SIGKILL);
+        return Err(DriverError::Io("no stdout pipe".into()));
+    };
+    let mut reader = BufReader::new(stdout);
+
+    let deadline = inv.timeout.map(|t| tokio::time::Instant::now() + t);
+    let mut line = Vec::new();
+    let mut total = 0u64;
+    let mut exit: Option<ExitStatus> = None;
+    let outcome: Result<(), DriverError> = loop {
+        let sleep_until_deadline = async {
+            match deadline {
+                Some(d) => tokio::time::sleep_until(d).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            _ = cancel.cancelled() => {
+                kill_group(Signal::SIGTERM);
+                if tokio::time::timeout(TERM_GRACE, child.wait()).await.is_err() {
+                    kill_group(Signal::SIGKILL);
+                }
+                break Err(DriverError::Cancelled);
+            }
+            _ = sleep_until_deadline => {
+                kill_group(Signal::SIGKILL);
+                break Err(DriverError::Timeout(inv.timeout.map(|t| t.as_millis() as u64).unwrap_or(0), String::new()));
+            }
+            status = child.wait(), if exit.is_none() => {
+                match status {
+                    Ok(status) => exit = Some(status),
+                    Err(e) => break Err(DriverError::Io(e.to_string())),
+                }
+                // The driver is gone: so is everything it started. Output
+                // already in the pipe is still read below.
+                kill_group(Signal::SIGKILL);
+            }
+            read = next_line(&mut reader, &mut line) => {
+                match read {
+                    Err(e) => break Err(e),
+                    Ok(None) => {
+                        if exit.is_none() {
+                            // stdout closed before exit: wait for the exit status.
+                            match child.wait().await {
+                                Ok(status) => exit = Some(status),
+                                Err(e) => break Err(DriverError::Io(e.to_string())),
+                            }
+                            kill_group(Signal::SIGKILL);
+                        }
+                        break Ok(());
+                    }
+                    Ok(Some(bytes)) => {
+                        total += bytes.len() as u64 + 1;
+                        if inv.max_output.is_some_and(|max| total > max) {
+                            break Err(DriverError::TooMuchOutput(inv.max_output.unwrap_or(0)));
+                        }
+                        if let Some(output) = parse_line(&bytes) {
+                            on_output(output);
+                        }
+                    }
+                }
+            }
+        }
+    };
+    if outcome.is_err() {
+        kill_group(Signal::SIGKILL);
+        let _ = child.wait().await;
+    }
+    let tail = stderr_tail.await.unwrap_or_default();
+    let with_tail = |tail: &str| {
+        if tail.trim().is_empty() {
+            String::new()
+        } else {
+            format!("; stderr: {}", tail.trim_end())
+        }
+    };
+    match outcome {
+        Err(DriverError::Timeout(ms, _)) => Err(DriverError::Timeout(ms, with_tail(&tail))),
+        Err(e) => Err(e),
+        Ok(()) => match exit {
+            Some(status) if status.success() => Ok(()),
+            Some(status) => Err(DriverError::Failed(describe(status), with_tail(&tail))),
+            None => Err(DriverError::Io("no exit status".into())),
+        },
+    }
+}
+
+fn describe(status: ExitStatus) -> String {
+    use std::os::unix::process::ExitStatusExt;
+    match (status.code(), status.signal()) {
+        (Some(code), _) => format!("exited with status {code}"),
+        (None, Some(signal)) => format!("was killed by signal {signal}"),
+        _ => "ended abnormally".into(),
+    }
+}
+
+/// Reads one line without holding more than [`MAX_LINE_BYTES`]. Partial
+/// progress stays in `line`, so the future may be dropped and called again.
+async fn next_line<R: AsyncBufRead + Unpin>(
+    reader: &mut R,
+    line: &mut Vec<u8>,
+) -> Result<Option<Vec<u8>>, DriverError> {
+    loop {
+        let available = reader
+            .fill_buf()
+            .await
+            .map_err(|e| DriverError::Io(e.to_string()))?;
+        if available.is_empty() {
+            return Ok(if line.is_empty() {
+                None
+            } else {
+                Some(std::mem::take(line))
+            });
+        }
+        if let Some(pos) = available.iter().position(|b| *b == b'\n') {
+            line.extend_from_slice(&available[..pos]);
+            reader.consume(pos + 1);
+            if line.len() > MAX_LINE_BYTES {
+                return Err(DriverError::LineTooLong(MAX_LINE_BYTES));
+            }
+            return Ok(Some(std::mem::take(line)));
+        }
+        let n = available.len();
+        line.extend_from_slice(available);
+        reader.consume(n);
+        if line.len() > MAX_LINE_BYTES {
+            return Err(DriverError::LineTooLong(MAX_LINE_BYTES));
+        }
+    }
+}
+
+/// Keeps the last [`STDERR_TAIL_BYTES`] of a stream.
+async fn read_tail(mut stream: impl tokio::io::AsyncRead + Unpin) -> String {
+    let mut tail: VecDeque<u8> = VecDeque::with_capacity(STDERR_TAIL_BYTES);
+    let mut buf = [0u8; 8192];
+    while let Ok(n) = stream.read(&mut buf).await {
+        if n == 0 {
+            break;
+        }
+        tail.extend(&buf[..n]);
+        let excess = tail.len().saturating_sub(STDERR_TAIL_BYTES);
+        tail.drain(..excess);
+    }
+    String::from_utf8_lossy(&tail.into_iter().collect::<Vec<u8>>()).into_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn protocol_lines_are_parsed() {
+        assert_eq!(
+            parse_line(br#"{"type":"result","data":{"a":1}}"#),
+            Some(Output::Result(json!({"a":1})))
+        );
+        assert_eq!(
+            parse_line(br#"{"type":"event","data":2,"key":"k"}"#),
+            Some(Output::Event {
+                data: json!(2),
+                key: Some("k".into())
+            })
+        );
+        assert_eq!(
+            parse_line(br#"{"type":"event","data":2,"key":7}"#),
+            Some(Output::Event {
+                data: json!(2),
+                key: Some("7".into())
+            })
+        );
+        assert_eq!(
+            parse_line(br#"{"type":"checkpoint","data":{"o":3}}"#),
+            Some(Output::Checkpoint(json!({"o":3})))
+        );
+        assert_eq!(
+            parse_line(br#"{"type":"resource_state","data":"up"}"#),
+            Some(Output::ResourceState(json!("up")))
+        );
+        assert_eq!(
+            parse_line(br#"{"type":"log","level":"warn","msg":"m"}"#),
+            Some(Output::Log {
+                level: "warn".into(),
+                msg: "m".into()
+            })
+        );
+    }
+
+    #[test]
+    fn anything_else_is_a_log_line() {
+        for raw in [
+            &b"plain text"[..],
+            b"{\"type\":\"weird\"}",
+            b"[1,2]",
+            b"{broken",
+            b"\xff\xfe",
+        ] {
+            assert!(
+                matches!(parse_line(raw), Some(Output::Log { .. })),
+                "{raw:?}"
+            );
+        }
+        assert_eq!(parse_line(b"   "), None);
+    }
+
+    #[tokio::test]
+    async fn long_lines_are_refused_without_holding_them() {
+        let mut data = vec![b'x'; MAX_LINE_BYTES + 10];
+        data.push(b'\n');
+        let mut reader = BufReader::new(data.as_slice());
+        let mut line = Vec::new();
+        assert!(matches!(
+            next_line(&mut reader, &mut line).await,
+            Err(DriverError::LineTooLong(_))
+        ));
+        let mut reader = BufReader::new(&b"a\nb"[..]);
+        assert_eq!(
+            next_line(&mut reader, &mut line).await.ok().flatten(),
+            Some(b"a".to_vec())
+        );
+        assert_eq!(
+            next_line(&mut reader, &mut line).await.ok().flatten(),
+            Some(b"b".to_vec())
+        );
+        assert_eq!(next_line(&mut reader, &mut line).await.ok().flatten(), None);
+    }
+}

@@ -1,0 +1,316 @@
+//! Runs operations on this node: takes them (owner and attempt written by
+//! compare-and-set on the context's KV revision), fetches the module, runs the
+//! driver, masks the resource's secrets in everything the driver wrote, and
+//! stores the outcome with compare-and-set, so a node that was replaced can
+//! never overwrite what its successor wrote.
+
+use std::collections::HashSet;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_nats::jetstream::kv;
+use serde_json::{json, Value};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+use uuid::Uuid;
+use zerofoot_shared::assets::Assets;
+use zerofoot_shared::protocol::{
+    decode, encode, mask_secrets, mask_str, ExecutionContext, OperationState, RemoteError,
+    ResourceRecord,
+};
+
+use crate::cache::ModuleCache;
+use crate::driver::{self, Invocation, Output};
+
+/// How a node comes to take an operation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Taking {
+    /// Submitted to this node, or pending for too long.
+    Pending,
+    /// Its owner is gone.
+    FromLostOwner,
+}
+
+#[derive(Clone)]
+pub struct Executor {
+    pub node: String,
+    pub assets: Assets,
+    pub cache: ModuleCache,
+    pub scratch_root: PathBuf,
+    pub running: Arc<AtomicU32>,
+    /// Operations whose driver runs on this node now.
+    pub local: Arc<Mutex<HashSet<Uuid>>>,
+    pub cancel: CancellationToken,
+}
+
+fn conflict(message: String) -> RemoteError {
+    RemoteError::new(409, "not_available", message)
+}
+
+impl Executor {
+    pub fn is_running_here(&self, op: &Uuid) -> bool {
+        self.local
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains(op)
+    }
+
+    /// Reads the context and its revision straight from KV.
+    pub async fn read(&self, op: &Uuid) -> Result<Option<(ExecutionContext, u64)>, RemoteError> {
+        let entry = self
+            .assets
+            .contexts
+            .entry(op.to_string())
+            .await
+            .map_err(|e| {
+                RemoteError::new(
+                    503,
+                    "unavailable",
+                    format!("cannot read the context of {op}: {e}"),
+                )
+            })?;
+        match entry {
+            Some(entry) if entry.operation == kv::Operation::Put => {
+                decode::<ExecutionContext>(&entry.value)
+                    .map(|ctx| Some((ctx, entry.revision)))
+                    .map_err(|e| {
+                        RemoteError::new(500, "internal", format!("unreadable context {op}: {e}"))
+                    })
+            }
+            _ => Ok(None),
+        }
+    }
+
+    /// Takes operation `op` if it is still in the state `how` expects, and
+    /// starts running it. Returns once the take is written.
+    pub async fn take_and_run(&self, op: Uuid, how: Taking) -> Result<(), RemoteError> {
+        let (mut ctx, revision) = self.read(&op).await?.ok_or_else(|| {
+            RemoteError::new(404, "operation_not_found", format!("no operation {op}"))
+        })?;
+        match how {
+            Taking::Pending if ctx.state != OperationState::Pending => {
+                return Err(conflict(format!(
+                    "operation {op} is {}, not pending",
+                    ctx.state.as_str()
+                )))
+            }
+            Taking::FromLostOwner if ctx.state != OperationState::Running => {
+                return Err(conflict(format!(
+                    "operation {op} is {}, not running",
+                    ctx.state.as_str()
+                )))
+            }
+            _ => {}
+        }
+        if how == Taking::FromLostOwner {
+            let lost = ctx.owner.clone().unwrap_or_default();
+            ctx.owner_lost();
+            tracing::warn!(op = %op, lost_node = %lost, state = ctx.state.as_str(), "took over an operation whose node was lost");
+            if ctx.state.is_terminal() {
+                self.write(&ctx, revision).await?;
+                return Ok(());
+            }
+        }
+        ctx.take(&self.node, ctx.epoch);
+        // Listed as local before the write lands, so this node's own sweeper
+        // never mistakes it for an orphan.
+        self.local
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(op);
+        let revision = match self.write(&ctx, revision).await {
+            Ok(revision) => revision,
+            Err(e) => {
+                self.local
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .remove(&op);
+                return Err(e);
+            }
+        };
+        let this = self.clone();
+        let span = tracing::info_span!("operation", op = %op, module = %ctx.module, operation = %ctx.operation);
+        tokio::spawn(
+            async move {
+                this.running.fetch_add(1, Ordering::Relaxed);
+                this.run_sync(ctx, revision).await;
+                this.running.fetch_sub(1, Ordering::Relaxed);
+                this.local
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .remove(&op);
+            }
+            .instrument(span),
+        );
+        Ok(())
+    }
+
+    /// Compare-and-set write of a context; returns the new revision.
+    async fn write(&self, ctx: &ExecutionContext, revision: u64) -> Result<u64, RemoteError> {
+        self.assets
+            .contexts
+            .update(ctx.id.to_string(), encode(ctx), revision)
+            .await
+            .map_err(|e| {
+                conflict(format!(
+                    "operation {} changed meanwhile ({e}); another node has it",
+                    ctx.id
+                ))
+            })
+    }
+
+    async fn resource(&self, id: &str) -> Result<ResourceRecord, String> {
+        match self.assets.resources.get(id).await {
+            Ok(Some(bytes)) => decode::<ResourceRecord>(&bytes)
+                .map_err(|e| format!("resource {id} is unreadable: {e}")),
+            Ok(None) => Err(format!("resource {id} does not exist (any more)")),
+            Err(e) => Err(format!("cannot read resource {id}: {e}")),
+        }
+    }
+
+    async fn run_sync(&self, mut ctx: ExecutionContext, revision: u64) {
+        let started = std::time::Instant::now();
+        let outcome = self.drive(&ctx).await;
+        match outcome {
+            Ok(result) => ctx.complete(result),
+            Err(error) => ctx.fail(error),
+        }
+        match self.write(&ctx, revision).await {
+            Ok(_) => tracing::info!(
+                state = ctx.state.as_str(),
+                ms = started.elapsed().as_millis() as u64,
+                "operation finished"
+            ),
+            Err(e) => {
+                tracing::warn!(error = %e, "outcome dropped: the operation was taken over by another node")
+            }
+        }
+    }
+
+    /// Runs the driver; the masked result, or a masked error message.
+    async fn drive(&self, ctx: &ExecutionContext) -> Result<Option<Value>, String> {
+        let lease = self
+            .cache
+            .acquire(&ctx.digest)
+            .await
+            .map_err(|e| e.to_string())?;
+        let resource = match &ctx.resource {
+            Some(id) => Some(self.resource(id).await?),
+            None => None,
+        };
+        let secrets = resource
+            .as_ref()
+            .map(|r| r.secrets.clone())
+            .unwrap_or_default();
+        let attempt = ctx.attempts.len();
+        let scratch = self.scratch_root.join(format!("{}-{attempt}", ctx.id));
+        tokio::fs::create_dir_all(&scratch)
+            .await
+            .map_err(|e| format!("cannot create the scratch dir {}: {e}", scratch.display()))?;
+        let stdin = json!({
+            "v": 1,
+            "operation_id": ctx.id,
+            "operation": ctx.operation,
+            "params": ctx.params,
+            "resource": resource.as_ref().map(|r| json!({
+                "id": r.id, "kind": r.kind, "config": r.config, "secrets": r.secrets,
+            })),
+            "checkpoint": ctx.checkpoint,
+        });
+        let mut env = driver::base_env(&scratch);
+        env.extend([
+            ("ZF_OPERATION".to_string(), ctx.operation.clone()),
+            ("ZF_OPERATION_ID".to_string(), ctx.id.to_string()),
+            ("ZF_MODULE".to_string(), ctx.module.clone()),
+            ("ZF_MODULE_VERSION".to_string(), ctx.version.clone()),
+            ("ZF_NODE_ID".to_string(), self.node.clone()),
+        ]);
+        let invocation = Invocation {
+            program: lease.dir.join(lease.manifest.entrypoint_path()),
+            operation: ctx.operation.clone(),
+            scratch: scratch.clone(),
+            env,
+            stdin: serde_json::to_vec(&stdin).unwrap_or_default(),
+            timeout: Some(Duration::from_millis(ctx.timeout_ms)),
+            max_output: Some(driver::MAX_SYNC_OUTPUT_BYTES),
+        };
+
+        let (state_tx, state_rx) = mpsc::unbounded_channel();
+        let state_writer =
+            tokio::spawn(report_states(self.clone(), ctx.resource.clone(), state_rx));
+        let mut result = None;
+        let run = driver::run(invocation, &self.cancel, |output| match output {
+            Output::Result(mut data) => {
+                mask_secrets(&mut data, &secrets);
+                result = Some(data);
+            }
+            Output::ResourceState(mut data) => {
+                mask_secrets(&mut data, &secrets);
+                let _ = state_tx.send(data);
+            }
+            Output::Log { level, msg } => {
+                let msg = mask_str(&msg, &secrets);
+                match level.as_str() {
+                    "error" => tracing::error!(driver = %msg),
+                    "warn" => tracing::warn!(driver = %msg),
+                    _ => tracing::info!(driver = %msg),
+                }
+            }
+            Output::Event { .. } | Output::Checkpoint(_) => {
+                tracing::debug!("a sync operation wrote an event or checkpoint; ignored")
+            }
+        })
+        .await;
+        drop(state_tx);
+        let _ = state_writer.await;
+        drop(lease);
+        let dir = scratch.clone();
+        let _ = tokio::task::spawn_blocking(move || std::fs::remove_dir_all(dir)).await;
+        run.map(|()| result)
+            .map_err(|e| mask_str(&e.to_string(), &secrets))
+    }
+}
+
+/// Writes `resource_state` reports in order, each with compare-and-set so a
+/// concurrent change of the resource's configuration is never overwritten.
+async fn report_states(
+    exec: Executor,
+    resource: Option<String>,
+    mut states: mpsc::UnboundedReceiver<Value>,
+) {
+    while let Some(state) = states.recv().await {
+        let Some(id) = &resource else {
+            tracing::warn!(
+                "the driver reported resource_state but the operation has no resource; ignored"
+            );
+            continue;
+        };
+        for _ in 0..10 {
+            let entry = match exec.assets.resources.entry(id.as_str()).await {
+                Ok(Some(entry)) if entry.operation == kv::Operation::Put => entry,
+                _ => {
+                    tracing::warn!(resource = %id, "resource gone; state report dropped");
+                    break;
+                }
+            };
+            let Ok(mut record) = decode::<ResourceRecord>(&entry.value) else {
+                break;
+            };
+            record.state = Some(state.clone());
+            record.state_updated_at = Some(zerofoot_shared::time::now());
+            record.reported_by = Some(exec.node.clone());
+            if exec
+                .assets
+                .resources
+                .update(id.as_str(), encode(&record), entry.revision)
+                .await
+                .is_ok()
+            {
+                break;
+            }
+        }
+    }
+}

@@ -1,0 +1,137 @@
+//! Keeps a redb table equal to a KV bucket: replays from the last revision
+//! applied when the stream still holds it, otherwise rebuilds from a full
+//! snapshot; then follows live changes, committing them in batches so the
+//! mirror keeps up with thousands of changes per second.
+
+use std::time::Duration;
+
+use async_nats::jetstream::kv;
+use futures::{FutureExt, StreamExt};
+use tokio_util::sync::CancellationToken;
+
+use crate::store::{Change, Mirrored, Store};
+
+/// Largest number of changes committed in one redb transaction.
+const MAX_BATCH: usize = 2048;
+
+pub async fn follow(bucket: kv::Store, store: Store, what: Mirrored, cancel: CancellationToken) {
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        match follow_once(&bucket, &store, what, &cancel).await {
+            Ok(()) => return,
+            Err(e) => {
+                tracing::warn!(table = what.name(), error = %e, "mirror interrupted; resuming")
+            }
+        }
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = tokio::time::sleep(backoff) => {}
+        }
+        backoff = (backoff * 2).min(Duration::from_secs(5));
+    }
+}
+
+fn change_of(entry: &kv::Entry) -> Change {
+    match entry.operation {
+        kv::Operation::Put => Change::Put {
+            key: entry.key.clone(),
+            value: entry.value.clone(),
+        },
+        kv::Operation::Delete | kv::Operation::Purge => Change::Delete {
+            key: entry.key.clone(),
+        },
+    }
+}
+
+/// Runs until cancelled (`Ok`) or until the watch fails (`Err`).
+async fn follow_once(
+    bucket: &kv::Store,
+    store: &Store,
+    what: Mirrored,
+    cancel: &CancellationToken,
+) -> Result<(), String> {
+    let applied = store
+        .run(move |s| s.revision(what))
+        .await
+        .map_err(|e| e.to_string())?;
+    let status = bucket.status().await.map_err(|e| e.to_string())?;
+    let state = &status.info.state;
+    // Replay works when every message after `applied` is still in the stream.
+    // Otherwise (a new node, or history the stream dropped) take a snapshot.
+    let replay =
+        applied > 0 && applied + 1 >= state.first_sequence && applied <= state.last_sequence;
+    let mut watch = if replay {
+        tracing::info!(
+            table = what.name(),
+            from = applied + 1,
+            "replaying missed changes"
+        );
+        bucket
+            .watch_all_from_revision(applied + 1)
+            .await
+            .map_err(|e| e.to_string())?
+    } else {
+        let snapshot_end = state.last_sequence;
+        tracing::info!(
+            table = what.name(),
+            applied,
+            "rebuilding the mirror from a snapshot"
+        );
+        let mut watch = bucket.watch_all().await.map_err(|e| e.to_string())?;
+        let mut snapshot = Vec::new();
+        let mut revision = snapshot_end;
+        if state.messages > 0 {
+            loop {
+                let entry = tokio::select! {
+                    _ = cancel.cancelled() => return Ok(()),
+                    e = watch.next() => e,
+                };
+                let entry = entry.ok_or("watch ended")?.map_err(|e| e.to_string())?;
+                revision = revision.max(entry.revision);
+                let done = entry.delta == 0;
+                snapshot.push(change_of(&entry));
+                if done {
+                    break;
+                }
+            }
+        }
+        let count = snapshot.len();
+        store
+            .run(move |s| s.replace(what, &snapshot, revision))
+            .await
+            .map_err(|e| e.to_string())?;
+        tracing::info!(
+            table = what.name(),
+            entries = count,
+            revision,
+            "mirror rebuilt"
+        );
+        watch
+    };
+
+    loop {
+        let first = tokio::select! {
+            _ = cancel.cancelled() => return Ok(()),
+            e = watch.next() => e,
+        };
+        let first = first.ok_or("watch ended")?.map_err(|e| e.to_string())?;
+        let mut revision = first.revision;
+        let mut batch = vec![change_of(&first)];
+        // Take whatever else is already waiting, without waiting for more.
+        while batch.len() < MAX_BATCH {
+            match watch.next().now_or_never() {
+                Some(Some(Ok(entry))) => {
+                    revision = revision.max(entry.revision);
+                    batch.push(change_of(&entry));
+                }
+                Some(Some(Err(e))) => return Err(e.to_string()),
+                Some(None) => return Err("watch ended".into()),
+                None => break,
+            }
+        }
+        store
+            .run(move |s| s.apply(what, &batch, revision))
+            .await
+            .map_err(|e| e.to_string())?;
+    }
+}

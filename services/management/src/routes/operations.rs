@@ -1,0 +1,356 @@
+//! `/v1/operations`: submit, list and show operations (SPEC §5, §8). The
+//! execution context is written to KV before the operation is acknowledged;
+//! a sync submission then waits for the context to reach a final state.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use async_nats::jetstream::kv;
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use futures::{StreamExt, TryStreamExt};
+use serde::Deserialize;
+use serde_json::{json, Value};
+use uuid::Uuid;
+use zerofoot_shared::protocol::{
+    decode, encode, ExecutionContext, NewOperation, OperationKind, OperationState, Reply,
+    SubmitAccepted, SubmitOperation, PROTOCOL_VERSION,
+};
+
+use crate::error::{ApiError, ApiJson};
+use crate::startup::{AppState, Nats};
+
+/// How long a node has to accept a submission.
+const SUBMIT_TIMEOUT: Duration = Duration::from_secs(5);
+/// Slack on top of the operation's own time budget before answering 202.
+const WAIT_SLACK: Duration = Duration::from_secs(10);
+const DEFAULT_LIST_LIMIT: usize = 100;
+const MAX_LIST_LIMIT: usize = 1000;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Submit {
+    module: String,
+    #[serde(default)]
+    version: Option<String>,
+    operation: String,
+    #[serde(default)]
+    resource: Option<String>,
+    #[serde(default)]
+    params: Option<Value>,
+}
+
+fn flag(query: &HashMap<String, String>, name: &str, default: bool) -> Result<bool, ApiError> {
+    match query.get(name).map(String::as_str) {
+        None => Ok(default),
+        Some("true" | "1" | "") => Ok(true),
+        Some("false" | "0") => Ok(false),
+        Some(other) => Err(ApiError::bad_request(
+            "invalid_query",
+            format!("?{name}={other} is not a boolean: use true or false"),
+        )),
+    }
+}
+
+pub async fn submit(
+    State(state): State<AppState>,
+    Query(query): Query<HashMap<String, String>>,
+    ApiJson(body): ApiJson<Submit>,
+) -> Result<(StatusCode, ApiJson<ExecutionContext>), ApiError> {
+    let wait = flag(&query, "wait", true)?;
+    let nats = state.nats()?;
+    let params = match body.params {
+        None | Some(Value::Null) => json!({}),
+        Some(Value::Object(map)) => Value::Object(map),
+        Some(other) => {
+            return Err(ApiError::bad_request(
+                "invalid_params",
+                format!("params must be a JSON object, not {}", kind_of(&other)),
+            ))
+        }
+    };
+    let version = body
+        .version
+        .as_deref()
+        .map(str::parse::<semver::Version>)
+        .transpose()
+        .map_err(|e| {
+            ApiError::bad_request("invalid_version", format!("version is not semver: {e}"))
+        })?;
+    let module = nats
+        .catalog
+        .resolve(&body.module, version.as_ref())
+        .await
+        .map_err(|e| ApiError::unavailable(e.to_string()))?
+        .ok_or_else(|| {
+            let which = match &version {
+                Some(v) => format!("module {:?} version {v}", body.module),
+                None => format!("module {:?}", body.module),
+            };
+            ApiError::not_found(
+                "module_not_found",
+                format!("no {which}; GET /v1/modules lists the modules"),
+            )
+        })?;
+    let spec = module.operations.get(&body.operation).ok_or_else(|| {
+        let known: Vec<&str> = module.operations.keys().map(String::as_str).collect();
+        ApiError::unprocessable(
+            "unknown_operation",
+            format!(
+                "module {} {} has no operation {:?}; it has: {}",
+                module.name,
+                module.version,
+                body.operation,
+                known.join(", ")
+            ),
+        )
+    })?;
+    if let Some(resource) = &body.resource {
+        let exists = nats
+            .assets
+            .resources
+            .get(resource.as_str())
+            .await
+            .map_err(|e| ApiError::nats("cannot read the resources bucket", e))?
+            .is_some();
+        if !exists {
+            return Err(ApiError::not_found(
+                "resource_not_found",
+                format!("no resource {resource:?}; create it with PUT /v1/resources/{resource}"),
+            ));
+        }
+    }
+
+    let ctx = ExecutionContext::new(NewOperation {
+        module: module.name.clone(),
+        version: module.version.to_string(),
+        digest: module.digest.clone(),
+        operation: body.operation,
+        kind: spec.kind,
+        resource: body.resource,
+        params,
+        timeout_ms: spec.timeout_ms(),
+        retries: spec.retries(),
+    });
+    let key = ctx.id.to_string();
+    // Watch before writing, so no change of the context can slip past.
+    let watch = nats
+        .assets
+        .contexts
+        .watch(&key)
+        .await
+        .map_err(|e| ApiError::nats("cannot watch the contexts bucket", e))?;
+    let revision = nats
+        .assets
+        .contexts
+        .create(&key, encode(&ctx))
+        .await
+        .map_err(|e| ApiError::nats("cannot record the operation", e))?;
+    tracing::info!(op = %ctx.id, module = %ctx.module, operation = %ctx.operation, "operation recorded");
+
+    if ctx.kind == OperationKind::Async {
+        return Ok((StatusCode::ACCEPTED, ApiJson(ctx)));
+    }
+    submit_to_a_node(&state, nats, &ctx, revision).await?;
+    if !wait {
+        return Ok((StatusCode::ACCEPTED, ApiJson(ctx)));
+    }
+    let budget = Duration::from_millis(ctx.timeout_ms) * (ctx.retries + 1) + WAIT_SLACK;
+    let final_ctx = wait_for_end(watch, ctx, budget).await;
+    let status = if final_ctx.state.is_terminal() {
+        StatusCode::OK
+    } else {
+        StatusCode::ACCEPTED
+    };
+    Ok((status, ApiJson(final_ctx)))
+}
+
+fn kind_of(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}
+
+/// Hands the operation to one node of the queue group. With no node there at
+/// all, the operation is marked failed rather than left pending for ever.
+async fn submit_to_a_node(
+    state: &AppState,
+    nats: &Nats,
+    ctx: &ExecutionContext,
+    revision: u64,
+) -> Result<(), ApiError> {
+    let request = SubmitOperation {
+        v: PROTOCOL_VERSION,
+        op: ctx.id,
+    };
+    let answer = tokio::time::timeout(
+        SUBMIT_TIMEOUT,
+        nats.client
+            .request(state.names().op_submit(), encode(&request)),
+    )
+    .await;
+    match answer {
+        Ok(Ok(message)) => {
+            match serde_json::from_slice::<Reply<SubmitAccepted>>(&message.payload) {
+                Ok(Reply::Ok(accepted)) => {
+                    tracing::debug!(op = %ctx.id, node = %accepted.node, "taken")
+                }
+                // Taken meanwhile (e.g. by a sweeping node): its outcome still comes.
+                Ok(Reply::Error(e)) => {
+                    tracing::debug!(op = %ctx.id, error = %e, "not taken by the asked node")
+                }
+                Err(e) => {
+                    tracing::warn!(op = %ctx.id, error = %e, "unreadable answer to a submission")
+                }
+            }
+            Ok(())
+        }
+        Ok(Err(e)) if e.kind() == async_nats::client::RequestErrorKind::NoResponders => {
+            let mut failed = ctx.clone();
+            failed.fail("no agent node was running to take the operation".into());
+            if nats
+                .assets
+                .contexts
+                .update(ctx.id.to_string(), encode(&failed), revision)
+                .await
+                .is_ok()
+            {
+                return Err(ApiError::unavailable(format!(
+                    "no agent node is running in cluster {}; operation {} was marked failed",
+                    state.names().cluster(),
+                    ctx.id
+                )));
+            }
+            Ok(())
+        }
+        // A slow answer is no loss: nodes sweep up pending operations.
+        Ok(Err(e)) => {
+            tracing::warn!(op = %ctx.id, error = %e, "submission not confirmed; a node will sweep it up");
+            Ok(())
+        }
+        Err(_) => {
+            tracing::warn!(op = %ctx.id, "submission not confirmed in time; a node will sweep it up");
+            Ok(())
+        }
+    }
+}
+
+async fn wait_for_end(
+    mut watch: kv::Watch,
+    mut latest: ExecutionContext,
+    budget: Duration,
+) -> ExecutionContext {
+    let deadline = tokio::time::Instant::now() + budget;
+    while let Ok(Some(Ok(entry))) = tokio::time::timeout_at(deadline, watch.next()).await {
+        if entry.operation != kv::Operation::Put {
+            continue;
+        }
+        if let Ok(ctx) = decode::<ExecutionContext>(&entry.value) {
+            latest = ctx;
+            if latest.state.is_terminal() {
+                break;
+            }
+        }
+    }
+    latest
+}
+
+fn parse_id(id: &str) -> Result<Uuid, ApiError> {
+    id.parse::<Uuid>().map_err(|_| {
+        ApiError::bad_request(
+            "invalid_operation_id",
+            format!("{id:?} is not an operation id (a UUID)"),
+        )
+    })
+}
+
+pub async fn show(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<ApiJson<ExecutionContext>, ApiError> {
+    let id = parse_id(&id)?;
+    let nats = state.nats()?;
+    let bytes = nats
+        .assets
+        .contexts
+        .get(id.to_string())
+        .await
+        .map_err(|e| ApiError::nats("cannot read the contexts bucket", e))?
+        .ok_or_else(|| ApiError::not_found("operation_not_found", format!("no operation {id}")))?;
+    let ctx = decode::<ExecutionContext>(&bytes)
+        .map_err(|e| ApiError::internal("unreadable context", e))?;
+    Ok(ApiJson(ctx))
+}
+
+pub async fn list(
+    State(state): State<AppState>,
+    Query(query): Query<HashMap<String, String>>,
+) -> Result<ApiJson<Value>, ApiError> {
+    let nats = state.nats()?;
+    let wanted_state = query
+        .get("state")
+        .map(|s| s.parse::<OperationState>())
+        .transpose()
+        .map_err(|e| ApiError::bad_request("invalid_query", e))?;
+    let wanted_kind = match query.get("kind").map(String::as_str) {
+        None => None,
+        Some("sync") => Some(OperationKind::Sync),
+        Some("async") => Some(OperationKind::Async),
+        Some(other) => {
+            return Err(ApiError::bad_request(
+                "invalid_query",
+                format!("?kind={other}: use sync or async"),
+            ))
+        }
+    };
+    let limit = match query.get("limit") {
+        None => DEFAULT_LIST_LIMIT,
+        Some(l) => l
+            .parse::<usize>()
+            .ok()
+            .filter(|l| (1..=MAX_LIST_LIMIT).contains(l))
+            .ok_or_else(|| {
+                ApiError::bad_request(
+                    "invalid_query",
+                    format!("?limit={l}: use 1 to {MAX_LIST_LIMIT}"),
+                )
+            })?,
+    };
+    let module = query.get("module");
+
+    let store = nats.assets.contexts.clone();
+    let keys: Vec<String> = store
+        .keys()
+        .await
+        .map_err(|e| ApiError::nats("cannot list the contexts bucket", e))?
+        .try_collect()
+        .await
+        .map_err(|e| ApiError::nats("cannot list the contexts bucket", e))?;
+    let mut contexts: Vec<ExecutionContext> = futures::stream::iter(keys)
+        .map(|key| {
+            let store = store.clone();
+            async move { store.get(key).await }
+        })
+        .buffer_unordered(32)
+        .filter_map(|r| async move {
+            r.ok()
+                .flatten()
+                .and_then(|b| decode::<ExecutionContext>(&b).ok())
+        })
+        .filter(|ctx| {
+            let keep = wanted_state.is_none_or(|s| ctx.state == s)
+                && wanted_kind.is_none_or(|k| ctx.kind == k)
+                && module.is_none_or(|m| &ctx.module == m);
+            async move { keep }
+        })
+        .collect()
+        .await;
+    contexts.sort_by_key(|c| std::cmp::Reverse(c.created_at));
+    contexts.truncate(limit);
+    Ok(ApiJson(json!({"operations": contexts})))
+}
