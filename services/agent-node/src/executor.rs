@@ -26,12 +26,12 @@ use crate::cache::ModuleCache;
 use crate::driver::{self, Invocation, Output};
 
 /// How a node comes to take an operation.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Taking {
     /// Submitted to this node, or pending for too long.
     Pending,
-    /// Its owner is gone.
-    FromLostOwner,
+    /// Its owner, this node, is gone.
+    FromLostOwner(String),
 }
 
 #[derive(Clone)]
@@ -97,15 +97,20 @@ impl Executor {
                     ctx.state.as_str()
                 )))
             }
-            Taking::FromLostOwner if ctx.state != OperationState::Running => {
+            // Judged lost on an older view: only the owner judged lost may be replaced.
+            Taking::FromLostOwner(ref lost)
+                if ctx.state != OperationState::Running
+                    || ctx.owner.as_deref() != Some(lost.as_str()) =>
+            {
                 return Err(conflict(format!(
-                    "operation {op} is {}, not running",
-                    ctx.state.as_str()
+                    "operation {op} is {} on {:?}, no longer running on {lost}",
+                    ctx.state.as_str(),
+                    ctx.owner
                 )))
             }
             _ => {}
         }
-        if how == Taking::FromLostOwner {
+        if matches!(how, Taking::FromLostOwner(_)) {
             let lost = ctx.owner.clone().unwrap_or_default();
             ctx.owner_lost();
             tracing::warn!(op = %op, lost_node = %lost, state = ctx.state.as_str(), "took over an operation whose node was lost");

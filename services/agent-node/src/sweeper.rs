@@ -51,7 +51,7 @@ pub async fn sweep_loop(
                     } else {
                         !members.is_alive(owner)
                     };
-                    orphaned.then_some(Taking::FromLostOwner)
+                    orphaned.then(|| Taking::FromLostOwner(owner.to_string()))
                 }
                 OperationState::Pending => {
                     let since = *first_seen_pending.get(&ctx.id).unwrap_or(&Instant::now());
