@@ -46,12 +46,14 @@ pub fn free_port() -> u16 {
 
 /// The workspace's target directory holding the built binaries.
 fn bin_dir() -> PathBuf {
-    let exe = std::env::current_exe().expect("test binary path");
-    // target/<profile>/deps/<test binary>
-    exe.parent()
-        .and_then(Path::parent)
-        .map(Path::to_path_buf)
-        .expect("test binary lives in target/<profile>/deps")
+    let exe = std::env::current_exe().expect("own binary path");
+    // Tests live in target/<profile>/deps/, the benchmark beside the services.
+    let dir = exe.parent().expect("binary has a folder");
+    if dir.ends_with("deps") {
+        dir.parent().expect("target/<profile>").to_path_buf()
+    } else {
+        dir.to_path_buf()
+    }
 }
 
 /// Path of a service binary, built by `cargo build --bins` (scripts/test.sh does).
@@ -215,17 +217,23 @@ impl NatsServer {
         Self::start_on(dir, free_port())
     }
 
+    /// Starts nats-server on `port`. With `ZF_NATS_SYNC_ALWAYS=1` (the
+    /// benchmarks set it) JetStream syncs every write to disk before its ack,
+    /// as the shipped configurations do.
     pub fn start_on(dir: &Path, port: u16) -> Self {
         let store = dir.join("nats-store");
-        let args = vec![
-            "-a".into(),
-            "127.0.0.1".into(),
-            "-p".into(),
-            port.to_string(),
-            "-js".into(),
-            "-sd".into(),
-            store.display().to_string(),
-        ];
+        let sync = if std::env::var("ZF_NATS_SYNC_ALWAYS").is_ok_and(|v| v == "1") {
+            "sync_interval: always"
+        } else {
+            ""
+        };
+        let config = dir.join("nats.conf");
+        let text = format!(
+            "listen: 127.0.0.1:{port}\njetstream {{\n  store_dir: \"{}\"\n  {sync}\n}}\n",
+            store.display()
+        );
+        std::fs::write(&config, text).expect("write nats.conf");
+        let args = vec!["-c".into(), config.display().to_string()];
         let process = Process::spawn("nats-server", &nats_server_binary(), &args, &[], dir);
         let server = Self { port, process };
         server.wait_ready();

@@ -282,6 +282,7 @@ async fn next_line<R: AsyncBufRead + Unpin>(
             line.extend_from_slice(&available[..pos]);
             reader.consume(pos + 1);
             if line.len() > MAX_LINE_BYTES {
+                line.clear();
                 return Err(DriverError::LineTooLong(MAX_LINE_BYTES));
             }
             return Ok(Some(std::mem::take(line)));
@@ -290,6 +291,7 @@ async fn next_line<R: AsyncBufRead + Unpin>(
         line.extend_from_slice(available);
         reader.consume(n);
         if line.len() > MAX_LINE_BYTES {
+            line.clear();
             return Err(DriverError::LineTooLong(MAX_LINE_BYTES));
         }
     }

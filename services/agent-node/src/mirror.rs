@@ -13,6 +13,9 @@ use crate::store::{Change, Mirrored, Store};
 
 /// Largest number of changes committed in one redb transaction.
 const MAX_BATCH: usize = 2048;
+/// How often a batch is committed with an fsync; the ones between skip it,
+/// which bounds what a crash makes the node replay.
+const DURABLE_EVERY: Duration = Duration::from_secs(1);
 
 pub async fn follow(bucket: kv::Store, store: Store, what: Mirrored, cancel: CancellationToken) {
     let mut backoff = Duration::from_millis(100);
@@ -109,6 +112,7 @@ async fn follow_once(
         watch
     };
 
+    let mut last_durable = std::time::Instant::now();
     loop {
         let first = tokio::select! {
             _ = cancel.cancelled() => return Ok(()),
@@ -129,9 +133,13 @@ async fn follow_once(
                 None => break,
             }
         }
+        let durable = last_durable.elapsed() >= DURABLE_EVERY;
         store
-            .run(move |s| s.apply(what, &batch, revision))
+            .run(move |s| s.apply(what, &batch, revision, durable))
             .await
             .map_err(|e| e.to_string())?;
+        if durable {
+            last_durable = std::time::Instant::now();
+        }
     }
 }

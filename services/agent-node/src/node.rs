@@ -214,7 +214,8 @@ async fn serve_submissions(
     }
 }
 
-/// `node.<id>.mirror`: what this node's redb mirror holds, for operators and tests.
+/// `node.<id>.mirror`: what this node's redb mirror holds, for operators and
+/// tests; `{"only_revisions": true}` answers the applied revisions alone.
 async fn serve_mirror(
     mut endpoint: async_nats::service::endpoint::Endpoint,
     store: Store,
@@ -226,8 +227,18 @@ async fn serve_mirror(
             r = endpoint.next() => r,
         };
         let Some(request) = request else { return };
+        let only_revisions = serde_json::from_slice::<serde_json::Value>(&request.message.payload)
+            .map(|v| v["only_revisions"] == true)
+            .unwrap_or(false);
         let summary = store
-            .run(|s| {
+            .run(move |s| {
+                if only_revisions {
+                    return Ok(serde_json::json!({
+                        "v": 1,
+                        "contexts_revision": s.revision(Mirrored::Contexts)?,
+                        "resources_revision": s.revision(Mirrored::Resources)?,
+                    }));
+                }
                 let dump = s.dump()?;
                 Ok(serde_json::json!({
                     "v": 1,

@@ -107,14 +107,22 @@ impl Store {
             .unwrap_or(0))
     }
 
-    /// Applies changes and records `revision`, in one transaction.
+    /// Applies changes and records `revision`, in one transaction. A
+    /// transaction that is not `durable` skips the fsync: after a crash the
+    /// table and its revision go back together to the last durable commit,
+    /// and the mirror replays from there.
     pub fn apply(
         &self,
         what: Mirrored,
         changes: &[Change],
         revision: u64,
+        durable: bool,
     ) -> Result<(), StoreError> {
-        let tx = self.db.begin_write().map_err(redb_err)?;
+        let mut tx = self.db.begin_write().map_err(redb_err)?;
+        if !durable {
+            tx.set_durability(redb::Durability::None)
+                .map_err(redb_err)?;
+        }
         {
             let mut table = tx.open_table(what.table()).map_err(redb_err)?;
             for change in changes {
@@ -148,7 +156,7 @@ impl Store {
             table.retain(|_, _| false).map_err(redb_err)?;
         }
         tx.commit().map_err(redb_err)?;
-        self.apply(what, changes, revision)
+        self.apply(what, changes, revision, true)
     }
 
     fn all<T: serde::de::DeserializeOwned + zerofoot_shared::protocol::Versioned>(
@@ -203,10 +211,15 @@ mod tests {
                 value: bytes::Bytes::from_static(b"{}"),
             };
             store
-                .apply(Mirrored::Contexts, &[put("a"), put("b")], 7)
+                .apply(Mirrored::Contexts, &[put("a"), put("b")], 7, false)
                 .expect("apply");
             store
-                .apply(Mirrored::Contexts, &[Change::Delete { key: "a".into() }], 9)
+                .apply(
+                    Mirrored::Contexts,
+                    &[Change::Delete { key: "a".into() }],
+                    9,
+                    true,
+                )
                 .expect("apply");
             assert!(matches!(Store::open(&path), Err(StoreError::Locked)));
         }

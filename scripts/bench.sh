@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# Benchmarks (release build, fresh local cluster per scenario), each figure
+# next to the raw cost of the same work measured in the same run.
+#   scripts/bench.sh [--quick]
+# Prints a Markdown table; the same figures go to target/bench/latest.json.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+nats=$(scripts/install-deps.sh | tail -n 1)
+export ZF_NATS_SERVER="$nats"
+cargo build --release --bins --quiet
+# Benchmarks keep logs quiet: logging every operation would be measured too.
+export ZF_TEST_LOG=${ZF_TEST_LOG:-warn}
+# Figures are measured with every JetStream write synced to disk (SPEC §12).
+export ZF_NATS_SYNC_ALWAYS=1
+exec target/release/zf-bench "$@"

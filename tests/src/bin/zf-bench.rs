@@ -1,0 +1,388 @@
+//! `zf-bench`: the benchmarks behind `scripts/bench.sh`. Each scenario starts
+//! a fresh cluster from the release binaries and measures zerofoot next to
+//! the raw cost of the same work in the same run (a bare process spawn, a raw
+//! object-store put and get), reporting ratios. Prints a Markdown table and
+//! writes the same figures as JSON under `target/bench/`.
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+use serde_json::json;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use zerofoot_tests::modules::{bundle, write_module};
+use zerofoot_tests::Cluster;
+
+#[derive(Serialize)]
+struct Figure {
+    figure: String,
+    value: f64,
+    unit: &'static str,
+    baseline: Option<f64>,
+    baseline_what: Option<String>,
+    /// value / baseline
+    ratio: Option<f64>,
+    target: &'static str,
+    meets_target: Option<bool>,
+}
+
+struct Sizes {
+    latency_ops: usize,
+    clients: usize,
+    ops_per_client: usize,
+    propagation_samples: usize,
+}
+
+const DRIVER: &str = "#!/bin/sh\ncat >/dev/null\necho '{\"type\":\"result\",\"data\":1}'\n";
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let rank = ((p / 100.0) * (sorted.len() as f64 - 1.0)).round() as usize;
+    sorted[rank.min(sorted.len() - 1)]
+}
+
+fn sorted_ms(samples: &[Duration]) -> Vec<f64> {
+    let mut ms: Vec<f64> = samples.iter().map(|d| d.as_secs_f64() * 1000.0).collect();
+    ms.sort_by(|a, b| a.total_cmp(b));
+    ms
+}
+
+/// Runs the driver script the way a node does, minus zerofoot: spawn, stdin, read stdout.
+async fn bare_spawn(script: &PathBuf) {
+    let mut child = tokio::process::Command::new(script)
+        .arg("go")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn driver");
+    let mut stdin = child.stdin.take().expect("stdin");
+    stdin
+        .write_all(br#"{"v":1,"operation":"go","params":{}}"#)
+        .await
+        .expect("write stdin");
+    drop(stdin);
+    let mut out = Vec::new();
+    child
+        .stdout
+        .take()
+        .expect("stdout")
+        .read_to_end(&mut out)
+        .await
+        .expect("read stdout");
+    assert!(child.wait().await.expect("wait").success());
+}
+
+async fn sync_operations(sizes: &Sizes, figures: &mut Vec<Figure>) {
+    let cluster = Cluster::start(3).await;
+    cluster
+        .publish(bundle(
+            "bench",
+            "1.0.0",
+            json!({"go": {"kind": "sync"}}),
+            DRIVER,
+        ))
+        .await;
+    cluster.wait_module("bench", "1.0.0").await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    write_module(
+        dir.path(),
+        "bench",
+        "1.0.0",
+        json!({"go": {"kind": "sync"}}),
+        DRIVER,
+    );
+    let script = dir.path().join("bin/run");
+    let request = json!({"module": "bench", "operation": "go"});
+    // Warm up: every node fetches the bundle once.
+    for _ in 0..10 {
+        cluster.post_json("/v1/operations", &request).await;
+    }
+
+    let mut bare = Vec::new();
+    for _ in 0..sizes.latency_ops {
+        let t = Instant::now();
+        bare_spawn(&script).await;
+        bare.push(t.elapsed());
+    }
+    let mut http = Vec::new();
+    for _ in 0..sizes.latency_ops {
+        let t = Instant::now();
+        let (status, ctx) = cluster.post_json("/v1/operations", &request).await;
+        assert_eq!(
+            (status, ctx["state"].as_str()),
+            (200, Some("complete")),
+            "{ctx}"
+        );
+        http.push(t.elapsed());
+    }
+    let (bare_ms, http_ms) = (sorted_ms(&bare), sorted_ms(&http));
+    let p50 = percentile(&http_ms, 50.0);
+    figures.push(Figure {
+        figure: "sync op latency through HTTP, 1 client, p50".into(),
+        value: p50,
+        unit: "ms",
+        baseline: Some(percentile(&bare_ms, 50.0)),
+        baseline_what: Some("bare spawn of the same driver, p50".into()),
+        ratio: Some(p50 / percentile(&bare_ms, 50.0)),
+        target: "p50 <= 5 ms",
+        meets_target: Some(p50 <= 5.0),
+    });
+    let p99 = percentile(&http_ms, 99.0);
+    figures.push(Figure {
+        figure: "sync op latency through HTTP, 1 client, p99".into(),
+        value: p99,
+        unit: "ms",
+        baseline: Some(percentile(&bare_ms, 99.0)),
+        baseline_what: Some("bare spawn, p99".into()),
+        ratio: Some(p99 / percentile(&bare_ms, 99.0)),
+        target: "-",
+        meets_target: None,
+    });
+
+    let total = sizes.clients * sizes.ops_per_client;
+    let t = Instant::now();
+    let spawns = (0..sizes.clients).map(|_| async {
+        for _ in 0..sizes.ops_per_client {
+            bare_spawn(&script).await;
+        }
+    });
+    futures::future::join_all(spawns).await;
+    let bare_rate = total as f64 / t.elapsed().as_secs_f64();
+    let t = Instant::now();
+    let clients = (0..sizes.clients).map(|_| async {
+        for _ in 0..sizes.ops_per_client {
+            let (status, ctx) = cluster.post_json("/v1/operations", &request).await;
+            assert_eq!(
+                (status, ctx["state"].as_str()),
+                (200, Some("complete")),
+                "{ctx}"
+            );
+        }
+    });
+    futures::future::join_all(clients).await;
+    let http_rate = total as f64 / t.elapsed().as_secs_f64();
+    figures.push(Figure {
+        figure: format!(
+            "sync ops through HTTP, {} concurrent clients",
+            sizes.clients
+        ),
+        value: http_rate,
+        unit: "ops/s",
+        baseline: Some(bare_rate),
+        baseline_what: Some(format!(
+            "bare spawns of the same driver, {} at a time",
+            sizes.clients
+        )),
+        ratio: Some(http_rate / bare_rate),
+        target: ">= 50 % of bare spawn throughput",
+        meets_target: Some(http_rate >= 0.5 * bare_rate),
+    });
+
+    // A context change until every node's redb mirror has applied it.
+    let client = cluster.nats.client().await;
+    let js = async_nats::jetstream::new(client.clone());
+    let contexts = js
+        .get_key_value(format!("zf_{}_contexts", cluster.cluster))
+        .await
+        .expect("contexts bucket");
+    let (_, list) = cluster.get("/v1/operations?limit=1").await;
+    let template = list["operations"][0].clone();
+    let nodes: Vec<String> = (0..3).map(|i| cluster.node_id(i)).collect();
+    let mut samples = Vec::new();
+    for i in 0..sizes.propagation_samples {
+        let mut ctx = template.clone();
+        let id = uuid::Uuid::new_v4();
+        ctx["id"] = json!(id);
+        ctx["params"] = json!({"probe": i});
+        let t = Instant::now();
+        let revision = contexts
+            .put(id.to_string(), ctx.to_string().into())
+            .await
+            .expect("put");
+        for node in &nodes {
+            loop {
+                let subject = format!("zf.{}.node.{node}.mirror", cluster.cluster);
+                let msg = client
+                    .request(subject, r#"{"only_revisions":true}"#.into())
+                    .await
+                    .expect("mirror");
+                let reply: serde_json::Value = serde_json::from_slice(&msg.payload).expect("json");
+                if reply["ok"]["contexts_revision"].as_u64().unwrap_or(0) >= revision {
+                    break;
+                }
+            }
+        }
+        samples.push(t.elapsed());
+    }
+    let ms = sorted_ms(&samples);
+    let p99 = percentile(&ms, 99.0);
+    figures.push(Figure {
+        figure: "context change visible in all 3 redb mirrors, p50".into(),
+        value: percentile(&ms, 50.0),
+        unit: "ms",
+        baseline: None,
+        baseline_what: None,
+        ratio: None,
+        target: "-",
+        meets_target: None,
+    });
+    figures.push(Figure {
+        figure: "context change visible in all 3 redb mirrors, p99".into(),
+        value: p99,
+        unit: "ms",
+        baseline: None,
+        baseline_what: None,
+        ratio: None,
+        target: "p99 <= 50 ms",
+        meets_target: Some(p99 <= 50.0),
+    });
+}
+
+/// Incompressible bytes without a random-number crate.
+fn noise(len: usize) -> Vec<u8> {
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
+async fn module_transfer(figures: &mut Vec<Figure>) {
+    let mut cluster = Cluster::start(0).await;
+    let payload = noise(10 * 1024 * 1024);
+    let dir = tempfile::tempdir().expect("tempdir");
+    write_module(
+        dir.path(),
+        "big",
+        "1.0.0",
+        json!({"go": {"kind": "sync"}}),
+        DRIVER,
+    );
+    std::fs::write(dir.path().join("payload.bin"), &payload).expect("payload");
+    let big = zerofoot_shared::bundle::pack_dir(dir.path()).expect("pack");
+
+    let client = cluster.nats.client().await;
+    let js = async_nats::jetstream::new(client);
+    let raw = js
+        .create_object_store(async_nats::jetstream::object_store::Config {
+            bucket: "bench_raw".into(),
+            ..Default::default()
+        })
+        .await
+        .expect("raw object store");
+    let t = Instant::now();
+    raw.put("raw", &mut big.as_slice()).await.expect("raw put");
+    let mut object = raw.get("raw").await.expect("raw get");
+    let mut back = Vec::new();
+    object.read_to_end(&mut back).await.expect("raw read");
+    let raw_time = t.elapsed();
+    assert_eq!(back.len(), big.len());
+
+    let t = Instant::now();
+    cluster.publish(big.clone()).await;
+    let upload = t.elapsed();
+    cluster.add_node(&Default::default());
+    cluster.wait_nodes_up(1).await;
+    cluster.wait_module("big", "1.0.0").await;
+    let t2 = Instant::now();
+    let (status, ctx) = cluster
+        .post_json(
+            "/v1/operations",
+            &json!({"module": "big", "operation": "go"}),
+        )
+        .await;
+    assert_eq!(
+        (status, ctx["state"].as_str()),
+        (200, Some("complete")),
+        "{ctx}"
+    );
+    let first_op = t2.elapsed();
+    let total = (upload + first_op).as_secs_f64() * 1000.0;
+    let raw_ms = raw_time.as_secs_f64() * 1000.0;
+    figures.push(Figure {
+        figure: format!(
+            "10 MiB module: upload ({:.0} ms) + first operation on a fresh node ({:.0} ms)",
+            upload.as_secs_f64() * 1000.0,
+            first_op.as_secs_f64() * 1000.0
+        ),
+        value: total,
+        unit: "ms",
+        baseline: Some(raw_ms),
+        baseline_what: Some("raw object-store put + get of the same bytes".into()),
+        ratio: Some(total / raw_ms),
+        target: "-",
+        meets_target: None,
+    });
+}
+
+fn render(figures: &[Figure]) -> String {
+    let mut out = String::from("| figure | value | raw baseline (same run) | ratio | target | meets |\n| --- | --- | --- | --- | --- | --- |\n");
+    for f in figures {
+        let baseline = match (&f.baseline, &f.baseline_what) {
+            (Some(b), Some(what)) => format!("{b:.2} {} ({what})", f.unit),
+            _ => "-".into(),
+        };
+        let ratio = f
+            .ratio
+            .map(|r| format!("{r:.2}"))
+            .unwrap_or_else(|| "-".into());
+        let meets = match f.meets_target {
+            Some(true) => "yes",
+            Some(false) => "**no**",
+            None => "-",
+        };
+        out.push_str(&format!(
+            "| {} | {:.2} {} | {baseline} | {ratio} | {} | {meets} |\n",
+            f.figure, f.value, f.unit, f.target
+        ));
+    }
+    out
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() {
+    let quick = std::env::args().any(|a| a == "--quick");
+    let sizes = if quick {
+        Sizes {
+            latency_ops: 200,
+            clients: 32,
+            ops_per_client: 10,
+            propagation_samples: 100,
+        }
+    } else {
+        Sizes {
+            latency_ops: 1000,
+            clients: 32,
+            ops_per_client: 50,
+            propagation_samples: 500,
+        }
+    };
+    let started = Instant::now();
+    let mut figures = Vec::new();
+    module_transfer(&mut figures).await;
+    sync_operations(&sizes, &mut figures).await;
+    let table = render(&figures);
+    println!("{table}");
+    let out_dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/bench");
+    std::fs::create_dir_all(&out_dir).expect("target/bench");
+    let report = json!({
+        "quick": quick,
+        "seconds": started.elapsed().as_secs_f64(),
+        "machine": {"cores": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0)},
+        "figures": figures,
+    });
+    let path = out_dir.join("latest.json");
+    std::fs::write(&path, serde_json::to_string_pretty(&report).expect("json"))
+        .expect("write report");
+    eprintln!(
+        "figures written to {} in {:.0} s",
+        path.display(),
+        started.elapsed().as_secs_f64()
+    );
+}
