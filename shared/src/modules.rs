@@ -105,12 +105,14 @@ async fn follow(
 ) {
     let mut backoff = Duration::from_millis(100);
     loop {
+        // `watch_with_history` delivers every current entry, then changes;
+        // `watch_all` would deliver only changes made after it started.
         let watch = match empty_bucket(&store).await {
             Ok(true) => {
                 ready.send_replace(true);
-                store.watch_all().await
+                store.watch_with_history(">").await
             }
-            Ok(false) => store.watch_all().await,
+            Ok(false) => store.watch_with_history(">").await,
             Err(e) => Err(e),
         };
         match watch {

@@ -80,7 +80,11 @@ async fn follow_once(
             applied,
             "rebuilding the mirror from a snapshot"
         );
-        let mut watch = bucket.watch_all().await.map_err(|e| e.to_string())?;
+        // Current value of every key first, then live changes.
+        let mut watch = bucket
+            .watch_with_history(">")
+            .await
+            .map_err(|e| e.to_string())?;
         let mut snapshot = Vec::new();
         let mut revision = snapshot_end;
         if state.messages > 0 {
