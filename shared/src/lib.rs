@@ -9,12 +9,14 @@
 //! - [`config`]: command-line flags shared by every binary.
 //! - [`nats`]: connecting with retry and backoff.
 //! - [`bundle`]: checking, packing and safely unpacking module bundles.
+//! - [`eventlog`]: the per-operation event log: entries and reading.
 //! - [`modules`]: the read side of the module index (list, resolve, get).
 //! - [`telemetry`], [`shutdown`]: logging and graceful shutdown.
 
 pub mod assets;
 pub mod bundle;
 pub mod config;
+pub mod eventlog;
 pub mod modules;
 pub mod names;
 pub mod nats;

@@ -4,7 +4,7 @@
 //! stores the outcome with compare-and-set, so a node that was replaced can
 //! never overwrite what its successor wrote.
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
@@ -37,12 +37,13 @@ pub enum Taking {
 #[derive(Clone)]
 pub struct Executor {
     pub node: String,
+    pub names: zerofoot_shared::names::Names,
     pub assets: Assets,
     pub cache: ModuleCache,
     pub scratch_root: PathBuf,
     pub running: Arc<AtomicU32>,
-    /// Operations whose driver runs on this node now.
-    pub local: Arc<Mutex<HashSet<Uuid>>>,
+    /// Operations running on this node now, each with the token that cancels it.
+    pub local: Arc<Mutex<HashMap<Uuid, CancellationToken>>>,
     pub cancel: CancellationToken,
 }
 
@@ -55,7 +56,35 @@ impl Executor {
         self.local
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .contains(op)
+            .contains_key(op)
+    }
+
+    /// Lists `op` as running here, cancelled by `token`; false if it already is.
+    pub fn claim_local(&self, op: Uuid, token: CancellationToken) -> bool {
+        let mut local = self.local.lock().unwrap_or_else(|e| e.into_inner());
+        if local.contains_key(&op) {
+            return false;
+        }
+        local.insert(op, token);
+        true
+    }
+
+    pub fn release_local(&self, op: &Uuid) {
+        self.local
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(op);
+    }
+
+    /// Cancels `op` if it runs here; true if it did.
+    pub fn cancel_local(&self, op: &Uuid) -> bool {
+        match self.local.lock().unwrap_or_else(|e| e.into_inner()).get(op) {
+            Some(token) => {
+                token.cancel();
+                true
+            }
+            None => false,
+        }
     }
 
     /// Reads the context and its revision straight from KV.
@@ -122,17 +151,16 @@ impl Executor {
         ctx.take(&self.node, ctx.epoch);
         // Listed as local before the write lands, so this node's own sweeper
         // never mistakes it for an orphan.
-        self.local
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(op);
+        let token = self.cancel.child_token();
+        if !self.claim_local(op, token.clone()) {
+            return Err(conflict(format!(
+                "operation {op} already runs on this node"
+            )));
+        }
         let revision = match self.write(&ctx, revision).await {
             Ok(revision) => revision,
             Err(e) => {
-                self.local
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .remove(&op);
+                self.release_local(&op);
                 return Err(e);
             }
         };
@@ -141,12 +169,9 @@ impl Executor {
         tokio::spawn(
             async move {
                 this.running.fetch_add(1, Ordering::Relaxed);
-                this.run_sync(ctx, revision).await;
+                this.run_sync(ctx, revision, token).await;
                 this.running.fetch_sub(1, Ordering::Relaxed);
-                this.local
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .remove(&op);
+                this.release_local(&op);
             }
             .instrument(span),
         );
@@ -154,7 +179,7 @@ impl Executor {
     }
 
     /// Compare-and-set write of a context; returns the new revision.
-    async fn write(&self, ctx: &ExecutionContext, revision: u64) -> Result<u64, RemoteError> {
+    pub async fn write(&self, ctx: &ExecutionContext, revision: u64) -> Result<u64, RemoteError> {
         self.assets
             .contexts
             .update(ctx.id.to_string(), encode(ctx), revision)
@@ -167,7 +192,7 @@ impl Executor {
             })
     }
 
-    async fn resource(&self, id: &str) -> Result<ResourceRecord, String> {
+    pub async fn resource(&self, id: &str) -> Result<ResourceRecord, String> {
         match self.assets.resources.get(id).await {
             Ok(Some(bytes)) => decode::<ResourceRecord>(&bytes)
                 .map_err(|e| format!("resource {id} is unreadable: {e}")),
@@ -176,11 +201,17 @@ impl Executor {
         }
     }
 
-    async fn run_sync(&self, mut ctx: ExecutionContext, revision: u64) {
+    async fn run_sync(&self, mut ctx: ExecutionContext, revision: u64, token: CancellationToken) {
         let started = std::time::Instant::now();
-        let outcome = self.drive(&ctx).await;
+        let outcome = self.drive(&ctx, &token).await;
+        if self.cancel.is_cancelled() {
+            // The node is shutting down: another node takes the operation over.
+            tracing::info!("node stopping; the operation is left to another node");
+            return;
+        }
         match outcome {
             Ok(result) => ctx.complete(result),
+            Err(_) if token.is_cancelled() => ctx.cancel(),
             Err(error) => ctx.fail(error),
         }
         match self.write(&ctx, revision).await {
@@ -195,8 +226,10 @@ impl Executor {
         }
     }
 
-    /// Runs the driver; the masked result, or a masked error message.
-    async fn drive(&self, ctx: &ExecutionContext) -> Result<Option<Value>, String> {
+    /// Everything a driver run needs: the bundle (held for the run), the
+    /// invocation (stdin with the resource and the checkpoint), the secrets to
+    /// mask, a fresh scratch dir named after `run`.
+    pub async fn prepare(&self, ctx: &ExecutionContext, run: &str) -> Result<Prepared, String> {
         let lease = self
             .cache
             .acquire(&ctx.digest)
@@ -210,8 +243,7 @@ impl Executor {
             .as_ref()
             .map(|r| r.secrets.clone())
             .unwrap_or_default();
-        let attempt = ctx.attempts.len();
-        let scratch = self.scratch_root.join(format!("{}-{attempt}", ctx.id));
+        let scratch = self.scratch_root.join(format!("{}-{run}", ctx.id));
         tokio::fs::create_dir_all(&scratch)
             .await
             .map_err(|e| format!("cannot create the scratch dir {}: {e}", scratch.display()))?;
@@ -233,21 +265,41 @@ impl Executor {
             ("ZF_MODULE_VERSION".to_string(), ctx.version.clone()),
             ("ZF_NODE_ID".to_string(), self.node.clone()),
         ]);
+        let sync = ctx.kind == zerofoot_shared::protocol::OperationKind::Sync;
         let invocation = Invocation {
             program: lease.dir.join(lease.manifest.entrypoint_path()),
             operation: ctx.operation.clone(),
             scratch: scratch.clone(),
             env,
             stdin: serde_json::to_vec(&stdin).unwrap_or_default(),
-            timeout: Some(Duration::from_millis(ctx.timeout_ms)),
-            max_output: Some(driver::MAX_SYNC_OUTPUT_BYTES),
+            timeout: sync.then(|| Duration::from_millis(ctx.timeout_ms)),
+            max_output: sync.then_some(driver::MAX_SYNC_OUTPUT_BYTES),
         };
+        Ok(Prepared {
+            lease,
+            invocation,
+            secrets,
+            scratch,
+        })
+    }
 
+    /// Runs the driver; the masked result, or a masked error message.
+    async fn drive(
+        &self,
+        ctx: &ExecutionContext,
+        token: &CancellationToken,
+    ) -> Result<Option<Value>, String> {
+        let Prepared {
+            lease,
+            invocation,
+            secrets,
+            scratch,
+        } = self.prepare(ctx, &ctx.attempts.len().to_string()).await?;
         let (state_tx, state_rx) = mpsc::unbounded_channel();
         let state_writer =
             tokio::spawn(report_states(self.clone(), ctx.resource.clone(), state_rx));
         let mut result = None;
-        let run = driver::run(invocation, &self.cancel, |output| match output {
+        let run = driver::run(invocation, token, |output| match output {
             Output::Result(mut data) => {
                 mask_secrets(&mut data, &secrets);
                 result = Some(data);
@@ -272,16 +324,27 @@ impl Executor {
         drop(state_tx);
         let _ = state_writer.await;
         drop(lease);
-        let dir = scratch.clone();
-        let _ = tokio::task::spawn_blocking(move || std::fs::remove_dir_all(dir)).await;
+        remove_scratch(scratch).await;
         run.map(|()| result)
             .map_err(|e| mask_str(&e.to_string(), &secrets))
     }
 }
 
+/// What [`Executor::prepare`] hands to a run.
+pub struct Prepared {
+    pub lease: crate::cache::Lease,
+    pub invocation: Invocation,
+    pub secrets: std::collections::BTreeMap<String, String>,
+    pub scratch: PathBuf,
+}
+
+pub async fn remove_scratch(dir: PathBuf) {
+    let _ = tokio::task::spawn_blocking(move || std::fs::remove_dir_all(dir)).await;
+}
+
 /// Writes `resource_state` reports in order, each with compare-and-set so a
 /// concurrent change of the resource's configuration is never overwritten.
-async fn report_states(
+pub async fn report_states(
     exec: Executor,
     resource: Option<String>,
     mut states: mpsc::UnboundedReceiver<Value>,

@@ -4,11 +4,15 @@ mod cache;
 mod config;
 mod datadir;
 mod driver;
+mod election;
+mod eventlog;
 mod executor;
 mod heartbeat;
 mod membership;
 mod mirror;
+mod monitor;
 mod node;
+mod scheduler;
 mod store;
 mod sweeper;
 

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use async_nats::jetstream::kv;
 use futures::{FutureExt, StreamExt};
+use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
 
 use crate::store::{Change, Mirrored, Store};
@@ -17,10 +18,18 @@ const MAX_BATCH: usize = 2048;
 /// which bounds what a crash makes the node replay.
 const DURABLE_EVERY: Duration = Duration::from_secs(1);
 
-pub async fn follow(bucket: kv::Store, store: Store, what: Mirrored, cancel: CancellationToken) {
+/// Follows `bucket` into `store` until `cancel` fires; every applied change
+/// is also sent to `notify`, if given.
+pub async fn follow(
+    bucket: kv::Store,
+    store: Store,
+    what: Mirrored,
+    notify: Option<broadcast::Sender<Change>>,
+    cancel: CancellationToken,
+) {
     let mut backoff = Duration::from_millis(100);
     loop {
-        match follow_once(&bucket, &store, what, &cancel).await {
+        match follow_once(&bucket, &store, what, notify.as_ref(), &cancel).await {
             Ok(()) => return,
             Err(e) => {
                 tracing::warn!(table = what.name(), error = %e, "mirror interrupted; resuming")
@@ -51,6 +60,7 @@ async fn follow_once(
     bucket: &kv::Store,
     store: &Store,
     what: Mirrored,
+    notify: Option<&broadcast::Sender<Change>>,
     cancel: &CancellationToken,
 ) -> Result<(), String> {
     let applied = store
@@ -138,10 +148,16 @@ async fn follow_once(
             }
         }
         let durable = last_durable.elapsed() >= DURABLE_EVERY;
-        store
-            .run(move |s| s.apply(what, &batch, revision, durable))
+        let batch = store
+            .run(move |s| s.apply(what, &batch, revision, durable).map(|()| batch))
             .await
             .map_err(|e| e.to_string())?;
+        if let Some(notify) = notify {
+            for change in batch {
+                // Nobody listening is fine.
+                let _ = notify.send(change);
+            }
+        }
         if durable {
             last_durable = std::time::Instant::now();
         }

@@ -68,11 +68,13 @@ async fn serve(
     let lapse = Duration::from_millis(args.lapse_ms);
 
     let mut tasks = tokio::task::JoinSet::new();
+    let (changes_tx, changes) = tokio::sync::broadcast::channel(4096);
     tasks.spawn(
         crate::mirror::follow(
             assets.contexts.clone(),
             store.clone(),
             Mirrored::Contexts,
+            Some(changes_tx),
             shutdown.clone(),
         )
         .in_current_span(),
@@ -82,6 +84,7 @@ async fn serve(
             assets.resources.clone(),
             store.clone(),
             Mirrored::Resources,
+            None,
             shutdown.clone(),
         )
         .in_current_span(),
@@ -110,6 +113,7 @@ async fn serve(
     let running = Arc::new(AtomicU32::new(0));
     let executor = Executor {
         node: node_id.clone(),
+        names: names.clone(),
         assets: assets.clone(),
         cache,
         scratch_root: data_dir.root().join("scratch"),
@@ -152,10 +156,46 @@ async fn serve(
         .map_err(|e| anyhow::anyhow!("cannot serve the mirror endpoint: {e}"))?;
     tasks.spawn(serve_mirror(mirror, store.clone(), shutdown.clone()).in_current_span());
 
-    let (_standing_tx, standing) = watch::channel(Standing {
+    let (standing_tx, standing) = watch::channel(Standing {
         role: Role::Auxiliary,
         term: 0,
     });
+    tasks.spawn(
+        crate::election::run(
+            crate::election::Shell {
+                me: node_id.clone(),
+                names: names.clone(),
+                client: client.clone(),
+                lead_bucket: assets.lead.clone(),
+                lapse,
+                tick_every: Duration::from_millis(args.heartbeat_ms / 2)
+                    .max(Duration::from_millis(10)),
+                standing: standing_tx,
+            },
+            shutdown.clone(),
+        )
+        .in_current_span(),
+    );
+    tasks.spawn(
+        crate::scheduler::run(
+            executor.clone(),
+            store.clone(),
+            standing.clone(),
+            changes,
+            lapse,
+            shutdown.clone(),
+        )
+        .in_current_span(),
+    );
+    tasks.spawn(
+        serve_cancels(
+            client.clone(),
+            names.op_cancel("*"),
+            executor.clone(),
+            shutdown.clone(),
+        )
+        .in_current_span(),
+    );
     let beat = Beat {
         client: client.clone(),
         subject: names.heartbeat(&node_id),
@@ -211,6 +251,46 @@ async fn serve_submissions(
             }
             .in_current_span(),
         );
+    }
+}
+
+/// `op.<id>.cancel`: the node running the operation cancels it and answers;
+/// the others stay silent.
+async fn serve_cancels(
+    client: async_nats::Client,
+    subject: String,
+    exec: Executor,
+    cancel: CancellationToken,
+) {
+    let mut sub = match client.subscribe(subject).await {
+        Ok(sub) => sub,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot subscribe to cancel requests");
+            return;
+        }
+    };
+    loop {
+        let msg = tokio::select! {
+            _ = cancel.cancelled() => return,
+            m = sub.next() => m,
+        };
+        let Some(msg) = msg else { return };
+        // zf.<cluster>.op.<op-id>.cancel
+        let op = msg
+            .subject
+            .split('.')
+            .nth(3)
+            .and_then(|id| id.parse::<uuid::Uuid>().ok());
+        if let (Some(op), Some(reply)) = (op, msg.reply) {
+            if exec.cancel_local(&op) {
+                tracing::info!(op = %op, "cancel requested: stopping the driver");
+                let ack = Reply::Ok(SubmitAccepted {
+                    v: PROTOCOL_VERSION,
+                    node: exec.node.clone(),
+                });
+                let _ = client.publish(reply, encode(&ack)).await;
+            }
+        }
     }
 }
 

@@ -1,6 +1,7 @@
 //! The HTTP routes, one file per resource (SPEC §8).
 
 pub mod cluster;
+pub mod events;
 pub mod health;
 pub mod modules;
 pub mod operations;
@@ -22,7 +23,11 @@ pub fn router(state: AppState) -> Router {
             "/v1/operations",
             post(operations::submit).get(operations::list),
         )
-        .route("/v1/operations/{id}", get(operations::show))
+        .route(
+            "/v1/operations/{id}",
+            get(operations::show).delete(operations::cancel),
+        )
+        .route("/v1/operations/{id}/events", get(events::events))
         .route("/v1/resources", get(resources::list))
         .route(
             "/v1/resources/{id}",

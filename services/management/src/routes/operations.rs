@@ -260,7 +260,7 @@ async fn wait_for_end(
     latest
 }
 
-fn parse_id(id: &str) -> Result<Uuid, ApiError> {
+pub fn parse_id(id: &str) -> Result<Uuid, ApiError> {
     id.parse::<Uuid>().map_err(|_| {
         ApiError::bad_request(
             "invalid_operation_id",
@@ -269,22 +269,79 @@ fn parse_id(id: &str) -> Result<Uuid, ApiError> {
     })
 }
 
+/// The context of `op` and its KV revision, or 404.
+pub async fn load(nats: &Nats, op: &Uuid) -> Result<(ExecutionContext, u64), ApiError> {
+    let entry = nats
+        .assets
+        .contexts
+        .entry(op.to_string())
+        .await
+        .map_err(|e| ApiError::nats("cannot read the contexts bucket", e))?
+        .filter(|entry| entry.operation == kv::Operation::Put)
+        .ok_or_else(|| ApiError::not_found("operation_not_found", format!("no operation {op}")))?;
+    let ctx = decode::<ExecutionContext>(&entry.value)
+        .map_err(|e| ApiError::internal("unreadable context", e))?;
+    Ok((ctx, entry.revision))
+}
+
 pub async fn show(
     State(state): State<AppState>,
     Path(id): Path<String>,
 ) -> Result<ApiJson<ExecutionContext>, ApiError> {
     let id = parse_id(&id)?;
-    let nats = state.nats()?;
-    let bytes = nats
-        .assets
-        .contexts
-        .get(id.to_string())
-        .await
-        .map_err(|e| ApiError::nats("cannot read the contexts bucket", e))?
-        .ok_or_else(|| ApiError::not_found("operation_not_found", format!("no operation {id}")))?;
-    let ctx = decode::<ExecutionContext>(&bytes)
-        .map_err(|e| ApiError::internal("unreadable context", e))?;
+    let (ctx, _) = load(state.nats()?, &id).await?;
     Ok(ApiJson(ctx))
+}
+
+/// Cancel: a pending operation is cancelled here; a running one by its
+/// owner, which kills the driver's process group. With no owner answering,
+/// the context is cancelled by compare-and-set, which fences the owner.
+pub async fn cancel(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<(StatusCode, ApiJson<ExecutionContext>), ApiError> {
+    let id = parse_id(&id)?;
+    let nats = state.nats()?;
+    for _ in 0..5 {
+        let (mut ctx, revision) = load(nats, &id).await?;
+        if ctx.state.is_terminal() {
+            return Err(ApiError::new(
+                StatusCode::CONFLICT,
+                "already_finished",
+                format!("operation {id} is already {}", ctx.state.as_str()),
+            ));
+        }
+        if ctx.state == OperationState::Running {
+            let asked = tokio::time::timeout(
+                Duration::from_secs(2),
+                nats.client.request(
+                    state.names().op_cancel(&id.to_string()),
+                    bytes::Bytes::new(),
+                ),
+            )
+            .await;
+            if matches!(asked, Ok(Ok(_))) {
+                tracing::info!(op = %id, "cancel handed to the owner");
+                return Ok((StatusCode::ACCEPTED, ApiJson(ctx)));
+            }
+        }
+        ctx.cancel();
+        if nats
+            .assets
+            .contexts
+            .update(id.to_string(), encode(&ctx), revision)
+            .await
+            .is_ok()
+        {
+            tracing::info!(op = %id, "operation cancelled");
+            return Ok((StatusCode::ACCEPTED, ApiJson(ctx)));
+        }
+    }
+    Err(ApiError::new(
+        StatusCode::CONFLICT,
+        "busy",
+        format!("operation {id} kept changing while being cancelled; try again"),
+    ))
 }
 
 pub async fn list(

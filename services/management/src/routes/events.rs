@@ -1,0 +1,115 @@
+//! `GET /v1/operations/{id}/events`: an async operation's events, read in
+//! order from its log in JetStream (takeover markers left out), as JSON
+//! (`?after=&limit=`) or, with `Accept: text/event-stream`, as a live SSE
+//! stream whose ids are event seqs and which resumes after `Last-Event-ID`.
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+
+use async_nats::jetstream::consumer;
+use axum::extract::{Path, Query, State};
+use axum::http::HeaderMap;
+use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use futures::{future, stream, StreamExt};
+use serde_json::json;
+use zerofoot_shared::eventlog::{self, LogEntry};
+
+use crate::error::{ApiError, ApiJson};
+use crate::startup::AppState;
+
+const DEFAULT_LIMIT: usize = 1000;
+const MAX_LIMIT: usize = 10_000;
+
+fn number(query: &HashMap<String, String>, name: &str) -> Result<Option<u64>, ApiError> {
+    query
+        .get(name)
+        .map(|v| {
+            v.parse::<u64>().map_err(|_| {
+                ApiError::bad_request(
+                    "invalid_query",
+                    format!("?{name}={v} is not a whole number"),
+                )
+            })
+        })
+        .transpose()
+}
+
+pub async fn events(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    Query(query): Query<HashMap<String, String>>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let op = super::operations::parse_id(&id)?;
+    let nats = state.nats()?;
+    super::operations::load(nats, &op).await?;
+    let subject = state.names().op_events(&op.to_string());
+    let wants_stream = headers
+        .get(axum::http::header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.contains("text/event-stream"));
+    let resume = headers
+        .get("last-event-id")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    let after = resume.or(number(&query, "after")?).unwrap_or(0);
+
+    if wants_stream {
+        let consumer = nats
+            .assets
+            .events
+            .create_consumer(consumer::pull::OrderedConfig {
+                filter_subject: subject,
+                deliver_policy: consumer::DeliverPolicy::All,
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| ApiError::nats("cannot read the event log", e))?;
+        let messages = consumer
+            .messages()
+            .await
+            .map_err(|e| ApiError::nats("cannot read the event log", e))?;
+        let events = messages
+            .take_while(|m| future::ready(m.is_ok()))
+            .filter_map(|m| {
+                future::ready(
+                    m.ok()
+                        .and_then(|m| serde_json::from_slice::<LogEntry>(&m.payload).ok()),
+                )
+            })
+            .flat_map(|entry| {
+                stream::iter(eventlog::events_of(vec![(0, entry)]).collect::<Vec<_>>())
+            })
+            .filter(move |event| future::ready(event.seq > after))
+            .map(|event| {
+                let sse = SseEvent::default().id(event.seq.to_string()).event("event");
+                Ok::<_, Infallible>(
+                    sse.json_data(&event)
+                        .unwrap_or_else(|_| SseEvent::default().comment("unencodable event")),
+                )
+            });
+        return Ok(Sse::new(events)
+            .keep_alive(KeepAlive::default())
+            .into_response());
+    }
+
+    let limit = match number(&query, "limit")? {
+        None => DEFAULT_LIMIT,
+        Some(l) if (1..=MAX_LIMIT as u64).contains(&l) => l as usize,
+        Some(l) => {
+            return Err(ApiError::bad_request(
+                "invalid_query",
+                format!("?limit={l}: use 1 to {MAX_LIMIT}"),
+            ))
+        }
+    };
+    let entries = eventlog::read(&nats.assets.events, &subject, 1)
+        .await
+        .map_err(|e| ApiError::nats("cannot read the event log", e))?;
+    let events: Vec<_> = eventlog::events_of(entries)
+        .filter(|e| e.seq > after)
+        .take(limit)
+        .collect();
+    Ok(ApiJson(json!({"events": events})).into_response())
+}

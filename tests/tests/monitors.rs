@@ -1,0 +1,532 @@
+//! Async monitors on the lead as a user relies on them: they survive the
+//! lead's death (SIGKILL, SIGSTOP), a whole-cluster restart and a NATS
+//! restart, resuming from their checkpoint with every keyed event exactly
+//! once and in order; they fail after five crashes and stop when cancelled.
+
+use std::time::Duration;
+
+use nix::sys::signal::Signal;
+use serde_json::{json, Value};
+use zerofoot_tests::modules::bundle;
+use zerofoot_tests::{wait_until, Cluster, NodeFlags};
+
+/// Counts from the checkpoint to params.total, one event per number (keyed
+/// unless params.keyed is false), a checkpoint every params.every events.
+const COUNTER: &str = r#"#!/bin/sh
+input=$(cat)
+n=$(printf '%s' "$input" | jq -r '.checkpoint.n // 0')
+total=$(printf '%s' "$input" | jq -r '.params.total')
+every=$(printf '%s' "$input" | jq -r '.params.every // 10')
+keyed=$(printf '%s' "$input" | jq -r 'if .params.keyed == false then "no" else "yes" end')
+pause=$(printf '%s' "$input" | jq -r '.params.pause // 0.01')
+pidfile=$(printf '%s' "$input" | jq -r '.params.pidfile // empty')
+[ -n "$pidfile" ] && echo $$ > "$pidfile"
+while [ "$n" -lt "$total" ]; do
+  n=$((n + 1))
+  if [ "$keyed" = yes ]; then
+    echo "{\"type\":\"event\",\"key\":\"$n\",\"data\":{\"n\":$n}}"
+  else
+    echo "{\"type\":\"event\",\"data\":{\"n\":$n}}"
+  fi
+  if [ $((n % every)) -eq 0 ]; then echo "{\"type\":\"checkpoint\",\"data\":{\"n\":$n}}"; fi
+  sleep "$pause"
+done
+"#;
+
+const CRASHER: &str = "#!/bin/sh\ncat >/dev/null\necho \"boom at $(date +%s%N)\" >&2\nexit 7\n";
+
+fn fast() -> NodeFlags {
+    NodeFlags(vec![
+        "--heartbeat-ms".into(),
+        "50".into(),
+        "--lapse-ms".into(),
+        "250".into(),
+    ])
+}
+
+async fn cluster_with_monitors(nodes: usize) -> Cluster {
+    let mut cluster = Cluster::start(0).await;
+    for _ in 0..nodes {
+        cluster.add_node(&fast());
+    }
+    cluster.wait_nodes_up(nodes).await;
+    let ops = json!({"count": {"kind": "async"}, "crash": {"kind": "async"}});
+    cluster
+        .publish(bundle("counter", "1.0.0", ops.clone(), COUNTER))
+        .await;
+    cluster
+        .publish(bundle("crasher", "1.0.0", ops, CRASHER))
+        .await;
+    cluster.wait_module("crasher", "1.0.0").await;
+    cluster
+}
+
+async fn start_monitor(cluster: &Cluster, module: &str, operation: &str, params: Value) -> String {
+    let (status, ctx) = cluster
+        .post_json(
+            "/v1/operations",
+            &json!({"module": module, "operation": operation, "params": params}),
+        )
+        .await;
+    assert_eq!(status, 202, "{ctx}");
+    assert_eq!(ctx["state"], "pending", "{ctx}");
+    ctx["id"].as_str().expect("id").to_string()
+}
+
+async fn events(cluster: &Cluster, op: &str) -> Vec<Value> {
+    let (status, body) = cluster
+        .get(&format!("/v1/operations/{op}/events?limit=10000"))
+        .await;
+    assert_eq!(status, 200, "{body}");
+    body["events"].as_array().cloned().unwrap_or_default()
+}
+
+async fn context(cluster: &Cluster, op: &str) -> Value {
+    cluster.get(&format!("/v1/operations/{op}")).await.1
+}
+
+async fn wait_events(cluster: &Cluster, op: &str, at_least: usize) {
+    wait_until(
+        &format!("{at_least} events of {op}"),
+        Duration::from_secs(60),
+        || async {
+            let n = events(cluster, op).await.len();
+            if n >= at_least {
+                Ok(())
+            } else {
+                Err(format!("{n} events"))
+            }
+        },
+    )
+    .await;
+}
+
+async fn wait_state(cluster: &Cluster, op: &str, state: &str, within: Duration) -> Value {
+    wait_until(&format!("operation {op} {state}"), within, || async {
+        let ctx = context(cluster, op).await;
+        if ctx["state"] == state {
+            Ok(ctx)
+        } else {
+            Err(ctx.to_string())
+        }
+    })
+    .await
+}
+
+/// The current lead (node id, term) once exactly one live node leads.
+async fn lead(cluster: &Cluster) -> (String, u64) {
+    wait_until(
+        "exactly one lead in /v1/cluster",
+        Duration::from_secs(20),
+        || async {
+            let (_, view) = cluster.get("/v1/cluster").await;
+            let leads: Vec<&Value> = view["nodes"]
+                .as_array()
+                .map(|n| {
+                    n.iter()
+                        .filter(|n| n["role"] == "lead" && n["status"] == "up")
+                        .collect()
+                })
+                .unwrap_or_default();
+            match (leads.as_slice(), view["lead"]["node"].as_str()) {
+                ([one], Some(lead)) if one["id"] == lead => {
+                    Ok((lead.to_string(), view["lead"]["term"].as_u64().unwrap_or(0)))
+                }
+                _ => Err(view.to_string()),
+            }
+        },
+    )
+    .await
+}
+
+fn numbers(events: &[Value]) -> Vec<u64> {
+    events
+        .iter()
+        .filter_map(|e| e["data"]["n"].as_u64())
+        .collect()
+}
+
+fn assert_gapless_seqs(events: &[Value]) {
+    for (i, e) in events.iter().enumerate() {
+        assert_eq!(
+            e["seq"].as_u64(),
+            Some(i as u64 + 1),
+            "seq counts from 1 with no gap: {e}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keyed_events_are_exactly_once_across_five_lead_kills() {
+    let mut cluster = cluster_with_monitors(3).await;
+    let total = 1500;
+    let op = start_monitor(
+        &cluster,
+        "counter",
+        "count",
+        json!({"total": total, "every": 10, "pause": 0.005}),
+    )
+    .await;
+    let mut killed: Option<usize> = None;
+    let mut last_term = 0;
+    for kill in 1..=5 {
+        let (lead_id, term) = lead(&cluster).await;
+        assert!(term > last_term, "a new term after each kill");
+        last_term = term;
+        wait_events(&cluster, &op, kill * 150).await;
+        let victim = cluster.node_index(&lead_id);
+        cluster.nodes[victim].kill();
+        if let Some(previous) = killed.replace(victim) {
+            cluster.nodes[previous].start();
+        }
+        // A new lead must appear before the next kill.
+        wait_until(
+            "a new lead after the kill",
+            Duration::from_secs(20),
+            || async {
+                let (id, t) = lead(&cluster).await;
+                if id != lead_id && t > term {
+                    Ok(())
+                } else {
+                    Err(format!("{id} at {t}"))
+                }
+            },
+        )
+        .await;
+    }
+    let ctx = wait_state(&cluster, &op, "complete", Duration::from_secs(120)).await;
+    let all = events(&cluster, &op).await;
+    assert_eq!(
+        numbers(&all),
+        (1..=total).collect::<Vec<u64>>(),
+        "exactly 1..N in order, no gap, no repeat"
+    );
+    assert_gapless_seqs(&all);
+    let lost = ctx["attempts"]
+        .as_array()
+        .expect("attempts")
+        .iter()
+        .filter(|a| a["outcome"] == "lost")
+        .count();
+    assert!(lost >= 5, "every loss listed: {ctx}");
+    let epochs: Vec<u64> = all.iter().filter_map(|e| e["epoch"].as_u64()).collect();
+    assert!(
+        epochs.windows(2).all(|w| w[0] <= w[1]),
+        "epochs never go back"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unkeyed_events_repeat_only_after_the_last_checkpoint_under_a_newer_epoch() {
+    let mut cluster = cluster_with_monitors(3).await;
+    let (total, every, kills) = (600u64, 10u64, 2usize);
+    let op = start_monitor(
+        &cluster,
+        "counter",
+        "count",
+        json!({"total": total, "every": every, "keyed": false, "pause": 0.005}),
+    )
+    .await;
+    for kill in 1..=kills {
+        let (lead_id, term) = lead(&cluster).await;
+        wait_events(&cluster, &op, kill * 150).await;
+        let victim = cluster.node_index(&lead_id);
+        cluster.nodes[victim].kill();
+        wait_until("a new lead", Duration::from_secs(20), || async {
+            let (_, t) = lead(&cluster).await;
+            if t > term {
+                Ok(())
+            } else {
+                Err(format!("term {t}"))
+            }
+        })
+        .await;
+        cluster.nodes[victim].start();
+    }
+    wait_state(&cluster, &op, "complete", Duration::from_secs(120)).await;
+    let all = events(&cluster, &op).await;
+    assert_gapless_seqs(&all);
+    let mut first_seen: std::collections::HashMap<u64, u64> = std::collections::HashMap::new();
+    let mut repeats = 0u64;
+    for e in &all {
+        let (n, epoch) = (
+            e["data"]["n"].as_u64().expect("n"),
+            e["epoch"].as_u64().expect("epoch"),
+        );
+        match first_seen.get(&n) {
+            None => {
+                first_seen.insert(n, epoch);
+            }
+            Some(first_epoch) => {
+                repeats += 1;
+                assert!(
+                    epoch > *first_epoch,
+                    "a repeat of {n} comes under a newer epoch: {e}"
+                );
+            }
+        }
+    }
+    assert_eq!(first_seen.len() as u64, total, "every number at least once");
+    assert!(
+        repeats <= kills as u64 * every,
+        "repeats only after the last checkpoint: {repeats}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_paused_lead_steps_down_and_writes_nothing_after_its_successor() {
+    let cluster = cluster_with_monitors(3).await;
+    let total = 800;
+    let op = start_monitor(
+        &cluster,
+        "counter",
+        "count",
+        json!({"total": total, "every": 10, "pause": 0.005}),
+    )
+    .await;
+    wait_events(&cluster, &op, 100).await;
+    let (old_lead, old_term) = lead(&cluster).await;
+    let index = cluster.node_index(&old_lead);
+    cluster.nodes[index].signal(Signal::SIGSTOP);
+    // Three lapses (250 ms each) of silence, and a successor in charge.
+    let (new_lead, new_term) = wait_until("a successor lead", Duration::from_secs(20), || async {
+        let (id, t) = lead(&cluster).await;
+        if t > old_term && id != old_lead {
+            Ok((id, t))
+        } else {
+            Err(format!("{id} at {t}"))
+        }
+    })
+    .await;
+    wait_until(
+        "the successor's first event",
+        Duration::from_secs(20),
+        || async {
+            let all = events(&cluster, &op).await;
+            if all.iter().any(|e| e["epoch"] == new_term) {
+                Ok(())
+            } else {
+                Err(format!("{} events", all.len()))
+            }
+        },
+    )
+    .await;
+    cluster.nodes[index].signal(Signal::SIGCONT);
+    let (lead_now, _) = lead(&cluster).await;
+    assert_eq!(lead_now, new_lead, "the resumed node does not lead");
+    let ctx = wait_state(&cluster, &op, "complete", Duration::from_secs(120)).await;
+
+    let all = events(&cluster, &op).await;
+    assert_eq!(numbers(&all), (1..=total).collect::<Vec<u64>>());
+    let first_new = all
+        .iter()
+        .position(|e| e["epoch"] == new_term)
+        .expect("an event of the new epoch");
+    assert!(
+        all[first_new..]
+            .iter()
+            .all(|e| e["epoch"].as_u64() >= Some(new_term)),
+        "no event of the old epoch after the first of the new one"
+    );
+    let attempts = ctx["attempts"].as_array().expect("attempts");
+    let old_attempts = attempts
+        .iter()
+        .filter(|a| a["node"] == old_lead.as_str() && a["epoch"].as_u64() > Some(old_term))
+        .count();
+    assert_eq!(
+        old_attempts, 0,
+        "the old lead started nothing after resuming: {ctx}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn monitors_resume_after_every_node_restarts_and_after_nats_restarts() {
+    let mut cluster = cluster_with_monitors(3).await;
+    let total = 600;
+    let op = start_monitor(
+        &cluster,
+        "counter",
+        "count",
+        json!({"total": total, "every": 10, "pause": 0.01}),
+    )
+    .await;
+    wait_events(&cluster, &op, 100).await;
+    for node in cluster.nodes.iter_mut() {
+        node.kill();
+    }
+    let checkpoint = context(&cluster, &op).await["checkpoint"]["n"]
+        .as_u64()
+        .expect("a checkpoint was stored");
+    assert!(checkpoint >= 90, "checkpoint {checkpoint}");
+    for node in cluster.nodes.iter_mut() {
+        node.start();
+    }
+    cluster.wait_nodes_up(3).await;
+    wait_events(&cluster, &op, 300).await;
+    assert!(
+        context(&cluster, &op).await["attempts"]
+            .as_array()
+            .map(Vec::len)
+            >= Some(2)
+    );
+
+    cluster.nats.restart();
+    lead(&cluster).await;
+    let ctx = wait_state(&cluster, &op, "complete", Duration::from_secs(120)).await;
+    let all = events(&cluster, &op).await;
+    assert_eq!(
+        numbers(&all),
+        (1..=total).collect::<Vec<u64>>(),
+        "nothing lost or repeated: {ctx}"
+    );
+    assert_gapless_seqs(&all);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crashing_monitor_fails_after_five_tries_and_cancel_stops_a_running_one() {
+    let cluster = cluster_with_monitors(2).await;
+    let op = start_monitor(&cluster, "crasher", "crash", json!({})).await;
+    let ctx = wait_state(&cluster, &op, "failed", Duration::from_secs(60)).await;
+    let error = ctx["error"].as_str().unwrap_or("");
+    assert!(
+        error.contains("5 times in a row")
+            && error.contains("status 7")
+            && error.contains("boom at"),
+        "{error}"
+    );
+
+    let pidfile = cluster.dir.path().join("monitor.pid");
+    let op = start_monitor(
+        &cluster,
+        "counter",
+        "count",
+        json!({"total": 100000, "pause": 0.05, "pidfile": pidfile}),
+    )
+    .await;
+    wait_events(&cluster, &op, 5).await;
+    let pid: i32 = std::fs::read_to_string(&pidfile)
+        .expect("pid file")
+        .trim()
+        .parse()
+        .expect("pid");
+    let r = cluster
+        .http
+        .delete(cluster.url(&format!("/v1/operations/{op}")))
+        .send()
+        .await
+        .expect("DELETE");
+    assert_eq!(r.status(), 202);
+    let started = std::time::Instant::now();
+    wait_state(&cluster, &op, "cancelled", Duration::from_secs(10)).await;
+    wait_until(
+        "the driver's process to be gone",
+        Duration::from_secs(10),
+        || async move {
+            match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+                Err(_) => Ok(()),
+                Ok(stat) if stat.split_whitespace().nth(2) == Some("Z") => Ok(()),
+                Ok(stat) => Err(stat),
+            }
+        },
+    )
+    .await;
+    assert!(
+        started.elapsed() < Duration::from_secs(12),
+        "gone within the TERM grace: {:?}",
+        started.elapsed()
+    );
+    let r = cluster
+        .http
+        .delete(cluster.url(&format!("/v1/operations/{op}")))
+        .send()
+        .await
+        .expect("DELETE");
+    assert_eq!(r.status(), 409, "cancelling a finished operation");
+}
+
+/// Reads an SSE stream until `count` events arrived; returns their (id, event).
+async fn read_sse(response: reqwest::Response, count: usize) -> Vec<(u64, Value)> {
+    use futures::StreamExt;
+    let mut body = response.bytes_stream();
+    let mut buffer = String::new();
+    let mut out = Vec::new();
+    while out.len() < count {
+        let chunk = tokio::time::timeout(Duration::from_secs(30), body.next())
+            .await
+            .expect("SSE stream went quiet")
+            .expect("SSE stream ended")
+            .expect("SSE chunk");
+        buffer.push_str(&String::from_utf8_lossy(&chunk));
+        while let Some(end) = buffer.find("\n\n") {
+            let frame: String = buffer.drain(..end + 2).collect();
+            let id = frame
+                .lines()
+                .find_map(|l| l.strip_prefix("id:"))
+                .map(|v| v.trim().parse::<u64>().expect("numeric id"));
+            let data = frame
+                .lines()
+                .find_map(|l| l.strip_prefix("data:"))
+                .map(|v| serde_json::from_str::<Value>(v.trim()).expect("JSON data"));
+            if let (Some(id), Some(data)) = (id, data) {
+                out.push((id, data));
+            }
+        }
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_sse_client_follows_a_monitor_across_a_failover_and_resumes_without_repeats() {
+    let mut cluster = cluster_with_monitors(3).await;
+    let total = 400;
+    let op = start_monitor(
+        &cluster,
+        "counter",
+        "count",
+        json!({"total": total, "every": 10, "pause": 0.01}),
+    )
+    .await;
+    let url = cluster.url(&format!("/v1/operations/{op}/events"));
+    let stream = cluster
+        .http
+        .get(&url)
+        .header("accept", "text/event-stream")
+        .send()
+        .await
+        .expect("SSE");
+    assert_eq!(stream.status(), 200);
+    let reader = tokio::spawn(read_sse(stream, 250));
+    wait_events(&cluster, &op, 50).await;
+    let (lead_id, _) = lead(&cluster).await;
+    let victim = cluster.node_index(&lead_id);
+    cluster.nodes[victim].kill();
+    let first = reader.await.expect("SSE reader");
+    let ids: Vec<u64> = first.iter().map(|(id, _)| *id).collect();
+    assert_eq!(
+        ids,
+        (1..=250).collect::<Vec<u64>>(),
+        "the stream went on across the failover"
+    );
+    assert!(first.iter().all(|(id, e)| e["seq"].as_u64() == Some(*id)));
+
+    let resumed = cluster
+        .http
+        .get(&url)
+        .header("accept", "text/event-stream")
+        .header("last-event-id", "250")
+        .send()
+        .await
+        .expect("SSE");
+    let rest = read_sse(resumed, (total - 250) as usize).await;
+    assert_eq!(
+        rest.first().map(|(id, _)| *id),
+        Some(251),
+        "no repeat after Last-Event-ID"
+    );
+    let numbers: Vec<u64> = first
+        .iter()
+        .chain(rest.iter())
+        .filter_map(|(_, e)| e["data"]["n"].as_u64())
+        .collect();
+    assert_eq!(numbers, (1..=total).collect::<Vec<u64>>());
+}
