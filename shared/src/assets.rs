@@ -13,8 +13,6 @@ use crate::names::Names;
 const UPLOAD_MAX_AGE: Duration = Duration::from_secs(3600);
 /// Lead claims kept per key, so that `nats kv history` shows the terms.
 const LEAD_HISTORY: i64 = 64;
-/// Retention of the events stream.
-pub const EVENTS_MAX_AGE: Duration = Duration::from_secs(7 * 24 * 3600);
 /// `Nats-Msg-Id` deduplication window of the events stream.
 pub const EVENTS_DUPLICATE_WINDOW: Duration = Duration::from_secs(120);
 
@@ -32,6 +30,15 @@ impl AssetError {
             message: err.to_string(),
         }
     }
+}
+
+/// How the assets a process creates are set up.
+#[derive(Clone, Debug)]
+pub struct AssetSettings {
+    pub replicas: u8,
+    pub events_max_age: Duration,
+    /// 0: no limit.
+    pub events_max_bytes: u64,
 }
 
 /// Handles on every bucket, object store and stream of one cluster.
@@ -52,10 +59,10 @@ impl Assets {
     pub async fn open(
         client: async_nats::Client,
         names: &Names,
-        replicas: u8,
+        settings: &AssetSettings,
     ) -> Result<Self, AssetError> {
         let js = jetstream::new(client);
-        let replicas = usize::from(replicas);
+        let replicas = usize::from(settings.replicas);
         let kv_config = |bucket: String, history: i64| kv::Config {
             bucket,
             history,
@@ -96,7 +103,12 @@ impl Assets {
             .get_or_create_stream(stream::Config {
                 name: events_name.clone(),
                 subjects: vec![names.all_op_events()],
-                max_age: EVENTS_MAX_AGE,
+                max_age: settings.events_max_age,
+                max_bytes: if settings.events_max_bytes == 0 {
+                    -1
+                } else {
+                    settings.events_max_bytes as i64
+                },
                 duplicate_window: EVENTS_DUPLICATE_WINDOW,
                 num_replicas: replicas,
                 storage: stream::StorageType::File,
@@ -107,6 +119,16 @@ impl Assets {
             .map_err(|e| AssetError::new(&events_name, e))?;
         let mut events_probe = events.clone();
         check_stream(&mut events_probe, &events_name, replicas).await;
+        if let Ok(info) = events_probe.info().await {
+            if info.config.max_age != settings.events_max_age {
+                tracing::warn!(
+                    asset = %events_name,
+                    found_s = info.config.max_age.as_secs(),
+                    configured_s = settings.events_max_age.as_secs(),
+                    "the events stream keeps events for another age than configured; change it with `nats stream edit --max-age`"
+                );
+            }
+        }
         Ok(Self {
             jetstream: js,
             contexts,

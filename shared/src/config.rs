@@ -20,11 +20,28 @@ pub struct NatsArgs {
     /// three-node NATS cluster in production).
     #[arg(long, env = "ZF_REPLICAS", default_value_t = 1, value_parser = clap::value_parser!(u8).range(1..=5))]
     pub replicas: u8,
+
+    /// Seconds an operation's events are kept in the events stream.
+    #[arg(long, env = "ZF_EVENTS_MAX_AGE_S", default_value_t = 7 * 24 * 3600)]
+    pub events_max_age_s: u64,
+
+    /// Bytes the events stream may hold before its oldest events are dropped (0: no limit).
+    #[arg(long, env = "ZF_EVENTS_MAX_BYTES", default_value_t = 0)]
+    pub events_max_bytes: u64,
 }
 
 impl NatsArgs {
     pub fn names(&self) -> Names {
         Names::new(self.cluster.clone())
+    }
+
+    /// The settings this process creates JetStream assets with.
+    pub fn asset_settings(&self) -> crate::assets::AssetSettings {
+        crate::assets::AssetSettings {
+            replicas: self.replicas,
+            events_max_age: std::time::Duration::from_secs(self.events_max_age_s),
+            events_max_bytes: self.events_max_bytes,
+        }
     }
 }
 

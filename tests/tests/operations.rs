@@ -464,3 +464,48 @@ async fn reported_resource_state_reaches_the_api() {
     let (status, _) = cluster.get("/v1/resources/db-1").await;
     assert_eq!(status, 404);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn finished_operations_are_purged_after_their_retention() {
+    let mut cluster = Cluster::start(0).await;
+    cluster.add_node(&zerofoot_tests::NodeFlags(vec![
+        "--context-retention-s".into(),
+        "2".into(),
+        "--lapse-ms".into(),
+        "250".into(),
+        "--heartbeat-ms".into(),
+        "50".into(),
+    ]));
+    cluster.wait_nodes_up(1).await;
+    cluster.wait_module("shell", "1.0.0").await;
+    let (status, ctx) = cluster
+        .post_json(
+            "/v1/operations",
+            &json!({"module": "shell", "operation": "run", "params": {"command": "true"}}),
+        )
+        .await;
+    assert_eq!(
+        (status, ctx["state"].as_str()),
+        (200, Some("complete")),
+        "{ctx}"
+    );
+    let path = format!("/v1/operations/{}", ctx["id"].as_str().expect("id"));
+    assert_eq!(
+        cluster.get(&path).await.0,
+        200,
+        "kept right after it finished"
+    );
+    wait_until(
+        "the finished operation to be purged",
+        Duration::from_secs(20),
+        || async {
+            let (status, body) = cluster.get(&path).await;
+            if status == 404 {
+                Ok(())
+            } else {
+                Err(body.to_string())
+            }
+        },
+    )
+    .await;
+}

@@ -53,6 +53,10 @@ pub struct RunArgs {
     #[arg(long, env = "ZF_LAPSE_MS", default_value_t = 1000, value_parser = clap::value_parser!(u64).range(20..=600_000))]
     pub lapse_ms: u64,
 
+    /// Seconds a finished operation's context is kept before the lead purges it.
+    #[arg(long, env = "ZF_CONTEXT_RETENTION_S", default_value_t = 7 * 24 * 3600)]
+    pub context_retention_s: u64,
+
     /// Seconds an unused module bundle stays in the node's cache.
     #[arg(long, env = "ZF_MODULE_CACHE_TTL_S", default_value_t = 600)]
     pub module_cache_ttl_s: u64,

@@ -178,11 +178,14 @@ async fn serve(
     );
     tasks.spawn(
         crate::scheduler::run(
-            executor.clone(),
-            store.clone(),
-            standing.clone(),
-            changes,
-            lapse,
+            crate::scheduler::Scheduler {
+                exec: executor.clone(),
+                store: store.clone(),
+                standing: standing.clone(),
+                changes,
+                rescan_every: lapse,
+                retention: Duration::from_secs(args.context_retention_s),
+            },
             shutdown.clone(),
         )
         .in_current_span(),
@@ -344,7 +347,13 @@ async fn open_assets(
 ) -> anyhow::Result<Assets> {
     let mut delay = Duration::from_millis(200);
     loop {
-        match Assets::open(client.clone(), &args.nats.names(), args.nats.replicas).await {
+        match Assets::open(
+            client.clone(),
+            &args.nats.names(),
+            &args.nats.asset_settings(),
+        )
+        .await
+        {
             Ok(assets) => return Ok(assets),
             Err(e) => tracing::warn!(error = %e, "retrying"),
         }

@@ -17,16 +17,31 @@ use crate::heartbeat::Standing;
 use crate::monitor::Monitor;
 use crate::store::{Change, Store};
 
-pub async fn run(
-    exec: Executor,
-    store: Store,
-    mut standing: watch::Receiver<Standing>,
-    mut changes: broadcast::Receiver<Change>,
-    rescan_every: Duration,
-    cancel: CancellationToken,
-) {
+/// What the lead schedules with.
+pub struct Scheduler {
+    pub exec: Executor,
+    pub store: Store,
+    pub standing: watch::Receiver<Standing>,
+    pub changes: broadcast::Receiver<Change>,
+    pub rescan_every: Duration,
+    /// How long finished contexts are kept.
+    pub retention: Duration,
+}
+
+pub async fn run(scheduler: Scheduler, cancel: CancellationToken) {
+    let Scheduler {
+        exec,
+        store,
+        mut standing,
+        mut changes,
+        rescan_every,
+        retention,
+    } = scheduler;
     let mut leading: Option<(u64, CancellationToken)> = None;
     let mut rescan = tokio::time::interval(rescan_every);
+    let mut purge = tokio::time::interval(
+        (retention / 4).clamp(Duration::from_millis(200), Duration::from_secs(60)),
+    );
     loop {
         tokio::select! {
             _ = cancel.cancelled() => return,
@@ -68,6 +83,11 @@ pub async fn run(
                 }
                 Err(broadcast::error::RecvError::Closed) => return,
             },
+            _ = purge.tick() => {
+                if leading.is_some() {
+                    purge_finished(&exec, &store, retention).await;
+                }
+            }
             // A safety net for anything a notification missed.
             _ = rescan.tick() => {
                 if let Some((term, token)) = &leading {
@@ -145,4 +165,24 @@ async fn take(exec: &Executor, op: Uuid, term: u64, lead: &CancellationToken) {
         }
         .instrument(span),
     );
+}
+
+/// Purges finished contexts older than the retention period. Only the lead
+/// does it, so the cluster purges each once.
+async fn purge_finished(exec: &Executor, store: &Store, retention: Duration) {
+    let Ok(contexts) = store.run(|s| s.contexts()).await else {
+        return;
+    };
+    let horizon = zerofoot_shared::time::now() - retention;
+    for ctx in contexts
+        .into_iter()
+        .filter(|c| c.state.is_terminal() && c.updated_at < horizon)
+    {
+        match exec.assets.contexts.purge(ctx.id.to_string()).await {
+            Ok(()) => {
+                tracing::info!(op = %ctx.id, state = ctx.state.as_str(), "purged a finished operation past its retention")
+            }
+            Err(e) => tracing::warn!(op = %ctx.id, error = %e, "cannot purge a finished operation"),
+        }
+    }
 }

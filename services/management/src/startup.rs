@@ -110,7 +110,7 @@ async fn connect(state: AppState, shutdown: CancellationToken) {
     };
     let mut delay = Duration::from_millis(200);
     let assets = loop {
-        match Assets::open(client.clone(), state.names(), config.nats.replicas).await {
+        match Assets::open(client.clone(), state.names(), &config.nats.asset_settings()).await {
             Ok(assets) => break assets,
             Err(e) => {
                 tracing::warn!(error = %e, "retrying");

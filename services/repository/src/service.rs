@@ -40,7 +40,7 @@ async fn serve(config: Config, id: String, shutdown: CancellationToken) -> anyho
         return Ok(());
     };
     let assets = loop {
-        match Assets::open(client.clone(), &names, config.nats.replicas).await {
+        match Assets::open(client.clone(), &names, &config.nats.asset_settings()).await {
             Ok(assets) => break assets,
             Err(e) => tracing::warn!(error = %e, "retrying"),
         }
