@@ -2,6 +2,7 @@
 
 mod cluster_view;
 mod config;
+mod context_watch;
 mod error;
 mod routes;
 mod startup;

@@ -22,6 +22,7 @@ pub struct Nats {
     pub client: async_nats::Client,
     pub assets: Assets,
     pub catalog: ModuleCatalog,
+    pub contexts: crate::context_watch::ContextWatch,
     _service: async_nats::service::Service,
 }
 
@@ -139,6 +140,12 @@ async fn connect(state: AppState, shutdown: CancellationToken) {
         }
     };
     let catalog = ModuleCatalog::start(assets.module_index.clone(), shutdown.clone());
+    let contexts = crate::context_watch::ContextWatch::default();
+    tokio::spawn(
+        contexts
+            .clone()
+            .follow(assets.contexts.clone(), shutdown.clone()),
+    );
     state
         .view()
         .start(client.clone(), state.names().clone(), shutdown.clone());
@@ -146,6 +153,7 @@ async fn connect(state: AppState, shutdown: CancellationToken) {
         client,
         assets,
         catalog,
+        contexts,
         _service: service,
     });
     tracing::info!("ready");

@@ -31,6 +31,9 @@ struct Sizes {
     clients: usize,
     ops_per_client: usize,
     propagation_samples: usize,
+    failover_kills: usize,
+    stream_events: u64,
+    monitors: usize,
 }
 
 const DRIVER: &str = "#!/bin/sh\ncat >/dev/null\necho '{\"type\":\"result\",\"data\":1}'\n";
@@ -321,6 +324,337 @@ async fn module_transfer(figures: &mut Vec<Figure>) {
     });
 }
 
+/// Writes `count` keyed events as fast as the shell can, a checkpoint every 1000.
+const FIREHOSE: &str = r#"#!/bin/sh
+count=$(jq -r '.params.count')
+awk -v count="$count" 'BEGIN {
+  for (n = 1; n <= count; n++) {
+    printf "{\"type\":\"event\",\"key\":\"%d\",\"data\":{\"n\":%d}}\n", n, n
+    if (n % 1000 == 0) printf "{\"type\":\"checkpoint\",\"data\":{\"n\":%d}}\n", n
+  }
+}'
+"#;
+
+/// A keyed event every 20 ms, for ever; checkpoint every 10.
+const TICKER: &str = r#"#!/bin/sh
+n=$(jq -r '.checkpoint.n // 0')
+while :; do
+  n=$((n + 1))
+  echo "{\"type\":\"event\",\"key\":\"$n\",\"data\":{\"n\":$n}}"
+  [ $((n % 10)) -eq 0 ] && echo "{\"type\":\"checkpoint\",\"data\":{\"n\":$n}}"
+  sleep 0.02
+done
+"#;
+
+/// Holds a monitor open doing nothing; a blank line now and then ends it
+/// (SIGPIPE) once its node is gone.
+const IDLE: &str = "#!/bin/sh\ncat >/dev/null\nwhile :; do sleep 2; echo; done\n";
+
+async fn wait_state(cluster: &Cluster, op: &str, state: &str, within: Duration) {
+    let path = format!("/v1/operations/{op}");
+    zerofoot_tests::wait_until(&format!("{op} {state}"), within, || async {
+        let (_, ctx) = cluster.get(&path).await;
+        if ctx["state"] == state {
+            Ok(())
+        } else {
+            Err(ctx.to_string())
+        }
+    })
+    .await;
+}
+
+async fn event_throughput(sizes: &Sizes, figures: &mut Vec<Figure>) {
+    let cluster = Cluster::start(1).await;
+    cluster
+        .publish(bundle(
+            "firehose",
+            "1.0.0",
+            json!({"pour": {"kind": "async"}}),
+            FIREHOSE,
+        ))
+        .await;
+    cluster.wait_module("firehose", "1.0.0").await;
+    let count = sizes.stream_events;
+
+    // Raw: the same number of event-sized messages published to JetStream
+    // with acks pipelined, by one client.
+    let client = cluster.nats.client().await;
+    let js = async_nats::jetstream::new(client);
+    js.get_or_create_stream(async_nats::jetstream::stream::Config {
+        name: "BENCH_RAW".into(),
+        subjects: vec!["bench.raw".into()],
+        ..Default::default()
+    })
+    .await
+    .expect("raw stream");
+    let payload = bytes::Bytes::from(
+        r#"{"v":1,"op":"00000000-0000-0000-0000-000000000000","seq":1,"key":"1","data":{"n":1},"node":"node-x","epoch":1,"at":"2026-01-01T00:00:00Z"}"#,
+    );
+    let t = Instant::now();
+    let mut acks = Vec::with_capacity(1024);
+    for _ in 0..count {
+        acks.push(
+            js.publish("bench.raw", payload.clone())
+                .await
+                .expect("publish"),
+        );
+        if acks.len() == 1024 {
+            for ack in acks.drain(..) {
+                ack.await.expect("ack");
+            }
+        }
+    }
+    for ack in acks.drain(..) {
+        ack.await.expect("ack");
+    }
+    let raw_rate = count as f64 / t.elapsed().as_secs_f64();
+
+    let t = Instant::now();
+    let (status, ctx) = cluster
+        .post_json(
+            "/v1/operations",
+            &json!({"module": "firehose", "operation": "pour", "params": {"count": count}}),
+        )
+        .await;
+    assert_eq!(status, 202, "{ctx}");
+    let op = ctx["id"].as_str().expect("id").to_string();
+    wait_state(&cluster, &op, "complete", Duration::from_secs(300)).await;
+    let path = format!("/v1/operations/{op}/events?after={}&limit=1", count - 1);
+    let (_, last) = cluster.get(&path).await;
+    assert_eq!(
+        last["events"][0]["seq"], count,
+        "every event reached management"
+    );
+    let rate = count as f64 / t.elapsed().as_secs_f64();
+    figures.push(Figure {
+        figure: format!("events from one monitor to management ({count} keyed events)"),
+        value: rate,
+        unit: "events/s",
+        baseline: Some(raw_rate),
+        baseline_what: Some("raw JetStream publish, one message per event, acks pipelined".into()),
+        ratio: Some(rate / raw_rate),
+        target: ">= 20000 events/s",
+        meets_target: Some(rate >= 20_000.0),
+    });
+}
+
+/// SIGKILLs the lead again and again; for each kill, the time until the first
+/// event of the new epoch of every monitor reached management (SSE).
+async fn failover(sizes: &Sizes, figures: &mut Vec<Figure>, label: &str, flags: &[&str]) {
+    use futures::StreamExt;
+    let mut cluster = Cluster::start(0).await;
+    let flags = zerofoot_tests::NodeFlags(flags.iter().map(|f| f.to_string()).collect());
+    for _ in 0..3 {
+        cluster.add_node(&flags);
+    }
+    cluster.wait_nodes_up(3).await;
+    cluster
+        .publish(bundle(
+            "ticker",
+            "1.0.0",
+            json!({"tick": {"kind": "async"}}),
+            TICKER,
+        ))
+        .await;
+    cluster.wait_module("ticker", "1.0.0").await;
+    let monitors = 5;
+    let (epochs_tx, mut epochs_rx) =
+        tokio::sync::mpsc::unbounded_channel::<(usize, u64, Instant)>();
+    let mut ops = Vec::new();
+    for m in 0..monitors {
+        let (status, ctx) = cluster
+            .post_json(
+                "/v1/operations",
+                &json!({"module": "ticker", "operation": "tick"}),
+            )
+            .await;
+        assert_eq!(status, 202, "{ctx}");
+        let op = ctx["id"].as_str().expect("id").to_string();
+        let response = cluster
+            .http
+            .get(cluster.url(&format!("/v1/operations/{op}/events")))
+            .header("accept", "text/event-stream")
+            .timeout(Duration::from_secs(3600))
+            .send()
+            .await
+            .expect("SSE");
+        let tx = epochs_tx.clone();
+        tokio::spawn(async move {
+            let mut body = response.bytes_stream();
+            let mut buffer = String::new();
+            let mut epoch = 0;
+            while let Some(Ok(chunk)) = body.next().await {
+                buffer.push_str(&String::from_utf8_lossy(&chunk));
+                while let Some(end) = buffer.find("\n\n") {
+                    let frame: String = buffer.drain(..end + 2).collect();
+                    let Some(data) = frame.lines().find_map(|l| l.strip_prefix("data:")) else {
+                        continue;
+                    };
+                    let Ok(event) = serde_json::from_str::<serde_json::Value>(data.trim()) else {
+                        continue;
+                    };
+                    let e = event["epoch"].as_u64().unwrap_or(0);
+                    if e > epoch {
+                        epoch = e;
+                        let _ = tx.send((m, e, Instant::now()));
+                    }
+                }
+            }
+        });
+        ops.push(op);
+    }
+    let mut samples = Vec::new();
+    let mut term = 0;
+    // Every monitor running under the first lead.
+    let mut seen = std::collections::HashMap::new();
+    while seen.len() < monitors {
+        let (m, e, _) = epochs_rx.recv().await.expect("monitor events");
+        seen.insert(m, e);
+        term = term.max(e);
+    }
+    for _ in 0..sizes.failover_kills {
+        let (_, view) = cluster.get("/v1/cluster").await;
+        let lead = view["lead"]["node"].as_str().expect("a lead").to_string();
+        let victim = cluster.node_index(&lead);
+        let killed_at = Instant::now();
+        cluster.nodes[victim].kill();
+        let mut resumed = std::collections::HashMap::new();
+        while resumed.len() < monitors {
+            let (m, e, at) = tokio::time::timeout(Duration::from_secs(60), epochs_rx.recv())
+                .await
+                .expect("monitors resumed within 60 s")
+                .expect("monitor events");
+            if e > term {
+                resumed.entry(m).or_insert(at);
+            }
+        }
+        term = cluster.get("/v1/cluster").await.1["lead"]["term"]
+            .as_u64()
+            .unwrap_or(term + 1)
+            .max(term + 1);
+        for at in resumed.values() {
+            samples.push(at.duration_since(killed_at));
+        }
+        cluster.nodes[victim].start();
+        cluster.wait_nodes_up(3).await;
+    }
+    let ms = sorted_ms(&samples);
+    let (p50, p99, max) = (
+        percentile(&ms, 50.0),
+        percentile(&ms, 99.0),
+        ms.last().copied().unwrap_or(f64::NAN),
+    );
+    let (target, meets) = if label == "defaults" {
+        (
+            "p50 <= 1200 ms, p99 <= 1500 ms",
+            p50 <= 1200.0 && p99 <= 1500.0,
+        )
+    } else {
+        ("p99 <= 500 ms", p99 <= 500.0)
+    };
+    figures.push(Figure {
+        figure: format!(
+            "failover, {label}: lead SIGKILL to first new event of each of {monitors} monitors, {} kills, p99 (max {max:.0} ms)",
+            sizes.failover_kills
+        ),
+        value: p99,
+        unit: "ms",
+        baseline: Some(p50),
+        baseline_what: Some("p50 of the same run".into()),
+        ratio: None,
+        target,
+        meets_target: Some(meets),
+    });
+    for op in ops {
+        let _ = cluster
+            .http
+            .delete(cluster.url(&format!("/v1/operations/{op}")))
+            .send()
+            .await;
+    }
+}
+
+fn rss_kib(pid: nix::unistd::Pid) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+async fn many_monitors(sizes: &Sizes, figures: &mut Vec<Figure>) {
+    let cluster = Cluster::start(1).await;
+    cluster
+        .publish(bundle(
+            "idle",
+            "1.0.0",
+            json!({"hold": {"kind": "async"}}),
+            IDLE,
+        ))
+        .await;
+    cluster.wait_module("idle", "1.0.0").await;
+    // Warm up once so the bundle is cached, then measure from an idle node.
+    let (_, ctx) = cluster
+        .post_json(
+            "/v1/operations",
+            &json!({"module": "idle", "operation": "hold"}),
+        )
+        .await;
+    let warm = ctx["id"].as_str().expect("id").to_string();
+    wait_state(&cluster, &warm, "running", Duration::from_secs(30)).await;
+    cluster
+        .http
+        .delete(cluster.url(&format!("/v1/operations/{warm}")))
+        .send()
+        .await
+        .expect("cancel");
+    wait_state(&cluster, &warm, "cancelled", Duration::from_secs(30)).await;
+    let pid = cluster.nodes[0].pid();
+    let before = rss_kib(pid);
+    let t = Instant::now();
+    let request = json!({"module": "idle", "operation": "hold"});
+    for _ in 0..sizes.monitors {
+        let (status, ctx) = cluster.post_json("/v1/operations", &request).await;
+        assert_eq!(status, 202, "{ctx}");
+    }
+    let want = sizes.monitors as u64;
+    zerofoot_tests::wait_until(
+        &format!("{want} monitors running"),
+        Duration::from_secs(300),
+        || async {
+            let (_, view) = cluster.get("/v1/cluster").await;
+            let running = view["nodes"][0]["running"].as_u64().unwrap_or(0);
+            if running >= want {
+                Ok(())
+            } else {
+                Err(format!("{running} running"))
+            }
+        },
+    )
+    .await;
+    let started = t.elapsed();
+    let after = rss_kib(pid);
+    let per_monitor = (after.saturating_sub(before)) as f64 / sizes.monitors as f64;
+    figures.push(Figure {
+        figure: format!(
+            "{} concurrent monitors on one lead: node RSS {:.1} -> {:.1} MiB, all running after {:.1} s; node memory per monitor (driver excluded)",
+            sizes.monitors,
+            before as f64 / 1024.0,
+            after as f64 / 1024.0,
+            started.as_secs_f64()
+        ),
+        value: per_monitor,
+        unit: "KiB",
+        baseline: None,
+        baseline_what: None,
+        ratio: None,
+        target: ">= 1000 monitors, <= 1024 KiB each",
+        meets_target: Some(per_monitor <= 1024.0),
+    });
+}
+
 fn render(figures: &[Figure]) -> String {
     let mut out = String::from("| figure | value | raw baseline (same run) | ratio | target | meets |\n| --- | --- | --- | --- | --- | --- |\n");
     for f in figures {
@@ -354,6 +688,9 @@ async fn main() {
             clients: 32,
             ops_per_client: 10,
             propagation_samples: 100,
+            failover_kills: 10,
+            stream_events: 50_000,
+            monitors: 1000,
         }
     } else {
         Sizes {
@@ -361,12 +698,37 @@ async fn main() {
             clients: 32,
             ops_per_client: 50,
             propagation_samples: 500,
+            failover_kills: 50,
+            stream_events: 200_000,
+            monitors: 1000,
         }
     };
+    let only: Option<String> = std::env::args().skip_while(|a| a != "--only").nth(1);
+    let wanted = |name: &str| only.as_deref().is_none_or(|o| o == name);
     let started = Instant::now();
     let mut figures = Vec::new();
-    module_transfer(&mut figures).await;
-    sync_operations(&sizes, &mut figures).await;
+    if wanted("modules") {
+        module_transfer(&mut figures).await;
+    }
+    if wanted("sync") {
+        sync_operations(&sizes, &mut figures).await;
+    }
+    if wanted("events") {
+        event_throughput(&sizes, &mut figures).await;
+    }
+    if wanted("failover") {
+        failover(&sizes, &mut figures, "defaults", &[]).await;
+        failover(
+            &sizes,
+            &mut figures,
+            "--heartbeat-ms 50 --lapse-ms 250",
+            &["--heartbeat-ms", "50", "--lapse-ms", "250"],
+        )
+        .await;
+    }
+    if wanted("monitors") {
+        many_monitors(&sizes, &mut figures).await;
+    }
     let table = render(&figures);
     println!("{table}");
     let out_dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/bench");

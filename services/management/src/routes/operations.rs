@@ -133,13 +133,8 @@ pub async fn submit(
         retries: spec.retries(),
     });
     let key = ctx.id.to_string();
-    // Watch before writing, so no change of the context can slip past.
-    let watch = nats
-        .assets
-        .contexts
-        .watch(&key)
-        .await
-        .map_err(|e| ApiError::nats("cannot watch the contexts bucket", e))?;
+    // Subscribe before writing, so no change of the context can slip past.
+    let subscription = (ctx.kind == OperationKind::Sync).then(|| nats.contexts.subscribe(ctx.id));
     let revision = nats
         .assets
         .contexts
@@ -156,7 +151,10 @@ pub async fn submit(
         return Ok((StatusCode::ACCEPTED, ApiJson(ctx)));
     }
     let budget = Duration::from_millis(ctx.timeout_ms) * (ctx.retries + 1) + WAIT_SLACK;
-    let final_ctx = wait_for_end(watch, ctx, budget).await;
+    let Some(subscription) = subscription else {
+        return Ok((StatusCode::ACCEPTED, ApiJson(ctx)));
+    };
+    let final_ctx = wait_for_end(nats, subscription, ctx, budget).await;
     let status = if final_ctx.state.is_terminal() {
         StatusCode::OK
     } else {
@@ -240,21 +238,33 @@ async fn submit_to_a_node(
     }
 }
 
+/// Waits for the context to reach a final state, or the budget to run out.
+/// A direct read every few seconds covers changes the shared watch missed
+/// (while it re-watches after a NATS hiccup).
 async fn wait_for_end(
-    mut watch: kv::Watch,
+    nats: &Nats,
+    mut subscription: crate::context_watch::Subscription,
     mut latest: ExecutionContext,
     budget: Duration,
 ) -> ExecutionContext {
     let deadline = tokio::time::Instant::now() + budget;
-    while let Ok(Some(Ok(entry))) = tokio::time::timeout_at(deadline, watch.next()).await {
-        if entry.operation != kv::Operation::Put {
-            continue;
-        }
-        if let Ok(ctx) = decode::<ExecutionContext>(&entry.value) {
-            latest = ctx;
-            if latest.state.is_terminal() {
-                break;
+    let mut recheck = tokio::time::interval(Duration::from_secs(2));
+    recheck.tick().await;
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep_until(deadline) => break,
+            change = subscription.changes.recv() => match change {
+                Some(ctx) => latest = ctx,
+                None => break,
+            },
+            _ = recheck.tick() => {
+                if let Ok((ctx, _)) = load(nats, &latest.id).await {
+                    latest = ctx;
+                }
             }
+        }
+        if latest.state.is_terminal() {
+            break;
         }
     }
     latest

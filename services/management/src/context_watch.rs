@@ -1,0 +1,98 @@
+//! One watch on the contexts bucket for the whole instance, handing each
+//! change to the requests waiting on that operation. A request per consumer
+//! would cost a JetStream consumer per sync call and run into the server's
+//! consumer limit under load.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_nats::jetstream::kv;
+use futures::StreamExt;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+use zerofoot_shared::protocol::{decode, ExecutionContext};
+
+type Waiters = HashMap<Uuid, Vec<mpsc::UnboundedSender<ExecutionContext>>>;
+
+#[derive(Clone, Default)]
+pub struct ContextWatch {
+    waiters: Arc<Mutex<Waiters>>,
+}
+
+/// Changes of one operation's context, for as long as this lives.
+pub struct Subscription {
+    watch: ContextWatch,
+    op: Uuid,
+    pub changes: mpsc::UnboundedReceiver<ExecutionContext>,
+}
+
+impl Drop for Subscription {
+    fn drop(&mut self) {
+        let mut waiters = self.watch.waiters.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(list) = waiters.get_mut(&self.op) {
+            list.retain(|tx| !tx.is_closed());
+            if list.is_empty() {
+                waiters.remove(&self.op);
+            }
+        }
+    }
+}
+
+impl ContextWatch {
+    /// Registers interest in `op`; subscribe before writing so no change is missed.
+    pub fn subscribe(&self, op: Uuid) -> Subscription {
+        let (tx, changes) = mpsc::unbounded_channel();
+        self.waiters
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(op)
+            .or_default()
+            .push(tx);
+        Subscription {
+            watch: self.clone(),
+            op,
+            changes,
+        }
+    }
+
+    /// Follows the bucket until `cancel` fires, re-watching after errors.
+    pub async fn follow(self, bucket: kv::Store, cancel: CancellationToken) {
+        loop {
+            match bucket.watch_all().await {
+                Ok(mut changes) => loop {
+                    let entry = tokio::select! {
+                        _ = cancel.cancelled() => return,
+                        e = changes.next() => e,
+                    };
+                    match entry {
+                        Some(Ok(entry)) => self.dispatch(&entry),
+                        _ => break,
+                    }
+                },
+                Err(e) => tracing::warn!(error = %e, "cannot watch the contexts bucket; retrying"),
+            }
+            tokio::select! {
+                _ = cancel.cancelled() => return,
+                _ = tokio::time::sleep(Duration::from_millis(200)) => {}
+            }
+        }
+    }
+
+    fn dispatch(&self, entry: &kv::Entry) {
+        if entry.operation != kv::Operation::Put {
+            return;
+        }
+        let Ok(op) = entry.key.parse::<Uuid>() else {
+            return;
+        };
+        let waiters = self.waiters.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(list) = waiters.get(&op) else { return };
+        if let Ok(ctx) = decode::<ExecutionContext>(&entry.value) {
+            for tx in list {
+                let _ = tx.send(ctx.clone());
+            }
+        }
+    }
+}
