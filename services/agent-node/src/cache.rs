@@ -44,6 +44,8 @@ struct Inner {
     /// One lock per digest: the first caller fetches, the others wait for it.
     fetching: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     usage: Mutex<HashMap<String, Usage>>,
+    /// Manifests of the bundles unpacked here, so a run reads no file to start.
+    manifests: Mutex<HashMap<String, Manifest>>,
 }
 
 #[derive(Clone)]
@@ -97,6 +99,7 @@ impl ModuleCache {
                 ttl,
                 fetching: Mutex::default(),
                 usage: Mutex::default(),
+                manifests: Mutex::default(),
             }),
         })
     }
@@ -132,17 +135,37 @@ impl ModuleCache {
         };
         let _guard = lock.lock().await;
         let dir = self.dir_of(digest);
-        let read = tokio::fs::read(dir.join(bundle::MANIFEST_FILE)).await;
-        let manifest = match read {
-            Ok(bytes) => Manifest::parse(&bytes)
-                .map_err(|e| CacheError::Invalid(digest.into(), e.to_string()))?,
-            Err(_) => self.fetch(digest).await?,
+        let known = self.known_manifest(digest);
+        let manifest = match known {
+            Some(manifest) => manifest,
+            None => {
+                let manifest = match tokio::fs::read(dir.join(bundle::MANIFEST_FILE)).await {
+                    Ok(bytes) => Manifest::parse(&bytes)
+                        .map_err(|e| CacheError::Invalid(digest.into(), e.to_string()))?,
+                    Err(_) => self.fetch(digest).await?,
+                };
+                self.inner
+                    .manifests
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .insert(digest.to_string(), manifest.clone());
+                manifest
+            }
         };
         Ok(Lease {
             _in_use: in_use,
             dir,
             manifest,
         })
+    }
+
+    fn known_manifest(&self, digest: &str) -> Option<Manifest> {
+        self.inner
+            .manifests
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(digest)
+            .cloned()
     }
 
     async fn fetch(&self, digest: &str) -> Result<Manifest, CacheError> {
@@ -229,6 +252,11 @@ impl ModuleCache {
             let idle_since = u.last_used.unwrap_or(started);
             if u.in_use == 0 && idle_since.elapsed() >= self.inner.ttl {
                 usage.remove(&name);
+                self.inner
+                    .manifests
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .remove(&name);
                 drop(usage);
                 match std::fs::remove_dir_all(entry.path()) {
                     Ok(()) => tracing::info!(digest = %name, "evicted an unused bundle"),

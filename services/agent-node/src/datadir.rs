@@ -48,6 +48,12 @@ impl DataDir {
             path: root.to_path_buf(),
             source,
         })?;
+        // Drivers run in their own scratch dirs: every path handed to them
+        // must not depend on this process's working directory.
+        let root = &fs::canonicalize(root).map_err(|source| DataDirError::Io {
+            path: root.to_path_buf(),
+            source,
+        })?;
         let io = |path: &Path| {
             let path = path.to_path_buf();
             move |source| DataDirError::Io { path, source }
@@ -136,5 +142,14 @@ mod tests {
         drop(again);
         let err = DataDir::open(&root, Some("other")).err().expect("mismatch");
         assert!(err.to_string().contains("belongs to node"), "{err}");
+    }
+
+    #[test]
+    fn a_relative_data_dir_becomes_absolute() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::env::set_current_dir(dir.path()).expect("cd");
+        let opened = DataDir::open(Path::new("relative/node"), None).expect("open");
+        assert!(opened.root().is_absolute(), "{}", opened.root().display());
+        assert!(opened.root().ends_with("relative/node"));
     }
 }

@@ -115,10 +115,20 @@ impl Executor {
 
     /// Takes operation `op` if it is still in the state `how` expects, and
     /// starts running it. Returns once the take is written.
-    pub async fn take_and_run(&self, op: Uuid, how: Taking) -> Result<(), RemoteError> {
-        let (mut ctx, revision) = self.read(&op).await?.ok_or_else(|| {
-            RemoteError::new(404, "operation_not_found", format!("no operation {op}"))
-        })?;
+    /// `known` is the context and revision as the submitter wrote them, if
+    /// it sent them; otherwise they are read from KV.
+    pub async fn take_and_run(
+        &self,
+        op: Uuid,
+        how: Taking,
+        known: Option<(ExecutionContext, u64)>,
+    ) -> Result<(), RemoteError> {
+        let (mut ctx, revision) = match known.filter(|(ctx, _)| ctx.id == op) {
+            Some(known) => known,
+            None => self.read(&op).await?.ok_or_else(|| {
+                RemoteError::new(404, "operation_not_found", format!("no operation {op}"))
+            })?,
+        };
         match how {
             Taking::Pending if ctx.state != OperationState::Pending => {
                 return Err(conflict(format!(

@@ -241,7 +241,11 @@ async fn serve_submissions(
                 >(&request.message.payload)
                 {
                     Ok(submit) => exec
-                        .take_and_run(submit.op, Taking::Pending)
+                        .take_and_run(
+                            submit.op,
+                            Taking::Pending,
+                            submit.context.map(|c| *c).zip(submit.revision),
+                        )
                         .await
                         .map(|()| SubmitAccepted {
                             v: PROTOCOL_VERSION,

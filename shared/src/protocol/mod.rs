@@ -64,6 +64,12 @@ pub struct SubmitOperation {
     #[serde(default = "v1")]
     pub v: u32,
     pub op: uuid::Uuid,
+    /// The context as written and its KV revision, so the node can take it
+    /// without reading it back (its compare-and-set still guards staleness).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub context: Option<Box<ExecutionContext>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revision: Option<u64>,
 }
 
 /// Answer to [`SubmitOperation`]: the node that took it.

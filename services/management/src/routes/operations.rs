@@ -185,6 +185,8 @@ async fn submit_to_a_node(
     let request = SubmitOperation {
         v: PROTOCOL_VERSION,
         op: ctx.id,
+        context: Some(Box::new(ctx.clone())),
+        revision: Some(revision),
     };
     let answer = tokio::time::timeout(
         SUBMIT_TIMEOUT,
