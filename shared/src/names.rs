@@ -146,6 +146,10 @@ impl Names {
     pub fn management_prefix(&self, mgmt_id: &str) -> String {
         format!("{}.mgmt.{mgmt_id}", self.prefix())
     }
+    /// Where nodes register with one management instance.
+    pub fn management_register(&self, mgmt_id: &str) -> String {
+        format!("{}.register", self.management_prefix(mgmt_id))
+    }
     /// Prefix of the repository's endpoints (`put`, `get`, `list`).
     pub fn repository_prefix(&self) -> String {
         format!("{}.repo", self.prefix())

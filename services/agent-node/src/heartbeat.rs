@@ -26,6 +26,7 @@ pub struct Beat {
     pub started_at: OffsetDateTime,
     pub standing: watch::Receiver<Standing>,
     pub running: Arc<AtomicU32>,
+    pub registered_with: crate::registrar::RegisteredWith,
 }
 
 impl Beat {
@@ -49,6 +50,13 @@ impl Beat {
                 version: zerofoot_shared::VERSION.to_string(),
                 interval_ms: self.interval.as_millis() as u64,
                 lapse_ms: self.lapse.as_millis() as u64,
+                registered_with: self
+                    .registered_with
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .iter()
+                    .cloned()
+                    .collect(),
                 started_at: self.started_at,
             };
             if let Err(e) = self

@@ -12,6 +12,7 @@ mod membership;
 mod mirror;
 mod monitor;
 mod node;
+mod registrar;
 mod scheduler;
 mod store;
 mod sweeper;

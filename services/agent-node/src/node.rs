@@ -69,6 +69,7 @@ async fn serve(
 
     let mut tasks = tokio::task::JoinSet::new();
     let (changes_tx, changes) = tokio::sync::broadcast::channel(4096);
+    let (resource_changes_tx, resource_changes) = tokio::sync::broadcast::channel(1024);
     tasks.spawn(
         crate::mirror::follow(
             assets.contexts.clone(),
@@ -84,7 +85,7 @@ async fn serve(
             assets.resources.clone(),
             store.clone(),
             Mirrored::Resources,
-            None,
+            Some(resource_changes_tx),
             shutdown.clone(),
         )
         .in_current_span(),
@@ -199,6 +200,7 @@ async fn serve(
         )
         .in_current_span(),
     );
+    let registered_with = crate::registrar::RegisteredWith::default();
     let beat = Beat {
         client: client.clone(),
         subject: names.heartbeat(&node_id),
@@ -208,8 +210,21 @@ async fn serve(
         started_at,
         standing,
         running,
+        registered_with: registered_with.clone(),
     };
     tasks.spawn(beat.run(shutdown.clone()).in_current_span());
+    let registrar = crate::registrar::Registrar {
+        client: client.clone(),
+        names: names.clone(),
+        node: node_id.clone(),
+        store: store.clone(),
+        registered: registered_with,
+    };
+    tasks.spawn(
+        registrar
+            .run(resource_changes, shutdown.clone())
+            .in_current_span(),
+    );
     tracing::info!("ready");
 
     shutdown.cancelled().await;

@@ -11,7 +11,7 @@ use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 use zerofoot_shared::names::{Names, MANAGEMENT_SERVICE};
 use zerofoot_shared::nats::discover;
-use zerofoot_shared::protocol::{decode, Heartbeat, Role};
+use zerofoot_shared::protocol::{decode, Heartbeat, Registration, ResourceView, Role};
 
 /// A node silent for this long is dropped from the view.
 const FORGET_AFTER: Duration = Duration::from_secs(60);
@@ -27,6 +27,8 @@ struct Seen {
 pub struct ClusterView {
     nodes: Arc<Mutex<HashMap<String, Seen>>>,
     management: Arc<Mutex<Vec<ManagementInstance>>>,
+    /// What each node registered with this instance: resource id -> view.
+    inventories: Arc<Mutex<HashMap<String, BTreeMap<String, ResourceView>>>>,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -41,6 +43,10 @@ pub struct NodeStatus {
     pub version: String,
     #[serde(with = "time::serde::rfc3339")]
     pub started_at: time::OffsetDateTime,
+    /// Management instances the node says it is registered with.
+    pub registered_with: Vec<String>,
+    /// Resources the node reported to this instance when it registered.
+    pub inventory: usize,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -78,6 +84,8 @@ impl ClusterView {
                     running: hb.running,
                     version: hb.version.clone(),
                     started_at: hb.started_at,
+                    registered_with: hb.registered_with.clone(),
+                    inventory: self.inventory_size(&hb.node),
                 }
             })
             .collect();
@@ -95,6 +103,30 @@ impl ClusterView {
                 node: n.id,
                 term: n.term,
             })
+    }
+
+    fn inventory_size(&self, node: &str) -> usize {
+        self.inventories
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(node)
+            .map(BTreeMap::len)
+            .unwrap_or(0)
+    }
+
+    /// Applies a node's registration: the whole inventory, or changes.
+    pub fn register(&self, registration: Registration) {
+        let mut inventories = self.inventories.lock().unwrap_or_else(|e| e.into_inner());
+        let inventory = inventories.entry(registration.node).or_default();
+        if registration.full {
+            inventory.clear();
+        }
+        for id in registration.removed {
+            inventory.remove(&id);
+        }
+        for view in registration.resources {
+            inventory.insert(view.id.clone(), view);
+        }
     }
 
     pub fn management(&self) -> Vec<ManagementInstance> {

@@ -139,6 +139,24 @@ async fn connect(state: AppState, shutdown: CancellationToken) {
             return;
         }
     };
+    match service
+        .endpoint_builder()
+        .name("register")
+        .queue_group(format!("register-{}", state.id()))
+        .add(state.names().management_register(state.id()))
+        .await
+    {
+        Ok(endpoint) => {
+            tokio::spawn(serve_registrations(
+                endpoint,
+                state.clone(),
+                shutdown.clone(),
+            ));
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "cannot serve registrations; nodes will not register here")
+        }
+    }
     let catalog = ModuleCatalog::start(assets.module_index.clone(), shutdown.clone());
     let contexts = crate::context_watch::ContextWatch::default();
     tokio::spawn(
@@ -157,4 +175,37 @@ async fn connect(state: AppState, shutdown: CancellationToken) {
         _service: service,
     });
     tracing::info!("ready");
+}
+
+/// `zf.<cluster>.mgmt.<id>.register`: a node's registration and inventory.
+async fn serve_registrations(
+    mut endpoint: async_nats::service::endpoint::Endpoint,
+    state: AppState,
+    shutdown: CancellationToken,
+) {
+    use futures::StreamExt;
+    use zerofoot_shared::protocol::{
+        decode, encode, Registered, Registration, RemoteError, Reply, PROTOCOL_VERSION,
+    };
+    loop {
+        let request = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            r = endpoint.next() => r,
+        };
+        let Some(request) = request else { return };
+        let reply: Reply<Registered> = match decode::<Registration>(&request.message.payload) {
+            Ok(registration) => {
+                if registration.full {
+                    tracing::info!(node = %registration.node, resources = registration.resources.len(), "node registered");
+                }
+                state.view().register(registration);
+                Reply::Ok(Registered {
+                    v: PROTOCOL_VERSION,
+                    management: state.id().to_string(),
+                })
+            }
+            Err(e) => Reply::Error(RemoteError::new(400, "invalid_registration", e.to_string())),
+        };
+        let _ = request.respond(Ok(encode(&reply))).await;
+    }
 }

@@ -30,6 +30,9 @@ pub struct Heartbeat {
     /// count it gone.
     pub interval_ms: u64,
     pub lapse_ms: u64,
+    /// Management instances this node is registered with.
+    #[serde(default)]
+    pub registered_with: Vec<String>,
     #[serde(with = "time::serde::rfc3339")]
     pub started_at: OffsetDateTime,
 }

@@ -80,6 +80,30 @@ pub struct SubmitAccepted {
     pub node: String,
 }
 
+/// Request on `zf.<cluster>.mgmt.<id>.register`: a node registers with a
+/// management instance, with the inventory it keeps (resources' configuration
+/// and state, never secrets). `full` says whether `resources` is the whole
+/// inventory or only what changed since the last registration.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct Registration {
+    #[serde(default = "v1")]
+    pub v: u32,
+    pub node: String,
+    pub full: bool,
+    pub resources: Vec<ResourceView>,
+    /// Resources deleted since the last registration.
+    #[serde(default)]
+    pub removed: Vec<String>,
+}
+
+/// Answer to [`Registration`].
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct Registered {
+    #[serde(default = "v1")]
+    pub v: u32,
+    pub management: String,
+}
+
 /// Request on `repo.put`: validate and store the bundle uploaded as `upload`
 /// in the uploads object store.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -120,6 +144,8 @@ macro_rules! versioned {
     )*};
 }
 versioned!(
+    Registration,
+    Registered,
     SubmitOperation,
     SubmitAccepted,
     PutModule,
