@@ -337,6 +337,7 @@ mod tests {
             version: "0".into(),
             interval_ms: 200,
             lapse_ms: 1000,
+            registered_with: Vec::new(),
             started_at: zerofoot_shared::time::now(),
         }
     }
