@@ -16,3 +16,10 @@ cargo build --workspace --bins
 # End-to-end tests start a nats-server and several services each: two at a
 # time is what a 2-core machine takes without starving heartbeats.
 cargo test --workspace -- --test-threads=2
+
+# The docker-compose deployment, end to end, where a Docker engine answers.
+if docker info >/dev/null 2>&1; then
+  scripts/compose-test.sh
+else
+  echo "SKIPPED scripts/compose-test.sh: no Docker engine answers 'docker info' on this machine"
+fi

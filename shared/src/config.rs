@@ -9,7 +9,7 @@ use crate::names::{ClusterName, Names};
 #[derive(Args, Clone, Debug)]
 pub struct NatsArgs {
     /// NATS server URL(s), comma separated.
-    #[arg(long, env = "ZF_NATS_URL", default_value = "nats://127.0.0.1:4222")]
+    #[arg(long, env = "ZF_NATS_URL", default_value = "nats://127.0.0.1:4222", value_parser = parse_servers)]
     pub nats_url: String,
 
     /// Cluster name: every subject and JetStream asset carries it.
@@ -48,4 +48,34 @@ impl NatsArgs {
 fn parse_cluster(s: &str) -> Result<ClusterName, String> {
     s.parse()
         .map_err(|e: crate::names::NameError| e.to_string())
+}
+
+fn parse_servers(s: &str) -> Result<String, String> {
+    let servers: Vec<&str> = s
+        .split(',')
+        .map(str::trim)
+        .filter(|p| !p.is_empty())
+        .collect();
+    if servers.is_empty() {
+        return Err("give at least one NATS server URL, e.g. nats://127.0.0.1:4222".into());
+    }
+    for server in servers {
+        server.parse::<async_nats::ServerAddr>().map_err(|e| {
+            format!("{server:?} is not a NATS server URL ({e}); e.g. nats://host:4222")
+        })?;
+    }
+    Ok(s.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn server_lists_are_checked() {
+        assert!(parse_servers("nats://a:4222, nats://b:4222").is_ok());
+        assert!(parse_servers("nats://a:4222,,").is_ok());
+        assert!(parse_servers("").is_err());
+        assert!(parse_servers("nats://a:notaport").is_err());
+    }
 }

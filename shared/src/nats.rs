@@ -13,7 +13,7 @@ pub enum ConnectError {
     Cancelled,
 }
 
-/// Connects to `url`, retrying with exponential backoff (100 ms doubling to
+/// Connects to `url` (one or more server URLs, comma separated), retrying with exponential backoff (100 ms doubling to
 /// 5 s) until it succeeds or `cancel` fires. `name` is the client name shown
 /// by `nats server report connections`.
 pub async fn connect_with_retry(
@@ -39,9 +39,14 @@ pub async fn connect_with_retry(
                     other => tracing::info!(event = %other, "NATS connection event"),
                 }
             });
+        let servers: Vec<&str> = url
+            .split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .collect();
         let attempt_result = tokio::select! {
             _ = cancel.cancelled() => return Err(ConnectError::Cancelled),
-            r = options.connect(url) => r,
+            r = options.connect(servers) => r,
         };
         match attempt_result {
             Ok(client) => {

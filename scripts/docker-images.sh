@@ -1,0 +1,72 @@
+#!/usr/bin/env bash
+# Builds the zerofoot image (and, offline, a nats image) for docker-compose.
+#   - A container registry answers: `docker build -f docker/Dockerfile` (official
+#     rust and debian images), tagged ${ZF_IMAGE:-zerofoot:latest}; nats comes
+#     from the official nats image.
+#   - No registry (or ZF_OFFLINE=1): the release binaries are built on this
+#     host and an image is made from them, their shared libraries, busybox
+#     (static) for sh and the usual tools, jq and curl for the stock modules,
+#     and the nats-server binary from scripts/install-deps.sh. No base image
+#     is pulled.
+# Prints the variables to export for docker-compose on its last line.
+set -euo pipefail
+root=$(cd "$(dirname "$0")/.." && pwd)
+cd "$root"
+image=${ZF_IMAGE:-zerofoot:latest}
+
+registry_answers() {
+  [ "${ZF_OFFLINE:-0}" = 1 ] && return 1
+  docker image inspect debian:bookworm-slim >/dev/null 2>&1 && docker image inspect rust:1-bookworm >/dev/null 2>&1 && return 0
+  timeout 60 docker pull -q debian:bookworm-slim >/dev/null 2>&1
+}
+
+if registry_answers; then
+  echo "building $image from docker/Dockerfile" >&2
+  docker build -q -f docker/Dockerfile -t "$image" . >&2
+  echo "ZF_IMAGE=$image ZF_NATS_IMAGE=${ZF_NATS_IMAGE:-nats:2.10-alpine}"
+  exit 0
+fi
+
+echo "no container registry: making $image from host-built binaries" >&2
+nats=$(scripts/install-deps.sh | tail -n 1)
+if [ ! -x /bin/busybox ] || ! /bin/busybox --list >/dev/null 2>&1; then
+  apt-get update -qq >/dev/null && apt-get install -y -qq busybox-static >/dev/null
+fi
+cargo build --release --bins --quiet
+
+rootfs=$(mktemp -d)
+trap 'rm -rf "$rootfs"' EXIT
+mkdir -p "$rootfs"/{bin,usr/bin,usr/local/bin,etc/ssl/certs,tmp,data,root}
+chmod 1777 "$rootfs/tmp"
+
+# Copies a program and every shared library it loads (ldd) into the rootfs.
+with_libs() { # program destination
+  cp -L "$1" "$rootfs$2"
+  ldd "$1" 2>/dev/null | grep -o '/[^ ]*' | while read -r lib; do
+    mkdir -p "$rootfs$(dirname "$lib")"
+    cp -L "$lib" "$rootfs$lib"
+  done
+}
+
+cp /bin/busybox "$rootfs/bin/busybox"
+for applet in $(/bin/busybox --list); do
+  [ "$applet" = busybox ] || ln -sf /bin/busybox "$rootfs/bin/$applet"
+done
+with_libs "$(command -v jq)" /usr/bin/jq
+with_libs "$(command -v curl)" /usr/bin/curl
+for bin in zf-management zf-repository zf-agent-node; do
+  with_libs "target/release/$bin" "/usr/local/bin/$bin"
+  strip "$rootfs/usr/local/bin/$bin"
+done
+cp -L "$nats" "$rootfs/usr/local/bin/nats-server"
+cp -L /etc/ssl/certs/ca-certificates.crt "$rootfs/etc/ssl/certs/" 2>/dev/null || true
+echo 'root:x:0:0:root:/root:/bin/sh' >"$rootfs/etc/passwd"
+echo 'root:x:0:' >"$rootfs/etc/group"
+echo 'hosts: files dns' >"$rootfs/etc/nsswitch.conf"
+
+tar -C "$rootfs" -c . | docker import \
+  -c 'ENV PATH=/usr/local/bin:/usr/bin:/bin' \
+  -c 'WORKDIR /data' \
+  - "$image" >/dev/null
+echo "made $image ($(docker image inspect -f '{{.Size}}' "$image" | awk '{printf "%.0f MiB", $1/1048576}'))" >&2
+echo "ZF_IMAGE=$image ZF_NATS_IMAGE=$image"
