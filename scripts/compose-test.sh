@@ -9,9 +9,11 @@ root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
 
 if command -v docker-compose >/dev/null; then compose=(docker-compose); else compose=(docker compose); fi
+fail() { echo "compose-test: FAIL: $*" >&2; exit 1; }
 project="zftest$$"
 port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
-eval "export $(scripts/docker-images.sh | tail -n 1)"
+images=$(scripts/docker-images.sh | tail -n 1) || fail "building the images failed"
+eval "export $images"
 export ZF_HTTP_PORT=$port
 api="http://127.0.0.1:$port"
 dc() { "${compose[@]}" -p "$project" "$@"; }
@@ -22,7 +24,6 @@ cleanup() {
   exit $status
 }
 trap cleanup EXIT
-fail() { echo "compose-test: FAIL: $*" >&2; exit 1; }
 
 # Polls "$@" (a command) every 0.2 s until it succeeds, at most $1 seconds.
 wait_for() {

@@ -17,6 +17,9 @@ cargo build --workspace --bins
 # time is what a 2-core machine takes without starving heartbeats.
 cargo test --workspace -- --test-threads=2
 
+# A short chaos soak: faults at random while monitors and sync operations run.
+scripts/chaos.sh 60
+
 # The docker-compose deployment, end to end, where a Docker engine answers.
 if docker info >/dev/null 2>&1; then
   scripts/compose-test.sh

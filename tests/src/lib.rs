@@ -252,7 +252,16 @@ impl NatsServer {
         }
     }
 
+    /// Stops nats-server cleanly (SIGTERM) and starts it again on the same port and store.
     pub fn restart(&mut self) {
+        self.process.terminate(Duration::from_secs(10));
+        self.process.start();
+        self.wait_ready();
+    }
+
+    /// SIGKILLs nats-server and starts it again on the same port and store.
+    /// Only writes synced to disk survive: run with `ZF_NATS_SYNC_ALWAYS=1`.
+    pub fn crash_restart(&mut self) {
         self.process.kill();
         self.process.start();
         self.wait_ready();
