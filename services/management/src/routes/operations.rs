@@ -20,6 +20,14 @@ use zerofoot_shared::protocol::{
 use crate::error::{ApiError, ApiJson};
 use crate::startup::{AppState, Nats};
 
+/// Pauses between submissions that found no node at all (about 1.5 s in all).
+const NO_NODE_RETRIES: [Duration; 5] = [
+    Duration::from_millis(50),
+    Duration::from_millis(100),
+    Duration::from_millis(200),
+    Duration::from_millis(400),
+    Duration::from_millis(800),
+];
 /// How long a node has to accept a submission.
 const SUBMIT_TIMEOUT: Duration = Duration::from_secs(5);
 /// Slack on top of the operation's own time budget before answering 202.
@@ -188,12 +196,25 @@ async fn submit_to_a_node(
         context: Some(Box::new(ctx.clone())),
         revision: Some(revision),
     };
-    let answer = tokio::time::timeout(
-        SUBMIT_TIMEOUT,
-        nats.client
-            .request(state.names().op_submit(), encode(&request)),
-    )
-    .await;
+    // No responders while a node restarts: give the queue group a moment.
+    let mut answer = None;
+    for pause in NO_NODE_RETRIES {
+        let attempt = tokio::time::timeout(
+            SUBMIT_TIMEOUT,
+            nats.client
+                .request(state.names().op_submit(), encode(&request)),
+        )
+        .await;
+        let no_node = matches!(&attempt, Ok(Err(e)) if e.kind() == async_nats::client::RequestErrorKind::NoResponders);
+        answer = Some(attempt);
+        if !no_node {
+            break;
+        }
+        tokio::time::sleep(pause).await;
+    }
+    let Some(answer) = answer else {
+        return Ok(());
+    };
     match answer {
         Ok(Ok(message)) => {
             match serde_json::from_slice::<Reply<SubmitAccepted>>(&message.payload) {
