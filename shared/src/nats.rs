@@ -124,3 +124,16 @@ pub fn service_metadata(
         ("instance".to_string(), instance.to_string()),
     ])
 }
+
+/// The next item of `stream`, or `None` once `cancel` fires or the stream
+/// ends: the loop shape of every subscriber and endpoint in zerofoot.
+pub async fn next_or_cancelled<S>(stream: &mut S, cancel: &CancellationToken) -> Option<S::Item>
+where
+    S: futures::Stream + Unpin,
+{
+    use futures::StreamExt;
+    tokio::select! {
+        _ = cancel.cancelled() => None,
+        item = stream.next() => item,
+    }
+}

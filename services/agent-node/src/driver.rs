@@ -79,6 +79,15 @@ pub fn parse_line(line: &[u8]) -> Option<Output> {
     Some(output)
 }
 
+/// Logs a driver's `log` line at its level (already masked by the caller).
+pub fn log_line(level: &str, msg: &str) {
+    match level {
+        "error" => tracing::error!(driver = %msg),
+        "warn" => tracing::warn!(driver = %msg),
+        _ => tracing::info!(driver = %msg),
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum DriverError {
     #[error("cannot start the driver {program}: {message}")]

@@ -319,12 +319,7 @@ impl Executor {
                 let _ = state_tx.send(data);
             }
             Output::Log { level, msg } => {
-                let msg = mask_str(&msg, &secrets);
-                match level.as_str() {
-                    "error" => tracing::error!(driver = %msg),
-                    "warn" => tracing::warn!(driver = %msg),
-                    _ => tracing::info!(driver = %msg),
-                }
+                driver::log_line(&level, &mask_str(&msg, &secrets));
             }
             Output::Event { .. } | Output::Checkpoint(_) => {
                 tracing::debug!("a sync operation wrote an event or checkpoint; ignored")

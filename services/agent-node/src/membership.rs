@@ -5,7 +5,6 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use futures::StreamExt;
 use tokio_util::sync::CancellationToken;
 use zerofoot_shared::names::Names;
 use zerofoot_shared::protocol::{decode, Heartbeat};
@@ -56,12 +55,7 @@ impl Membership {
                 return;
             }
         };
-        loop {
-            let msg = tokio::select! {
-                _ = cancel.cancelled() => return,
-                m = sub.next() => m,
-            };
-            let Some(msg) = msg else { return };
+        while let Some(msg) = zerofoot_shared::nats::next_or_cancelled(&mut sub, &cancel).await {
             if let Ok(hb) = decode::<Heartbeat>(&msg.payload) {
                 self.record(&hb.node, Duration::from_millis(hb.lapse_ms));
             }

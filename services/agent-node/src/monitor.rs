@@ -295,12 +295,7 @@ impl Monitor {
                     let _ = state_tx.send(data);
                 }
                 Output::Log { level, msg } => {
-                    let msg = mask_str(&msg, &secrets);
-                    match level.as_str() {
-                        "error" => tracing::error!(driver = %msg),
-                        "warn" => tracing::warn!(driver = %msg),
-                        _ => tracing::info!(driver = %msg),
-                    }
+                    driver::log_line(&level, &mask_str(&msg, &secrets));
                 }
                 Output::Result(_) => {
                     tracing::debug!("an async operation wrote a result line; ignored")

@@ -8,7 +8,6 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use async_nats::service::ServiceExt;
-use futures::StreamExt;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
@@ -242,12 +241,8 @@ async fn serve_submissions(
     exec: Executor,
     cancel: CancellationToken,
 ) {
-    loop {
-        let request = tokio::select! {
-            _ = cancel.cancelled() => return,
-            r = endpoint.next() => r,
-        };
-        let Some(request) = request else { return };
+    while let Some(request) = zerofoot_shared::nats::next_or_cancelled(&mut endpoint, &cancel).await
+    {
         let exec = exec.clone();
         tokio::spawn(
             async move {
@@ -291,12 +286,7 @@ async fn serve_cancels(
             return;
         }
     };
-    loop {
-        let msg = tokio::select! {
-            _ = cancel.cancelled() => return,
-            m = sub.next() => m,
-        };
-        let Some(msg) = msg else { return };
+    while let Some(msg) = zerofoot_shared::nats::next_or_cancelled(&mut sub, &cancel).await {
         // zf.<cluster>.op.<op-id>.cancel
         let op = msg
             .subject
@@ -323,12 +313,8 @@ async fn serve_mirror(
     store: Store,
     cancel: CancellationToken,
 ) {
-    loop {
-        let request = tokio::select! {
-            _ = cancel.cancelled() => return,
-            r = endpoint.next() => r,
-        };
-        let Some(request) = request else { return };
+    while let Some(request) = zerofoot_shared::nats::next_or_cancelled(&mut endpoint, &cancel).await
+    {
         let only_revisions = serde_json::from_slice::<serde_json::Value>(&request.message.payload)
             .map(|v| v["only_revisions"] == true)
             .unwrap_or(false);

@@ -6,7 +6,6 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use futures::StreamExt;
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 use zerofoot_shared::names::{Names, MANAGEMENT_SERVICE};
@@ -158,12 +157,7 @@ impl ClusterView {
                 return;
             }
         };
-        loop {
-            let msg = tokio::select! {
-                _ = cancel.cancelled() => return,
-                m = sub.next() => m,
-            };
-            let Some(msg) = msg else { return };
+        while let Some(msg) = zerofoot_shared::nats::next_or_cancelled(&mut sub, &cancel).await {
             match decode::<Heartbeat>(&msg.payload) {
                 Ok(hb) => {
                     let mut nodes = self.nodes.lock().unwrap_or_else(|e| e.into_inner());

@@ -183,16 +183,12 @@ async fn serve_registrations(
     state: AppState,
     shutdown: CancellationToken,
 ) {
-    use futures::StreamExt;
     use zerofoot_shared::protocol::{
         decode, encode, Registered, Registration, RemoteError, Reply, PROTOCOL_VERSION,
     };
-    loop {
-        let request = tokio::select! {
-            _ = shutdown.cancelled() => return,
-            r = endpoint.next() => r,
-        };
-        let Some(request) = request else { return };
+    while let Some(request) =
+        zerofoot_shared::nats::next_or_cancelled(&mut endpoint, &shutdown).await
+    {
         let reply: Reply<Registered> = match decode::<Registration>(&request.message.payload) {
             Ok(registration) => {
                 if registration.full {

@@ -5,7 +5,6 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use async_nats::service::{self, ServiceExt};
-use futures::StreamExt;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 use zerofoot_shared::assets::Assets;
@@ -178,12 +177,8 @@ async fn handle<Req, Resp, F, Fut>(
     F: Fn(Req) -> Fut + Send + 'static,
     Fut: std::future::Future<Output = Result<Resp, RemoteError>> + Send + 'static,
 {
-    loop {
-        let request = tokio::select! {
-            _ = cancel.cancelled() => return,
-            r = endpoint.next() => r,
-        };
-        let Some(request) = request else { return };
+    while let Some(request) = zerofoot_shared::nats::next_or_cancelled(&mut endpoint, &cancel).await
+    {
         let parsed: Result<Req, RemoteError> = serde_json::from_slice(&request.message.payload)
             .map_err(|e| {
                 RemoteError::new(
