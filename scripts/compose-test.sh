@@ -15,8 +15,12 @@ port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); p
 images=$(scripts/docker-images.sh | tail -n 1) || fail "building the images failed"
 eval "export $images"
 export ZF_HTTP_PORT=$port
+token="test-$(od -An -N16 -tx1 /dev/urandom | tr -d ' \n')"
+export ZF_API_TOKENS="admin:$token"
 api="http://127.0.0.1:$port"
 dc() { "${compose[@]}" -p "$project" "$@"; }
+# curl with the admin token.
+curl() { command curl -H "Authorization: Bearer $token" "$@"; }
 cleanup() {
   status=$?
   if [ $status -ne 0 ]; then dc logs --tail 30 >&2 || true; fi
@@ -41,7 +45,8 @@ dc up -d >/dev/null
 wait_for 120 "management /healthz" curl -sf "$api/healthz"
 cluster_ready() { [ "$(curl -sf "$api/v1/cluster" | jq '[.nodes[] | select(.status == "up")] | length')" = 3 ] && curl -sf "$api/v1/cluster" | jq -e '.lead.node' >/dev/null; }
 wait_for 60 "three nodes up and a lead" cluster_ready
-wait_for 60 "the stock modules" sh -c "curl -sf $api/v1/modules/shell >/dev/null"
+stock_modules() { curl -sf "$api/v1/modules/shell" >/dev/null; }
+wait_for 60 "the stock modules" stock_modules
 
 work=$(mktemp -d)
 mkdir -p "$work/counter/bin"

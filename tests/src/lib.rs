@@ -356,18 +356,30 @@ impl Cluster {
     }
 
     pub fn start_management(&mut self) -> usize {
+        self.start_management_with(&[])
+    }
+
+    /// A management instance with extra environment (e.g. `ZF_API_TOKENS`).
+    pub fn start_management_with(&mut self, extra_env: &[(&str, &str)]) -> usize {
         let port = free_port();
         let index = self.management.len();
+        let mut env = self.common_env();
+        env.extend(
+            extra_env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string())),
+        );
+        let args = [
+            "--http-addr".to_string(),
+            format!("127.0.0.1:{port}"),
+            "--id".to_string(),
+            format!("mgmt-{index}"),
+        ];
         let process = Process::spawn(
             &format!("management-{index}"),
             &service_binary("zf-management"),
-            &[
-                "--http-addr".into(),
-                format!("127.0.0.1:{port}"),
-                "--id".into(),
-                format!("mgmt-{index}"),
-            ],
-            &self.common_env(),
+            &args,
+            &env,
             self.dir.path(),
         );
         self.management.push(Management { process, port });

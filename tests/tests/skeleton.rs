@@ -286,3 +286,58 @@ async fn a_second_node_on_the_same_data_dir_refuses_to_start() {
     assert!(cluster.nodes[0].is_running(), "the first node is unharmed");
     cluster.nodes[0].signal(Signal::SIGTERM);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn services_stop_on_sigterm_even_with_nats_gone_or_a_client_streaming() {
+    let mut cluster = Cluster::start(1).await;
+    cluster.wait_module("shell", "1.0.0").await;
+    // A live SSE client on a running monitor.
+    let script = "#!/bin/sh\ncat >/dev/null\nwhile :; do echo '{\"type\":\"event\",\"data\":1}'; sleep 0.2; done\n";
+    cluster
+        .publish(zerofoot_tests::modules::bundle(
+            "beat",
+            "1.0.0",
+            serde_json::json!({"go": {"kind": "async"}}),
+            script,
+        ))
+        .await;
+    cluster.wait_module("beat", "1.0.0").await;
+    let (_, ctx) = cluster
+        .post_json(
+            "/v1/operations",
+            &serde_json::json!({"module": "beat", "operation": "go"}),
+        )
+        .await;
+    let url = cluster.url(&format!(
+        "/v1/operations/{}/events",
+        ctx["id"].as_str().expect("id")
+    ));
+    let stream = cluster
+        .http
+        .get(url)
+        .header("accept", "text/event-stream")
+        .send()
+        .await
+        .expect("SSE");
+    assert_eq!(stream.status(), 200);
+    let status = cluster.management[0]
+        .process
+        .terminate(Duration::from_secs(10));
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "management stopped cleanly with a client streaming: {status:?}"
+    );
+    drop(stream);
+
+    cluster.nats.process.kill();
+    let status = cluster.nodes[0].terminate(Duration::from_secs(15));
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "the node stopped with NATS gone: {status:?}"
+    );
+    let status = cluster.repositories[0].terminate(Duration::from_secs(15));
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "the repository stopped with NATS gone: {status:?}"
+    );
+}

@@ -26,6 +26,10 @@ use crate::heartbeat::{Beat, Standing};
 use crate::membership::Membership;
 use crate::store::{Mirrored, Store};
 
+/// How long shutdown may take once the drivers are told to stop (they get
+/// SIGTERM, then SIGKILL after 5 s).
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(7);
+
 pub async fn run(args: RunArgs, shutdown: CancellationToken) -> anyhow::Result<()> {
     let data_dir = {
         let (root, wanted) = (args.data_dir.clone(), args.id.clone());
@@ -227,9 +231,17 @@ async fn serve(
     tracing::info!("ready");
 
     shutdown.cancelled().await;
-    let _ = service.stop().await;
-    while tasks.join_next().await.is_some() {}
-    let _ = client.flush().await;
+    // With NATS already gone, stopping the service or flushing would wait
+    // for a reconnection that never comes: shutdown is bounded.
+    let stopped = tokio::time::timeout(SHUTDOWN_GRACE, async {
+        let _ = service.stop().await;
+        while tasks.join_next().await.is_some() {}
+        let _ = client.flush().await;
+    })
+    .await;
+    if stopped.is_err() {
+        tracing::warn!(grace = ?SHUTDOWN_GRACE, "stopped without a clean goodbye to NATS");
+    }
     tracing::info!("stopped");
     Ok(())
 }

@@ -23,6 +23,15 @@ pub struct Config {
     #[arg(long, env = "ZF_MANAGEMENT_ID", value_parser = parse_id)]
     pub id: Option<String>,
 
+    /// API tokens as ROLE:TOKEN, comma separated (roles: admin, operator, viewer).
+    /// Without any token the API only listens on a loopback address.
+    #[arg(long, env = "ZF_API_TOKENS", hide_env_values = true)]
+    pub api_tokens: Option<String>,
+
+    /// A file of ROLE:TOKEN lines, added to --api-tokens.
+    #[arg(long, env = "ZF_TOKENS_FILE")]
+    pub tokens_file: Option<std::path::PathBuf>,
+
     /// Largest module bundle accepted by POST /v1/modules, in bytes.
     #[arg(long, env = "ZF_MAX_BUNDLE_BYTES", default_value_t = 64 * 1024 * 1024)]
     pub max_bundle_bytes: u64,

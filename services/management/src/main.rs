@@ -1,5 +1,6 @@
 //! `zf-management`: the HTTP API in front of a zerofoot cluster.
 
+mod auth;
 mod cluster_view;
 mod config;
 mod context_watch;

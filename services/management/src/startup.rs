@@ -32,7 +32,9 @@ pub struct AppState {
 }
 
 struct Inner {
+    shutdown: CancellationToken,
     config: Config,
+    tokens: crate::auth::Tokens,
     id: String,
     names: Names,
     nats: OnceLock<Nats>,
@@ -40,7 +42,7 @@ struct Inner {
 }
 
 impl AppState {
-    fn new(config: Config) -> Self {
+    fn new(config: Config, tokens: crate::auth::Tokens, shutdown: CancellationToken) -> Self {
         let id = config
             .id
             .clone()
@@ -48,7 +50,9 @@ impl AppState {
         let names = config.nats.names();
         Self {
             inner: Arc::new(Inner {
+                shutdown,
                 config,
+                tokens,
                 id,
                 names,
                 nats: OnceLock::new(),
@@ -76,6 +80,13 @@ impl AppState {
     pub fn view(&self) -> &ClusterView {
         &self.inner.view
     }
+    /// Fires when the service shuts down; long-lived responses end with it.
+    pub fn shutdown(&self) -> &CancellationToken {
+        &self.inner.shutdown
+    }
+    pub fn tokens(&self) -> &crate::auth::Tokens {
+        &self.inner.tokens
+    }
     pub fn config(&self) -> &Config {
         &self.inner.config
     }
@@ -83,10 +94,19 @@ impl AppState {
 
 /// Runs the service until `shutdown` fires.
 pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let tokens =
+        crate::auth::Tokens::load(config.api_tokens.as_deref(), config.tokens_file.as_deref())?;
+    if tokens.is_empty() && !config.http_addr.ip().is_loopback() {
+        anyhow::bail!(
+            "no API token is configured, so the API may only listen on a loopback address, not {}; set ZF_API_TOKENS (e.g. admin:<secret>) or --tokens-file, or use --http-addr 127.0.0.1:{}",
+            config.http_addr,
+            config.http_addr.port()
+        );
+    }
     let listener = tokio::net::TcpListener::bind(config.http_addr)
         .await
         .with_context(|| format!("cannot listen on {}", config.http_addr))?;
-    let state = AppState::new(config);
+    let state = AppState::new(config, tokens, shutdown.clone());
     let span =
         tracing::info_span!("management", id = %state.id(), cluster = %state.names().cluster());
     let _enter = span.enter();

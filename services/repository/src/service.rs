@@ -116,7 +116,8 @@ async fn serve(config: Config, id: String, shutdown: CancellationToken) -> anyho
     for task in tasks {
         let _ = task.await;
     }
-    let _ = service.stop().await;
+    // NATS may be gone already: do not wait for it for ever.
+    let _ = tokio::time::timeout(Duration::from_secs(2), service.stop()).await;
     tracing::info!("stopped");
     Ok(())
 }

@@ -70,7 +70,10 @@ pub async fn events(
             .messages()
             .await
             .map_err(|e| ApiError::nats("cannot read the event log", e))?;
+        // A live stream ends when the service shuts down, so shutdown never
+        // waits on a connected client.
         let events = messages
+            .take_until(state.shutdown().clone().cancelled_owned())
             .take_while(|m| future::ready(m.is_ok()))
             .filter_map(|m| {
                 future::ready(

@@ -13,6 +13,9 @@ use axum::Router;
 use crate::error::ApiError;
 use crate::startup::AppState;
 
+/// Largest JSON request body.
+pub const MAX_JSON_BODY_BYTES: usize = 1024 * 1024;
+
 pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/healthz", get(health::healthz))
@@ -36,6 +39,12 @@ pub fn router(state: AppState) -> Router {
                 .delete(resources::delete),
         )
         .fallback(not_found)
+        // JSON bodies; bundle uploads stream past this with their own limit.
+        .layer(axum::extract::DefaultBodyLimit::max(MAX_JSON_BODY_BYTES))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            crate::auth::authorize,
+        ))
         .with_state(state)
 }
 

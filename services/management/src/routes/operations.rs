@@ -32,6 +32,8 @@ const NO_NODE_RETRIES: [Duration; 5] = [
 const SUBMIT_TIMEOUT: Duration = Duration::from_secs(5);
 /// Slack on top of the operation's own time budget before answering 202.
 const WAIT_SLACK: Duration = Duration::from_secs(10);
+/// Largest `params` of an operation, as JSON.
+const MAX_PARAMS_BYTES: usize = 256 * 1024;
 const DEFAULT_LIST_LIMIT: usize = 100;
 const MAX_LIST_LIMIT: usize = 1000;
 
@@ -77,6 +79,16 @@ pub async fn submit(
             ))
         }
     };
+    let params_size = serde_json::to_vec(&params)
+        .map(|v| v.len())
+        .unwrap_or(usize::MAX);
+    if params_size > MAX_PARAMS_BYTES {
+        return Err(ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "params_too_large",
+            format!("params are {params_size} bytes; the limit is {MAX_PARAMS_BYTES}"),
+        ));
+    }
     let version = body
         .version
         .as_deref()

@@ -1,0 +1,212 @@
+//! Bearer tokens with roles for the HTTP API. `viewer` reads; `operator`
+//! also runs and cancels operations; `admin` also manages modules and
+//! resources. `/healthz` stays open. Tokens are compared in constant time and
+//! never logged. With no token configured the service only listens on a
+//! loopback address.
+
+use std::path::Path;
+
+use axum::extract::{Request, State};
+use axum::http::{header, Method, StatusCode};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+
+use crate::error::ApiError;
+use crate::startup::AppState;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Role {
+    Viewer,
+    Operator,
+    Admin,
+}
+
+impl Role {
+    fn parse(word: &str) -> Option<Self> {
+        match word {
+            "viewer" => Some(Self::Viewer),
+            "operator" => Some(Self::Operator),
+            "admin" => Some(Self::Admin),
+            _ => None,
+        }
+    }
+    fn name(self) -> &'static str {
+        match self {
+            Self::Viewer => "viewer",
+            Self::Operator => "operator",
+            Self::Admin => "admin",
+        }
+    }
+}
+
+/// The configured tokens. Debug output never shows them.
+#[derive(Clone, Default)]
+pub struct Tokens(Vec<(Role, Vec<u8>)>);
+
+impl std::fmt::Debug for Tokens {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Tokens({} configured)", self.0.len())
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum TokensError {
+    #[error("token entry {0} is invalid: write ROLE:TOKEN with ROLE admin, operator or viewer and a token of at least 16 characters")]
+    Entry(usize),
+    #[error("cannot read the tokens file {0}: {1}")]
+    File(String, std::io::Error),
+}
+
+impl Tokens {
+    /// Parses `role:token` entries separated by commas or new lines; `#` starts a comment.
+    pub fn parse(text: &str) -> Result<Self, TokensError> {
+        let mut tokens = Vec::new();
+        let entries = text
+            .split(['\n', ','])
+            .map(|e| e.split('#').next().unwrap_or("").trim())
+            .filter(|e| !e.is_empty());
+        for (index, entry) in entries.enumerate() {
+            let (role, token) = entry.split_once(':').ok_or(TokensError::Entry(index + 1))?;
+            let role = Role::parse(role.trim()).ok_or(TokensError::Entry(index + 1))?;
+            let token = token.trim();
+            if token.len() < 16 {
+                return Err(TokensError::Entry(index + 1));
+            }
+            tokens.push((role, token.as_bytes().to_vec()));
+        }
+        Ok(Self(tokens))
+    }
+
+    /// Tokens from `ZF_API_TOKENS`-style text and/or a file.
+    pub fn load(inline: Option<&str>, file: Option<&Path>) -> Result<Self, TokensError> {
+        let mut all = match inline {
+            Some(text) => Self::parse(text)?,
+            None => Self::default(),
+        };
+        if let Some(path) = file {
+            let text = std::fs::read_to_string(path)
+                .map_err(|e| TokensError::File(path.display().to_string(), e))?;
+            all.0.extend(Self::parse(&text)?.0);
+        }
+        Ok(all)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// The role of `presented`, comparing against every token in constant time.
+    fn role_of(&self, presented: &[u8]) -> Option<Role> {
+        let mut found = None;
+        for (role, token) in &self.0 {
+            if constant_time_eq(token, presented) {
+                found = Some(*role);
+            }
+        }
+        found
+    }
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    let mut diff = (a.len() ^ b.len()) as u8 | u8::from(a.len() != b.len());
+    for i in 0..a.len().max(b.len()) {
+        diff |= a.get(i).copied().unwrap_or(0) ^ b.get(i).copied().unwrap_or(0);
+    }
+    diff == 0
+}
+
+/// The role a request needs.
+fn required(method: &Method, path: &str) -> Option<Role> {
+    if path == "/healthz" {
+        return None;
+    }
+    let writes = !matches!(*method, Method::GET | Method::HEAD | Method::OPTIONS);
+    Some(match (writes, path.starts_with("/v1/operations")) {
+        (false, _) => Role::Viewer,
+        (true, true) => Role::Operator,
+        (true, false) => Role::Admin,
+    })
+}
+
+pub async fn authorize(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    let tokens = state.tokens();
+    let Some(needed) = required(request.method(), request.uri().path()) else {
+        return next.run(request).await;
+    };
+    if tokens.is_empty() {
+        // Loopback only (checked at start): the machine's users are trusted.
+        return next.run(request).await;
+    }
+    let presented = request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(|t| t.trim().as_bytes().to_vec());
+    let Some(role) = presented.and_then(|t| tokens.role_of(&t)) else {
+        let mut response = ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "send a valid API token: Authorization: Bearer <token>",
+        )
+        .into_response();
+        response.headers_mut().insert(
+            header::WWW_AUTHENTICATE,
+            header::HeaderValue::from_static("Bearer"),
+        );
+        return response;
+    };
+    if role < needed {
+        return ApiError::new(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            format!(
+                "the {} role may not {} {}; it needs the {} role",
+                role.name(),
+                request.method(),
+                request.uri().path(),
+                needed.name()
+            ),
+        )
+        .into_response();
+    }
+    next.run(request).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tokens_parse_and_roles_nest() {
+        let tokens = Tokens::parse(
+            "admin:aaaaaaaaaaaaaaaa, viewer:vvvvvvvvvvvvvvvv # reader\noperator:oooooooooooooooo",
+        )
+        .expect("parse");
+        assert_eq!(tokens.role_of(b"aaaaaaaaaaaaaaaa"), Some(Role::Admin));
+        assert_eq!(tokens.role_of(b"oooooooooooooooo"), Some(Role::Operator));
+        assert_eq!(tokens.role_of(b"vvvvvvvvvvvvvvvv"), Some(Role::Viewer));
+        assert_eq!(tokens.role_of(b"vvvvvvvvvvvvvvv"), None);
+        assert_eq!(tokens.role_of(b""), None);
+        assert!(Tokens::parse("root:aaaaaaaaaaaaaaaa").is_err());
+        assert!(Tokens::parse("admin:short").is_err());
+        assert!(!format!("{tokens:?}").contains("aaaa"), "never shown");
+    }
+
+    #[test]
+    fn each_route_needs_its_role() {
+        assert_eq!(required(&Method::GET, "/healthz"), None);
+        assert_eq!(required(&Method::GET, "/v1/modules"), Some(Role::Viewer));
+        assert_eq!(
+            required(&Method::POST, "/v1/operations"),
+            Some(Role::Operator)
+        );
+        assert_eq!(
+            required(&Method::DELETE, "/v1/operations/x"),
+            Some(Role::Operator)
+        );
+        assert_eq!(required(&Method::POST, "/v1/modules"), Some(Role::Admin));
+        assert_eq!(required(&Method::PUT, "/v1/resources/r"), Some(Role::Admin));
+        assert!(Role::Admin > Role::Operator && Role::Operator > Role::Viewer);
+    }
+}
