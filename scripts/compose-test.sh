@@ -17,6 +17,7 @@ eval "export $images"
 export ZF_HTTP_PORT=$port
 token="test-$(od -An -N16 -tx1 /dev/urandom | tr -d ' \n')"
 export ZF_API_TOKENS="admin:$token"
+export ZF_SECRETS_KEY="$(od -An -N32 -tx1 /dev/urandom | tr -d ' \n')"
 api="http://127.0.0.1:$port"
 dc() { "${compose[@]}" -p "$project" "$@"; }
 # curl with the admin token.

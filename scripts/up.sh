@@ -21,6 +21,11 @@ cluster=${ZF_CLUSTER:-default}
 port=${ZF_NATS_PORT:-4222}
 http=${ZF_HTTP_ADDR:-127.0.0.1:8080}
 export ZF_CLUSTER="$cluster" ZF_NATS_URL="nats://127.0.0.1:$port"
+# The cluster key that seals resource secrets at rest, made once.
+if [ ! -s "$data/secrets.key" ]; then
+  (umask 077 && od -An -N32 -tx1 /dev/urandom | tr -d ' \n' >"$data/secrets.key")
+fi
+export ZF_SECRETS_KEY_FILE="$data/secrets.key"
 
 cat >"$data/nats.conf" <<CONF
 listen: 127.0.0.1:$port
@@ -72,7 +77,7 @@ cat <<INFO
 zerofoot is up:
   HTTP API   http://$http   (try: curl -s http://$http/v1/cluster | jq)
   NATS       nats://127.0.0.1:$port   (try: nats --server nats://127.0.0.1:$port sub 'zf.$cluster.>')
-  data       $data
+  data       $data   (secrets key: $data/secrets.key)
 Press Ctrl-C to stop every process.
 INFO
 wait -n "${pids[@]}" || true

@@ -11,6 +11,7 @@
 //! - [`bundle`]: checking, packing and safely unpacking module bundles.
 //! - [`eventlog`]: the per-operation event log: entries and reading.
 //! - [`modules`]: the read side of the module index (list, resolve, get).
+//! - [`sealing`]: resource secrets sealed at rest with the cluster key.
 //! - [`telemetry`], [`shutdown`]: logging and graceful shutdown.
 
 pub mod assets;
@@ -21,6 +22,7 @@ pub mod modules;
 pub mod names;
 pub mod nats;
 pub mod protocol;
+pub mod sealing;
 pub mod shutdown;
 pub mod telemetry;
 pub mod time;

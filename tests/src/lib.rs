@@ -36,6 +36,10 @@ where
     }
 }
 
+/// The cluster secrets key every test service gets.
+pub const TEST_SECRETS_KEY: &str =
+    "5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a";
+
 /// A free TCP port on 127.0.0.1.
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
@@ -339,6 +343,7 @@ impl Cluster {
         vec![
             ("ZF_NATS_URL".into(), self.nats.url()),
             ("ZF_CLUSTER".into(), self.cluster.clone()),
+            ("ZF_SECRETS_KEY".into(), TEST_SECRETS_KEY.into()),
         ]
     }
 

@@ -86,6 +86,18 @@ async fn a_sync_operation_returns_what_the_driver_answered_and_no_secret_leaks()
         .await;
     assert_eq!(listed["operations"][0]["id"], id);
 
+    // The resources bucket holds the secret sealed, never in the clear.
+    let client = cluster.nats.client().await;
+    let js = async_nats::jetstream::new(client);
+    let bucket = js
+        .get_key_value(format!("zf_{}_resources", cluster.cluster))
+        .await
+        .expect("resources bucket");
+    let raw = bucket.get("web-1").await.expect("get").expect("stored");
+    let raw = String::from_utf8_lossy(&raw);
+    assert!(!raw.contains(SECRET), "secret in the clear at rest: {raw}");
+    assert!(raw.contains("sealed_secrets"), "{raw}");
+
     // No API response and no log line carries the secret.
     let mut responses = vec![created, replaced, ctx, stored, listed];
     responses.push(cluster.get("/v1/resources/web-1").await.1);

@@ -163,3 +163,22 @@ fn without_tokens_the_api_refuses_to_listen_beyond_loopback() {
     assert!(!status.success());
     assert!(stderr.contains("at least 16 characters"), "{stderr}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_a_secrets_key_secrets_are_refused_not_stored_in_the_clear() {
+    let mut cluster = Cluster::bare().await;
+    cluster.start_management_with(&[("ZF_SECRETS_KEY", "")]);
+    cluster.wait_healthy().await;
+    let (status, body) = cluster
+        .put_json(
+            "/v1/resources/r",
+            &json!({"kind": "host", "secrets": {"pw": "p4ssw0rd-p4ssw0rd"}}),
+        )
+        .await;
+    assert_eq!(status, 422, "{body}");
+    assert_eq!(body["error"]["code"], "no_secrets_key");
+    let (status, _) = cluster
+        .put_json("/v1/resources/r", &json!({"kind": "host"}))
+        .await;
+    assert_eq!(status, 201, "a resource without secrets is fine");
+}

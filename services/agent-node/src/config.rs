@@ -37,6 +37,9 @@ pub struct RunArgs {
     #[command(flatten)]
     pub nats: NatsArgs,
 
+    #[command(flatten)]
+    pub secrets: zerofoot_shared::sealing::SecretsKeyArgs,
+
     /// Node id (default: the one kept in the data dir, or a new random one).
     #[arg(long, env = "ZF_NODE_ID", value_parser = parse_id)]
     pub id: Option<String>,

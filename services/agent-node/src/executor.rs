@@ -37,6 +37,8 @@ pub enum Taking {
 #[derive(Clone)]
 pub struct Executor {
     pub node: String,
+    /// Opens resource secrets for drivers; `None` when this node has no key.
+    pub secrets_key: Option<zerofoot_shared::sealing::SecretsKey>,
     pub names: zerofoot_shared::names::Names,
     pub assets: Assets,
     pub cache: ModuleCache,
@@ -236,6 +238,20 @@ impl Executor {
         }
     }
 
+    fn open_secrets(
+        &self,
+        resource: &ResourceRecord,
+    ) -> Result<std::collections::BTreeMap<String, String>, String> {
+        match (&resource.sealed_secrets, &self.secrets_key) {
+            (None, _) => Ok(Default::default()),
+            (Some(sealed), Some(key)) => key.open(&resource.id, sealed).map_err(|e| e.to_string()),
+            (Some(_), None) => Err(format!(
+                "resource {} has secrets but this node has no secrets key; start it with ZF_SECRETS_KEY or --secrets-key-file",
+                resource.id
+            )),
+        }
+    }
+
     /// Everything a driver run needs: the bundle (held for the run), the
     /// invocation (stdin with the resource and the checkpoint), the secrets to
     /// mask, a fresh scratch dir named after `run`.
@@ -249,10 +265,10 @@ impl Executor {
             Some(id) => Some(self.resource(id).await?),
             None => None,
         };
-        let secrets = resource
-            .as_ref()
-            .map(|r| r.secrets.clone())
-            .unwrap_or_default();
+        let secrets = match &resource {
+            Some(r) => self.open_secrets(r)?,
+            None => Default::default(),
+        };
         let scratch = self.scratch_root.join(format!("{}-{run}", ctx.id));
         tokio::fs::create_dir_all(&scratch)
             .await
@@ -263,7 +279,7 @@ impl Executor {
             "operation": ctx.operation,
             "params": ctx.params,
             "resource": resource.as_ref().map(|r| json!({
-                "id": r.id, "kind": r.kind, "config": r.config, "secrets": r.secrets,
+                "id": r.id, "kind": r.kind, "config": r.config, "secrets": secrets,
             })),
             "checkpoint": ctx.checkpoint,
         });

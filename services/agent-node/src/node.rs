@@ -117,6 +117,7 @@ async fn serve(
     let running = Arc::new(AtomicU32::new(0));
     let executor = Executor {
         node: node_id.clone(),
+        secrets_key: args.secrets.load()?,
         names: names.clone(),
         assets: assets.clone(),
         cache,

@@ -15,6 +15,9 @@ pub struct Config {
     #[command(flatten)]
     pub nats: NatsArgs,
 
+    #[command(flatten)]
+    pub secrets: zerofoot_shared::sealing::SecretsKeyArgs,
+
     /// Address the HTTP API listens on (port 0 picks a free port).
     #[arg(long, env = "ZF_HTTP_ADDR", default_value = "127.0.0.1:8080")]
     pub http_addr: SocketAddr,

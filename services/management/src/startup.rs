@@ -32,6 +32,7 @@ pub struct AppState {
 }
 
 struct Inner {
+    secrets_key: Option<zerofoot_shared::sealing::SecretsKey>,
     shutdown: CancellationToken,
     config: Config,
     tokens: crate::auth::Tokens,
@@ -42,7 +43,12 @@ struct Inner {
 }
 
 impl AppState {
-    fn new(config: Config, tokens: crate::auth::Tokens, shutdown: CancellationToken) -> Self {
+    fn new(
+        config: Config,
+        tokens: crate::auth::Tokens,
+        secrets_key: Option<zerofoot_shared::sealing::SecretsKey>,
+        shutdown: CancellationToken,
+    ) -> Self {
         let id = config
             .id
             .clone()
@@ -50,6 +56,7 @@ impl AppState {
         let names = config.nats.names();
         Self {
             inner: Arc::new(Inner {
+                secrets_key,
                 shutdown,
                 config,
                 tokens,
@@ -80,6 +87,9 @@ impl AppState {
     pub fn view(&self) -> &ClusterView {
         &self.inner.view
     }
+    pub fn secrets_key(&self) -> Option<&zerofoot_shared::sealing::SecretsKey> {
+        self.inner.secrets_key.as_ref()
+    }
     /// Fires when the service shuts down; long-lived responses end with it.
     pub fn shutdown(&self) -> &CancellationToken {
         &self.inner.shutdown
@@ -106,7 +116,11 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     let listener = tokio::net::TcpListener::bind(config.http_addr)
         .await
         .with_context(|| format!("cannot listen on {}", config.http_addr))?;
-    let state = AppState::new(config, tokens, shutdown.clone());
+    let secrets_key = config.secrets.load()?;
+    if secrets_key.is_none() {
+        tracing::warn!("no secrets key (ZF_SECRETS_KEY): resources with secrets will be refused");
+    }
+    let state = AppState::new(config, tokens, secrets_key, shutdown.clone());
     let span =
         tracing::info_span!("management", id = %state.id(), cluster = %state.names().cluster());
     let _enter = span.enter();

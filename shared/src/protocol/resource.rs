@@ -17,9 +17,13 @@ pub struct ResourceRecord {
     pub id: String,
     pub kind: String,
     pub config: Value,
-    /// Write-only: given to drivers on stdin, never shown, logged or put in events.
+    /// The secrets, sealed with the cluster's secrets key (see `sealing`):
+    /// write-only, opened only to build a driver's stdin.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sealed_secrets: Option<String>,
+    /// Names of the sealed secrets, which may be shown.
     #[serde(default)]
-    pub secrets: BTreeMap<String, String>,
+    pub secret_names: Vec<String>,
     #[serde(default)]
     pub state: Option<Value>,
     #[serde(default, with = "time::serde::rfc3339::option")]
@@ -58,7 +62,7 @@ impl From<&ResourceRecord> for ResourceView {
             id: r.id.clone(),
             kind: r.kind.clone(),
             config: r.config.clone(),
-            secret_names: r.secrets.keys().cloned().collect(),
+            secret_names: r.secret_names.clone(),
             state: r.state.clone(),
             state_updated_at: r.state_updated_at,
             reported_by: r.reported_by.clone(),

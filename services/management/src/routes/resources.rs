@@ -51,6 +51,16 @@ pub async fn put(
             "config must be a JSON object",
         ));
     }
+    let sealed_secrets = match (body.secrets.is_empty(), state.secrets_key()) {
+        (true, _) => None,
+        (false, Some(key)) => Some(key.seal(&id, &body.secrets)),
+        (false, None) => {
+            return Err(ApiError::unprocessable(
+                "no_secrets_key",
+                "this management instance has no secrets key, so it cannot store secrets; start it with ZF_SECRETS_KEY or --secrets-key-file (openssl rand -hex 32)",
+            ))
+        }
+    };
     let store = &state.nats()?.assets.resources;
     let previous = load(store, &id).await?;
     let (state_value, state_updated_at, reported_by) = match &previous {
@@ -66,7 +76,8 @@ pub async fn put(
         } else {
             body.config
         },
-        secrets: body.secrets,
+        secret_names: body.secrets.keys().cloned().collect(),
+        sealed_secrets,
         state: state_value,
         state_updated_at,
         reported_by,
