@@ -17,6 +17,8 @@ eval "export $images"
 export ZF_HTTP_PORT=$port
 token="test-$(od -An -N16 -tx1 /dev/urandom | tr -d ' \n')"
 export ZF_API_TOKENS="admin:$token"
+pair=$(docker run --rm "$ZF_IMAGE" zf-repository keygen)
+export ZF_SIGNING_KEY="$(jq -r .private_key <<<"$pair")" ZF_TRUSTED_KEYS="$(jq -r .public_key <<<"$pair")"
 export ZF_SECRETS_KEY="$(od -An -N32 -tx1 /dev/urandom | tr -d ' \n')"
 api="http://127.0.0.1:$port"
 dc() { "${compose[@]}" -p "$project" "$@"; }

@@ -26,6 +26,12 @@ if [ ! -s "$data/secrets.key" ]; then
   (umask 077 && od -An -N32 -tx1 /dev/urandom | tr -d ' \n' >"$data/secrets.key")
 fi
 export ZF_SECRETS_KEY_FILE="$data/secrets.key"
+# The repository signs modules with this key pair; the nodes run only modules it signed.
+if [ ! -s "$data/signing.key" ]; then
+  pair=$("$bin/zf-repository" keygen)
+  (umask 077 && jq -r .private_key <<<"$pair" >"$data/signing.key")
+  jq -r .public_key <<<"$pair" >"$data/trusted.keys"
+fi
 
 cat >"$data/nats.conf" <<CONF
 listen: 127.0.0.1:$port
@@ -62,10 +68,10 @@ for _ in $(seq 100); do
   (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && break
   sleep 0.1
 done
-start repository "$bin/zf-repository"
+start repository "$bin/zf-repository" --signing-key-file "$data/signing.key"
 start management "$bin/zf-management" --http-addr "$http" --id mgmt-1
 for i in 1 2 3; do
-  start "node-$i" "$bin/zf-agent-node" --data-dir "$data/node-$i"
+  start "node-$i" "$bin/zf-agent-node" --data-dir "$data/node-$i" --trusted-keys-file "$data/trusted.keys"
 done
 
 for _ in $(seq 100); do

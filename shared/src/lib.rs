@@ -12,6 +12,7 @@
 //! - [`eventlog`]: the per-operation event log: entries and reading.
 //! - [`modules`]: the read side of the module index (list, resolve, get).
 //! - [`sealing`]: resource secrets sealed at rest with the cluster key.
+//! - [`signing`]: module signatures (repository) and their verification (nodes).
 //! - [`telemetry`], [`shutdown`]: logging and graceful shutdown.
 
 pub mod assets;
@@ -24,6 +25,7 @@ pub mod nats;
 pub mod protocol;
 pub mod sealing;
 pub mod shutdown;
+pub mod signing;
 pub mod telemetry;
 pub mod time;
 

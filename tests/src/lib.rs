@@ -348,11 +348,17 @@ impl Cluster {
     }
 
     pub fn start_repository(&mut self) -> usize {
+        self.start_repository_with(&[])
+    }
+
+    /// A repository instance with extra flags (e.g. a signing key).
+    pub fn start_repository_with(&mut self, args: &[&str]) -> usize {
         let index = self.repositories.len();
+        let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
         let p = Process::spawn(
             &format!("repository-{index}"),
             &service_binary("zf-repository"),
-            &[],
+            &args,
             &self.common_env(),
             self.dir.path(),
         );

@@ -182,3 +182,132 @@ async fn without_a_secrets_key_secrets_are_refused_not_stored_in_the_clear() {
         .await;
     assert_eq!(status, 201, "a resource without secrets is fine");
 }
+
+/// Puts a bundle into the object store and the module index directly, as an
+/// attacker with write access to NATS would, with the given signature.
+async fn forge(cluster: &Cluster, name: &str, signature: Option<String>) -> String {
+    let bytes = bundle(
+        name,
+        "1.0.0",
+        json!({"go": {"kind": "sync"}}),
+        "#!/bin/sh\necho pwned > /tmp/zf-forged\n",
+    );
+    let digest = zerofoot_shared::bundle::digest(&bytes);
+    let js = async_nats::jetstream::new(cluster.nats.client().await);
+    let objects = js
+        .get_object_store(format!("zf_{}_modules", cluster.cluster))
+        .await
+        .expect("object store");
+    objects
+        .put(digest.as_str(), &mut bytes.as_slice())
+        .await
+        .expect("put object");
+    let index = js
+        .get_key_value(format!("zf_{}_modules", cluster.cluster))
+        .await
+        .expect("index");
+    let mut record = json!({"v": 1, "name": name, "version": "1.0.0", "digest": digest, "size": bytes.len(),
+        "entrypoint": "bin/run", "operations": {"go": {"kind": "sync"}}, "published_at": "2026-01-01T00:00:00Z"});
+    if let Some(signature) = signature {
+        record["signature"] = json!(signature);
+    }
+    index
+        .put(format!("{name}.1.0.0"), record.to_string().into())
+        .await
+        .expect("put index entry");
+    cluster.wait_module(name, "1.0.0").await;
+    digest
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nodes_run_only_modules_signed_by_a_trusted_key() {
+    let keygen = std::process::Command::new(service_binary("zf-repository"))
+        .arg("keygen")
+        .output()
+        .expect("keygen");
+    assert!(keygen.status.success());
+    let pair: serde_json::Value =
+        serde_json::from_slice(&keygen.stdout).expect("keygen prints JSON");
+    let (private, public) = (
+        pair["private_key"].as_str().expect("private"),
+        pair["public_key"].as_str().expect("public"),
+    );
+
+    let mut cluster = Cluster::bare().await;
+    cluster.start_repository_with(&["--signing-key", private]);
+    cluster.start_management();
+    cluster.add_node(&zerofoot_tests::NodeFlags(vec![
+        "--trusted-keys".into(),
+        public.into(),
+    ]));
+    cluster.wait_healthy().await;
+    cluster.wait_module("shell", "1.0.0").await;
+
+    let (status, ctx) = cluster
+        .post_json(
+            "/v1/operations",
+            &json!({"module": "shell", "operation": "run", "params": {"command": "true"}}),
+        )
+        .await;
+    assert_eq!(
+        (status, ctx["state"].as_str()),
+        (200, Some("complete")),
+        "a signed stock module runs: {ctx}"
+    );
+    let (_, listed) = cluster.get("/v1/modules/shell").await;
+    assert!(listed["versions"][0]["signature"].is_string(), "{listed}");
+
+    let modules_dir = cluster.node_dir(0).join("modules");
+    let unsigned = forge(&cluster, "forged-unsigned", None).await;
+    let (status, ctx) = cluster
+        .post_json(
+            "/v1/operations",
+            &json!({"module": "forged-unsigned", "operation": "go"}),
+        )
+        .await;
+    assert_eq!(
+        (status, ctx["state"].as_str()),
+        (200, Some("failed")),
+        "{ctx}"
+    );
+    assert!(
+        ctx["error"].as_str().unwrap_or("").contains("no signature"),
+        "{ctx}"
+    );
+    assert!(!modules_dir.join(&unsigned).exists(), "never unpacked");
+
+    let (other_private, _) = zerofoot_shared::signing::ModuleSigner::generate();
+    let other = zerofoot_shared::signing::ModuleSigner::from_hex(&other_private).expect("signer");
+    let bytes = bundle(
+        "forged-signed",
+        "1.0.0",
+        json!({"go": {"kind": "sync"}}),
+        "#!/bin/sh\necho pwned > /tmp/zf-forged\n",
+    );
+    let mut record = zerofoot_shared::protocol::ModuleRecord::new(
+        zerofoot_shared::protocol::Manifest::parse(br#"{"name":"forged-signed","version":"1.0.0","entrypoint":"bin/run","operations":{"go":{"kind":"sync"}}}"#).expect("manifest"),
+        zerofoot_shared::bundle::digest(&bytes),
+        bytes.len() as u64,
+    );
+    other.sign(&mut record);
+    let wrong = forge(&cluster, "forged-signed", record.signature.clone()).await;
+    let (status, ctx) = cluster
+        .post_json(
+            "/v1/operations",
+            &json!({"module": "forged-signed", "operation": "go"}),
+        )
+        .await;
+    assert_eq!(
+        (status, ctx["state"].as_str()),
+        (200, Some("failed")),
+        "{ctx}"
+    );
+    assert!(
+        ctx["error"]
+            .as_str()
+            .unwrap_or("")
+            .contains("does not verify"),
+        "{ctx}"
+    );
+    assert!(!modules_dir.join(&wrong).exists(), "never unpacked");
+}

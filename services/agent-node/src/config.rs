@@ -40,6 +40,15 @@ pub struct RunArgs {
     #[command(flatten)]
     pub secrets: zerofoot_shared::sealing::SecretsKeyArgs,
 
+    /// Public keys (hex, comma separated) whose module signatures this node
+    /// trusts. When any is set, unsigned or wrongly signed modules never run.
+    #[arg(long, env = "ZF_TRUSTED_KEYS")]
+    pub trusted_keys: Option<String>,
+
+    /// A file of trusted public keys, one a line.
+    #[arg(long, env = "ZF_TRUSTED_KEYS_FILE")]
+    pub trusted_keys_file: Option<PathBuf>,
+
     /// Node id (default: the one kept in the data dir, or a new random one).
     #[arg(long, env = "ZF_NODE_ID", value_parser = parse_id)]
     pub id: Option<String>,

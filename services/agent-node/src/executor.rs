@@ -37,6 +37,8 @@ pub enum Taking {
 #[derive(Clone)]
 pub struct Executor {
     pub node: String,
+    /// Signatures a module must carry to run here (off when empty).
+    pub trusted: zerofoot_shared::signing::TrustedKeys,
     /// Opens resource secrets for drivers; `None` when this node has no key.
     pub secrets_key: Option<zerofoot_shared::sealing::SecretsKey>,
     pub names: zerofoot_shared::names::Names,
@@ -238,6 +240,38 @@ impl Executor {
         }
     }
 
+    /// With trusted keys configured, the module's index entry must name this
+    /// digest and carry a signature of one of them: checked before anything
+    /// is fetched or unpacked.
+    async fn check_signature(&self, ctx: &ExecutionContext) -> Result<(), String> {
+        if !self.trusted.is_on() {
+            return Ok(());
+        }
+        let version: semver::Version = ctx
+            .version
+            .parse()
+            .map_err(|e| format!("bad module version {}: {e}", ctx.version))?;
+        let key = zerofoot_shared::names::module_index_key(&ctx.module, &version);
+        let record = match self.assets.module_index.get(key).await {
+            Ok(Some(bytes)) => decode::<zerofoot_shared::protocol::ModuleRecord>(&bytes)
+                .map_err(|e| e.to_string())?,
+            Ok(None) => {
+                return Err(format!(
+                    "module {} {} is not in the module index",
+                    ctx.module, ctx.version
+                ))
+            }
+            Err(e) => return Err(format!("cannot read the module index: {e}")),
+        };
+        if record.digest != ctx.digest {
+            return Err(format!(
+                "module {} {} is indexed with digest {}, not {}: refused",
+                ctx.module, ctx.version, record.digest, ctx.digest
+            ));
+        }
+        self.trusted.verify(&record).map_err(|e| e.to_string())
+    }
+
     fn open_secrets(
         &self,
         resource: &ResourceRecord,
@@ -256,6 +290,7 @@ impl Executor {
     /// invocation (stdin with the resource and the checkpoint), the secrets to
     /// mask, a fresh scratch dir named after `run`.
     pub async fn prepare(&self, ctx: &ExecutionContext, run: &str) -> Result<Prepared, String> {
+        self.check_signature(ctx).await?;
         let lease = self
             .cache
             .acquire(&ctx.digest)

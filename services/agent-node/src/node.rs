@@ -118,6 +118,10 @@ async fn serve(
     let executor = Executor {
         node: node_id.clone(),
         secrets_key: args.secrets.load()?,
+        trusted: zerofoot_shared::signing::TrustedKeys::load(
+            args.trusted_keys.as_deref(),
+            args.trusted_keys_file.as_deref(),
+        )?,
         names: names.clone(),
         assets: assets.clone(),
         cache,

@@ -48,7 +48,16 @@ async fn serve(config: Config, id: String, shutdown: CancellationToken) -> anyho
             _ = tokio::time::sleep(Duration::from_millis(500)) => {}
         }
     };
+    let signer = zerofoot_shared::signing::ModuleSigner::load(
+        config.signing_key.as_deref(),
+        config.signing_key_file.as_deref(),
+    )?;
+    match &signer {
+        Some(signer) => tracing::info!(public_key = %signer.public_hex(), "signing every new module version"),
+        None => tracing::warn!("no signing key: new modules are stored unsigned, and nodes that verify signatures will refuse them"),
+    }
     let store = ModuleStore {
+        signer: signer.map(std::sync::Arc::new),
         client: client.clone(),
         assets: assets.clone(),
         names: names.clone(),

@@ -18,6 +18,8 @@ use zerofoot_shared::protocol::{
 #[derive(Clone)]
 pub struct ModuleStore {
     pub client: async_nats::Client,
+    /// Signs every new module version when set.
+    pub signer: Option<std::sync::Arc<zerofoot_shared::signing::ModuleSigner>>,
     pub assets: Assets,
     pub names: Names,
     pub max_bundle_bytes: u64,
@@ -79,9 +81,13 @@ impl ModuleStore {
 
         let key = module_index_key(&manifest.name, &manifest.version);
         if let Some(existing) = self.existing(&key).await? {
+            let existing = self.sign_if_unsigned(&key, existing).await;
             return self.same_or_conflict(existing, &digest);
         }
-        let record = ModuleRecord::new(manifest, digest.clone(), size);
+        let mut record = ModuleRecord::new(manifest, digest.clone(), size);
+        if let Some(signer) = &self.signer {
+            signer.sign(&mut record);
+        }
         self.put_object(file, &digest).await?;
         match self.assets.module_index.create(&key, encode(&record)).await {
             Ok(_) => {}
@@ -105,6 +111,25 @@ impl ModuleStore {
             created: true,
             module: record,
         })
+    }
+
+    /// A version stored before this repository had a signing key gets its
+    /// signature when its bytes come again (stock modules at start do).
+    async fn sign_if_unsigned(&self, key: &str, mut record: ModuleRecord) -> ModuleRecord {
+        let Some(signer) = &self.signer else {
+            return record;
+        };
+        if record.signature.is_some() {
+            return record;
+        }
+        signer.sign(&mut record);
+        match self.assets.module_index.put(key, encode(&record)).await {
+            Ok(_) => {
+                tracing::info!(module = %record.name, version = %record.version, "signed a module version stored unsigned")
+            }
+            Err(e) => tracing::warn!(error = %e, "cannot sign an unsigned module version"),
+        }
+        record
     }
 
     fn same_or_conflict(

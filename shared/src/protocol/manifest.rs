@@ -157,6 +157,9 @@ pub struct ModuleRecord {
     pub operations: BTreeMap<String, OperationSpec>,
     #[serde(with = "time::serde::rfc3339")]
     pub published_at: OffsetDateTime,
+    /// The repository's ed25519 signature of (name, version, digest), hex.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signature: Option<String>,
 }
 
 impl ModuleRecord {
@@ -171,6 +174,7 @@ impl ModuleRecord {
             entrypoint: manifest.entrypoint,
             operations: manifest.operations,
             published_at: crate::time::now(),
+            signature: None,
         }
     }
 }
