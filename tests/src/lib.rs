@@ -40,6 +40,18 @@ where
 pub const TEST_SECRETS_KEY: &str =
     "5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a";
 
+/// Waits until process `pid` is gone (or a zombie nobody reaped yet).
+pub async fn wait_process_gone(what: &str, pid: i32) {
+    wait_until(what, Duration::from_secs(10), || async move {
+        match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+            Err(_) => Ok(()),
+            Ok(stat) if stat.split_whitespace().nth(2) == Some("Z") => Ok(()),
+            Ok(stat) => Err(stat),
+        }
+    })
+    .await;
+}
+
 /// A free TCP port on 127.0.0.1.
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
@@ -633,6 +645,33 @@ impl Cluster {
             },
         )
         .await;
+    }
+
+    /// Puts a record into the module index directly, as something with write
+    /// access to NATS could, and the bundle bytes under `digest` in the object store.
+    pub async fn forge_module(&self, digest: &str, bytes: &[u8], record: &Value) {
+        let js = async_nats::jetstream::new(self.nats.client().await);
+        let objects = js
+            .get_object_store(format!("zf_{}_modules", self.cluster))
+            .await
+            .expect("object store");
+        objects
+            .put(digest, &mut &bytes[..])
+            .await
+            .expect("put forged object");
+        let index = js
+            .get_key_value(format!("zf_{}_modules", self.cluster))
+            .await
+            .expect("module index");
+        let key = format!(
+            "{}.{}",
+            record["name"].as_str().expect("name"),
+            record["version"].as_str().expect("version")
+        );
+        index
+            .put(key, record.to_string().into())
+            .await
+            .expect("put forged index entry");
     }
 
     /// The node id kept in node `index`'s data dir.

@@ -392,26 +392,9 @@ async fn a_forged_bundle_and_a_half_unpacked_folder_are_never_used() {
     // A bundle stored under a digest its bytes do not have, with an index entry.
     let real = bundle("forged", "1.0.0", sync_ops(), ECHO);
     let fake_digest = format!("sha256:{}", "ab".repeat(32));
-    let client = cluster.nats.client().await;
-    let js = async_nats::jetstream::new(client);
-    let objects = js
-        .get_object_store(format!("zf_{}_modules", cluster.cluster))
-        .await
-        .expect("object store");
-    objects
-        .put(fake_digest.as_str(), &mut real.as_slice())
-        .await
-        .expect("put forged object");
-    let index = js
-        .get_key_value(format!("zf_{}_modules", cluster.cluster))
-        .await
-        .expect("index");
     let record = json!({"v": 1, "name": "forged", "version": "1.0.0", "digest": fake_digest, "size": real.len(),
         "entrypoint": "bin/run", "operations": {"go": {"kind": "sync"}}, "published_at": "2026-01-01T00:00:00Z"});
-    index
-        .put("forged.1.0.0", record.to_string().into())
-        .await
-        .expect("put forged index entry");
+    cluster.forge_module(&fake_digest, &real, &record).await;
     cluster.wait_module("forged", "1.0.0").await;
 
     let (status, ctx) = cluster

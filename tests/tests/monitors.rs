@@ -418,18 +418,7 @@ async fn a_crashing_monitor_fails_after_five_tries_and_cancel_stops_a_running_on
     assert_eq!(r.status(), 202);
     let started = std::time::Instant::now();
     wait_state(&cluster, &op, "cancelled", Duration::from_secs(10)).await;
-    wait_until(
-        "the driver's process to be gone",
-        Duration::from_secs(10),
-        || async move {
-            match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-                Err(_) => Ok(()),
-                Ok(stat) if stat.split_whitespace().nth(2) == Some("Z") => Ok(()),
-                Ok(stat) => Err(stat),
-            }
-        },
-    )
-    .await;
+    zerofoot_tests::wait_process_gone("the driver's process to be gone", pid).await;
     assert!(
         started.elapsed() < Duration::from_secs(12),
         "gone within the TERM grace: {:?}",

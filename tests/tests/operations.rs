@@ -176,18 +176,7 @@ esac
         .trim()
         .parse()
         .expect("pid");
-    wait_until(
-        "the driver's grandchild to be gone",
-        Duration::from_secs(10),
-        || async move {
-            match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-                Err(_) => Ok(()),
-                Ok(stat) if stat.split_whitespace().nth(2) == Some("Z") => Ok(()),
-                Ok(stat) => Err(stat),
-            }
-        },
-    )
-    .await;
+    zerofoot_tests::wait_process_gone("the driver's grandchild to be gone", pid).await;
 
     let (status, ctx) = run("noisy").await;
     assert_eq!(

@@ -193,28 +193,12 @@ async fn forge(cluster: &Cluster, name: &str, signature: Option<String>) -> Stri
         "#!/bin/sh\necho pwned > /tmp/zf-forged\n",
     );
     let digest = zerofoot_shared::bundle::digest(&bytes);
-    let js = async_nats::jetstream::new(cluster.nats.client().await);
-    let objects = js
-        .get_object_store(format!("zf_{}_modules", cluster.cluster))
-        .await
-        .expect("object store");
-    objects
-        .put(digest.as_str(), &mut bytes.as_slice())
-        .await
-        .expect("put object");
-    let index = js
-        .get_key_value(format!("zf_{}_modules", cluster.cluster))
-        .await
-        .expect("index");
     let mut record = json!({"v": 1, "name": name, "version": "1.0.0", "digest": digest, "size": bytes.len(),
         "entrypoint": "bin/run", "operations": {"go": {"kind": "sync"}}, "published_at": "2026-01-01T00:00:00Z"});
     if let Some(signature) = signature {
         record["signature"] = json!(signature);
     }
-    index
-        .put(format!("{name}.1.0.0"), record.to_string().into())
-        .await
-        .expect("put index entry");
+    cluster.forge_module(&digest, &bytes, &record).await;
     cluster.wait_module(name, "1.0.0").await;
     digest
 }
