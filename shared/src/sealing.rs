@@ -23,6 +23,8 @@ pub enum SealError {
         "the sealed secrets of resource {0} do not open with this key (wrong key, or tampered)"
     )]
     Open(String),
+    #[error("cannot seal the secrets of resource {0}")]
+    Seal(String),
 }
 
 /// The cluster's secrets key. Debug output never shows it.
@@ -62,9 +64,14 @@ impl SecretsKey {
     }
 
     /// Seals `secrets` for `resource`: hex of nonce followed by ciphertext.
-    pub fn seal(&self, resource: &str, secrets: &BTreeMap<String, String>) -> String {
+    pub fn seal(
+        &self,
+        resource: &str,
+        secrets: &BTreeMap<String, String>,
+    ) -> Result<String, SealError> {
         let nonce = XChaCha20Poly1305::generate_nonce(&mut OsRng);
-        let plain = serde_json::to_vec(secrets).unwrap_or_default();
+        let plain =
+            serde_json::to_vec(secrets).map_err(|_| SealError::Seal(resource.to_string()))?;
         let sealed = self
             .0
             .encrypt(
@@ -74,10 +81,10 @@ impl SecretsKey {
                     aad: resource.as_bytes(),
                 },
             )
-            .unwrap_or_default();
+            .map_err(|_| SealError::Seal(resource.to_string()))?;
         let mut out = nonce.to_vec();
         out.extend(sealed);
-        hex::encode(out)
+        Ok(hex::encode(out))
     }
 
     pub fn open(
@@ -138,14 +145,14 @@ mod tests {
     fn secrets_round_trip_and_bind_to_their_resource() {
         let key = SecretsKey::from_hex(&"11".repeat(32)).expect("key");
         let secrets = BTreeMap::from([("password".to_string(), "hunter2-secret".to_string())]);
-        let sealed = key.seal("web-1", &secrets);
+        let sealed = key.seal("web-1", &secrets).expect("seal");
         assert!(
             !sealed.contains("hunter2"),
             "sealed text holds no plain secret"
         );
         assert_ne!(
             sealed,
-            key.seal("web-1", &secrets),
+            key.seal("web-1", &secrets).expect("seal"),
             "a fresh nonce every time"
         );
         assert_eq!(key.open("web-1", &sealed).expect("open"), secrets);

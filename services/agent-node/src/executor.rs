@@ -39,6 +39,9 @@ pub struct Executor {
     pub node: String,
     /// Signatures a module must carry to run here (off when empty).
     pub trusted: zerofoot_shared::signing::TrustedKeys,
+    /// Module versions (name, version, digest) whose signature already
+    /// verified: versions are immutable, so one index read per version does.
+    pub verified: Arc<Mutex<std::collections::HashSet<(String, String, String)>>>,
     /// Opens resource secrets for drivers; `None` when this node has no key.
     pub secrets_key: Option<zerofoot_shared::sealing::SecretsKey>,
     pub names: zerofoot_shared::names::Names,
@@ -247,6 +250,15 @@ impl Executor {
         if !self.trusted.is_on() {
             return Ok(());
         }
+        let id = (ctx.module.clone(), ctx.version.clone(), ctx.digest.clone());
+        if self
+            .verified
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains(&id)
+        {
+            return Ok(());
+        }
         let version: semver::Version = ctx
             .version
             .parse()
@@ -269,7 +281,12 @@ impl Executor {
                 ctx.module, ctx.version, record.digest, ctx.digest
             ));
         }
-        self.trusted.verify(&record).map_err(|e| e.to_string())
+        self.trusted.verify(&record).map_err(|e| e.to_string())?;
+        self.verified
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(id);
+        Ok(())
     }
 
     fn open_secrets(

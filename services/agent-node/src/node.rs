@@ -122,6 +122,7 @@ async fn serve(
             args.trusted_keys.as_deref(),
             args.trusted_keys_file.as_deref(),
         )?,
+        verified: Arc::default(),
         names: names.clone(),
         assets: assets.clone(),
         cache,

@@ -53,7 +53,10 @@ pub async fn put(
     }
     let sealed_secrets = match (body.secrets.is_empty(), state.secrets_key()) {
         (true, _) => None,
-        (false, Some(key)) => Some(key.seal(&id, &body.secrets)),
+        (false, Some(key)) => Some(
+            key.seal(&id, &body.secrets)
+                .map_err(|e| ApiError::internal("cannot seal the resource's secrets", e))?,
+        ),
         (false, None) => {
             return Err(ApiError::unprocessable(
                 "no_secrets_key",
