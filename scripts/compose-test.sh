@@ -3,7 +3,8 @@
 # answers), starts the stack under its own project name, and through the
 # published HTTP port uploads a module, runs a sync operation and a keyed
 # monitor, kills the lead's container, checks the monitor resumed with every
-# event exactly once, then removes everything (`down -v`).
+# event exactly once and that NATS refuses anonymous clients, then removes
+# everything (`down -v`).
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
@@ -98,4 +99,11 @@ expected=$(jq -nc "[range(1; $total + 1)]")
 losses=$(curl -sf "$api/v1/operations/$op" | jq '[.attempts[] | select(.outcome == "lost")] | length')
 [ "$losses" -ge 1 ] || fail "the loss is not listed in attempts"
 echo "compose-test: monitor resumed on $(curl -sf "$api/v1/cluster" | jq -r .lead.node), events 1..$total exactly once"
+
+# NATS takes no anonymous client, and no service lacked a grant on the way.
+anonymous=$(dc exec -T nats sh -c 'printf "CONNECT {\"verbose\":false}\r\nPING\r\n" | nc -w 3 127.0.0.1 4222' 2>&1 || true)
+grep -q "Authorization Violation" <<<"$anonymous" || fail "an anonymous NATS client was not refused: $anonymous"
+violations=$(dc logs --no-color 2>&1 | grep -c "Permissions Violation" || true)
+[ "$violations" = 0 ] || fail "$violations permission violations in the logs: $(dc logs --no-color 2>&1 | grep "Permissions Violation" | head -3)"
+echo "compose-test: NATS refuses anonymous clients; no service was refused a subject"
 echo "compose-test: PASS"

@@ -33,6 +33,13 @@ if [ ! -s "$data/signing.key" ]; then
   jq -r .public_key <<<"$pair" >"$data/trusted.keys"
 fi
 
+# NATS users: one per service role, each allowed only its own subjects, and
+# admin for the NATS CLI. Passwords are made once and kept.
+"$bin/zf-management" nats-auth --dir "$data/nats-auth" --cluster "$cluster" >/dev/null
+as_user() { # role: the environment that logs a service in as its NATS user
+  echo "ZF_NATS_USER=zf-$cluster-$1" "ZF_NATS_PASSWORD_FILE=$data/nats-auth/zf-$cluster-$1.password"
+}
+
 cat >"$data/nats.conf" <<CONF
 listen: 127.0.0.1:$port
 server_name: zf-local
@@ -41,6 +48,8 @@ jetstream {
   # Acknowledged writes are on disk before the ack (SPEC §12).
   sync_interval: always
 }
+# Nothing anonymous: every client logs in as one of these users.
+include "nats-auth/auth.conf"
 CONF
 
 pids=()
@@ -68,10 +77,10 @@ for _ in $(seq 100); do
   (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && break
   sleep 0.1
 done
-start repository "$bin/zf-repository" --signing-key-file "$data/signing.key"
-start management "$bin/zf-management" --http-addr "$http" --id mgmt-1
+start repository env $(as_user repository) "$bin/zf-repository" --signing-key-file "$data/signing.key"
+start management env $(as_user management) "$bin/zf-management" --http-addr "$http" --id mgmt-1
 for i in 1 2 3; do
-  start "node-$i" "$bin/zf-agent-node" --data-dir "$data/node-$i" --trusted-keys-file "$data/trusted.keys"
+  start "node-$i" env $(as_user agent) "$bin/zf-agent-node" --data-dir "$data/node-$i" --trusted-keys-file "$data/trusted.keys"
 done
 
 for _ in $(seq 100); do
@@ -82,7 +91,7 @@ cat <<INFO
 
 zerofoot is up:
   HTTP API   http://$http   (try: curl -s http://$http/v1/cluster | jq)
-  NATS       nats://127.0.0.1:$port   (try: nats --server nats://127.0.0.1:$port sub 'zf.$cluster.>')
+  NATS       nats://127.0.0.1:$port   (try: nats --server nats://127.0.0.1:$port --user admin --password "\$(cat $data/nats-auth/admin.password)" sub 'zf.$cluster.>')
   data       $data   (secrets key: $data/secrets.key)
 Press Ctrl-C to stop every process.
 INFO

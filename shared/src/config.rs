@@ -1,6 +1,8 @@
 //! Command-line flags every binary shares (SPEC §10), flattened into each
 //! service's own `clap` parser. Every flag has an environment fallback.
 
+use std::path::PathBuf;
+
 use clap::Args;
 
 use crate::names::{ClusterName, Names};
@@ -28,6 +30,51 @@ pub struct NatsArgs {
     /// Bytes the events stream may hold before its oldest events are dropped (0: no limit).
     #[arg(long, env = "ZF_EVENTS_MAX_BYTES", default_value_t = 0)]
     pub events_max_bytes: u64,
+
+    /// NATS user name; give its password with --nats-password or
+    /// --nats-password-file (`zf-management nats-auth` makes both).
+    #[arg(long, env = "ZF_NATS_USER", requires = "nats_password_source", conflicts_with_all = ["nats_creds", "nats_nkey_file"])]
+    pub nats_user: Option<String>,
+
+    /// Password of --nats-user.
+    #[arg(
+        long,
+        env = "ZF_NATS_PASSWORD",
+        hide_env_values = true,
+        group = "nats_password_source",
+        requires = "nats_user"
+    )]
+    pub nats_password: Option<String>,
+
+    /// A file holding the password of --nats-user.
+    #[arg(
+        long,
+        env = "ZF_NATS_PASSWORD_FILE",
+        group = "nats_password_source",
+        requires = "nats_user"
+    )]
+    pub nats_password_file: Option<PathBuf>,
+
+    /// A NATS credentials file (user JWT and nkey seed).
+    #[arg(long, env = "ZF_NATS_CREDS", conflicts_with = "nats_nkey_file")]
+    pub nats_creds: Option<PathBuf>,
+
+    /// A file holding an nkey seed (`SU...`).
+    #[arg(long, env = "ZF_NATS_NKEY_FILE")]
+    pub nats_nkey_file: Option<PathBuf>,
+
+    /// CA certificate (PEM) the NATS server's certificate must chain to;
+    /// with it the connection must use TLS.
+    #[arg(long, env = "ZF_NATS_TLS_CA")]
+    pub nats_tls_ca: Option<PathBuf>,
+
+    /// Client certificate (PEM) for servers that verify clients; needs --nats-tls-key.
+    #[arg(long, env = "ZF_NATS_TLS_CERT", requires = "nats_tls_key")]
+    pub nats_tls_cert: Option<PathBuf>,
+
+    /// Private key (PEM) of --nats-tls-cert.
+    #[arg(long, env = "ZF_NATS_TLS_KEY", requires = "nats_tls_cert")]
+    pub nats_tls_key: Option<PathBuf>,
 }
 
 impl NatsArgs {
@@ -70,6 +117,42 @@ fn parse_servers(s: &str) -> Result<String, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use clap::Parser;
+
+    #[derive(Parser, Debug)]
+    struct Cli {
+        #[command(flatten)]
+        nats: NatsArgs,
+    }
+
+    #[test]
+    fn credentials_flags_go_together() {
+        let parse = |args: &[&str]| Cli::try_parse_from([&["zf"], args].concat());
+        assert!(parse(&["--nats-user", "u", "--nats-password", "p"]).is_ok());
+        assert!(parse(&["--nats-user", "u", "--nats-password-file", "/f"]).is_ok());
+        assert!(
+            parse(&["--nats-user", "u"]).is_err(),
+            "a user needs a password"
+        );
+        assert!(
+            parse(&["--nats-password", "p"]).is_err(),
+            "a password needs a user"
+        );
+        assert!(parse(&[
+            "--nats-user",
+            "u",
+            "--nats-password",
+            "p",
+            "--nats-creds",
+            "/c"
+        ])
+        .is_err());
+        assert!(
+            parse(&["--nats-tls-cert", "/c"]).is_err(),
+            "a certificate needs its key"
+        );
+        assert!(parse(&["--nats-tls-ca", "/ca"]).is_ok());
+    }
 
     #[test]
     fn server_lists_are_checked() {

@@ -7,7 +7,8 @@
 //! - [`assets`]: JetStream buckets and streams with their settings, created
 //!   idempotently and checked for unsafe settings at start.
 //! - [`config`]: command-line flags shared by every binary.
-//! - [`nats`]: connecting with retry and backoff.
+//! - [`nats`]: connecting with credentials, TLS, retry and backoff.
+//! - [`nats_auth`]: the NATS users of each service role and their permissions.
 //! - [`bundle`]: checking, packing and safely unpacking module bundles.
 //! - [`eventlog`]: the per-operation event log: entries and reading.
 //! - [`modules`]: the read side of the module index (list, resolve, get).
@@ -22,6 +23,7 @@ pub mod eventlog;
 pub mod modules;
 pub mod names;
 pub mod nats;
+pub mod nats_auth;
 pub mod protocol;
 pub mod sealing;
 pub mod shutdown;

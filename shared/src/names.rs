@@ -118,7 +118,38 @@ impl Names {
         format!("ZF_{}_EVENTS", self.cluster.as_str().to_ascii_uppercase())
     }
 
+    /// Every stream behind the buckets, object stores and event logs above.
+    pub fn all_streams(&self) -> Vec<String> {
+        let mut streams: Vec<String> = [
+            self.contexts_bucket(),
+            self.lead_bucket(),
+            self.resources_bucket(),
+            self.module_index_bucket(),
+        ]
+        .iter()
+        .map(|bucket| format!("KV_{bucket}"))
+        .collect();
+        streams.push(format!("OBJ_{}", self.module_objects()));
+        streams.push(format!("OBJ_{}", self.upload_objects()));
+        streams.push(self.events_stream());
+        streams
+    }
+
     // --- subjects ----------------------------------------------------------
+
+    /// Prefix of the reply subjects of one service role (`management`,
+    /// `repository`, `agent`), so that NATS permissions can keep one
+    /// cluster's replies from another's users.
+    pub fn inbox_prefix(&self, role: &str) -> String {
+        format!("_INBOX.{}.{role}", self.cluster)
+    }
+    pub fn inbox_subscription(&self, role: &str) -> String {
+        format!("{}.>", self.inbox_prefix(role))
+    }
+    /// Every subject of every node (heartbeats, mirror endpoints).
+    pub fn all_node_subjects(&self) -> String {
+        format!("{}.node.>", self.prefix())
+    }
 
     pub fn heartbeat(&self, node: &str) -> String {
         format!("{}.node.{node}.heartbeat", self.prefix())
@@ -146,6 +177,10 @@ impl Names {
     pub fn management_prefix(&self, mgmt_id: &str) -> String {
         format!("{}.mgmt.{mgmt_id}", self.prefix())
     }
+    /// Every management instance's own endpoints.
+    pub fn all_management_subjects(&self) -> String {
+        format!("{}.mgmt.>", self.prefix())
+    }
     /// Where nodes register with one management instance.
     pub fn management_register(&self, mgmt_id: &str) -> String {
         format!("{}.register", self.management_prefix(mgmt_id))
@@ -153,6 +188,10 @@ impl Names {
     /// Prefix of the repository's endpoints (`put`, `get`, `list`).
     pub fn repository_prefix(&self) -> String {
         format!("{}.repo", self.prefix())
+    }
+    /// The repository's endpoints, announcements excluded.
+    pub fn repository_endpoints(&self) -> String {
+        format!("{}.*", self.repository_prefix())
     }
     pub fn repository_put(&self) -> String {
         format!("{}.put", self.repository_prefix())

@@ -1,11 +1,17 @@
-//! Connecting to NATS: retry with backoff until the server answers, saying in
-//! the log what is awaited and how to fix it, and log every later
-//! disconnect and reconnect.
+//! Connecting to NATS: credentials and TLS from the shared flags, then retry
+//! with backoff until the server answers, saying in the log what is awaited
+//! and how to fix it, and logging every later disconnect, reconnect and
+//! refused operation.
+
+use std::path::{Path, PathBuf};
 
 use std::time::Duration;
 
-use async_nats::{Client, ConnectOptions, Event};
+use async_nats::{Client, ConnectErrorKind, ConnectOptions, Event};
 use tokio_util::sync::CancellationToken;
+
+use crate::config::NatsArgs;
+use crate::nats_auth::ServiceRole;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConnectError {
@@ -13,19 +19,81 @@ pub enum ConnectError {
     Cancelled,
 }
 
-/// Connects to `url` (one or more server URLs, comma separated), retrying with exponential backoff (100 ms doubling to
-/// 5 s) until it succeeds or `cancel` fires. `name` is the client name shown
-/// by `nats server report connections`.
-pub async fn connect_with_retry(
-    url: &str,
-    name: &str,
-    cancel: &CancellationToken,
-) -> Result<Client, ConnectError> {
-    let mut delay = Duration::from_millis(100);
-    let mut attempt = 1u32;
-    loop {
-        let options = ConnectOptions::new()
-            .name(name)
+/// Why the NATS connection settings are unusable; said at start, before any attempt.
+#[derive(Debug, thiserror::Error)]
+pub enum SettingsError {
+    #[error("cannot read {what} {path}: {source}")]
+    Read {
+        what: &'static str,
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{what} {path} is empty")]
+    Empty { what: &'static str, path: PathBuf },
+    #[error("the NATS credentials file {path} is not valid: {source}")]
+    Creds {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+}
+
+/// Everything needed to (re)connect, read and checked once at start.
+pub struct ConnectSettings {
+    servers: Vec<String>,
+    options: ConnectOptions,
+    /// What the log says about the credentials in use (never a secret).
+    credentials: String,
+}
+
+impl ConnectSettings {
+    /// Reads the password, nkey or credentials file named by `args` and
+    /// checks that the TLS files exist. `role` picks the reply-subject prefix
+    /// the NATS permissions of that role allow.
+    pub async fn from_args(args: &NatsArgs, role: ServiceRole) -> Result<Self, SettingsError> {
+        let (mut options, credentials) = if let Some(user) = &args.nats_user {
+            let password = match (&args.nats_password, &args.nats_password_file) {
+                (Some(password), _) => password.clone(),
+                (None, Some(path)) => read_secret("NATS password file", path).await?,
+                (None, None) => String::new(),
+            };
+            (
+                ConnectOptions::with_user_and_password(user.clone(), password),
+                format!("user {user}"),
+            )
+        } else if let Some(path) = &args.nats_creds {
+            let text = read_secret("NATS credentials file", path).await?;
+            let options =
+                ConnectOptions::with_credentials(&text).map_err(|source| SettingsError::Creds {
+                    path: path.clone(),
+                    source,
+                })?;
+            (options, format!("credentials file {}", path.display()))
+        } else if let Some(path) = &args.nats_nkey_file {
+            let seed = read_secret("nkey seed file", path).await?;
+            (
+                ConnectOptions::with_nkey(seed),
+                format!("nkey seed file {}", path.display()),
+            )
+        } else {
+            (ConnectOptions::new(), "no credentials".to_string())
+        };
+        for (what, path) in [
+            ("TLS CA certificate", &args.nats_tls_ca),
+            ("TLS client certificate", &args.nats_tls_cert),
+            ("TLS client key", &args.nats_tls_key),
+        ] {
+            if let Some(path) = path {
+                read_secret(what, path).await?;
+            }
+        }
+        if let Some(ca) = &args.nats_tls_ca {
+            options = options.add_root_certificates(ca.clone()).require_tls(true);
+        }
+        if let (Some(cert), Some(key)) = (&args.nats_tls_cert, &args.nats_tls_key) {
+            options = options.add_client_certificate(cert.clone(), key.clone());
+        }
+        let options = options
+            .custom_inbox_prefix(args.names().inbox_prefix(role.as_str()))
             .connection_timeout(Duration::from_secs(2))
             .event_callback(|event| async move {
                 match event {
@@ -36,22 +104,83 @@ pub async fn connect_with_retry(
                     Event::SlowConsumer(sid) => {
                         tracing::warn!(sid, "slow consumer: messages were dropped")
                     }
+                    Event::ServerError(error) => tracing::warn!(
+                        %error,
+                        "NATS refused an operation; a permissions violation means this service's NATS user lacks a grant (see `zf-management nats-auth`)"
+                    ),
                     other => tracing::info!(event = %other, "NATS connection event"),
                 }
             });
-        let servers: Vec<&str> = url
-            .split(',')
-            .map(str::trim)
-            .filter(|s| !s.is_empty())
-            .collect();
+        Ok(Self {
+            servers: args
+                .nats_url
+                .split(',')
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .map(String::from)
+                .collect(),
+            options,
+            credentials,
+        })
+    }
+}
+
+async fn read_secret(what: &'static str, path: &Path) -> Result<String, SettingsError> {
+    let text = tokio::fs::read_to_string(path)
+        .await
+        .map_err(|source| SettingsError::Read {
+            what,
+            path: path.to_path_buf(),
+            source,
+        })?;
+    let text = text.trim().to_string();
+    if text.is_empty() {
+        return Err(SettingsError::Empty {
+            what,
+            path: path.to_path_buf(),
+        });
+    }
+    Ok(text)
+}
+
+/// Connects with `settings`, retrying with exponential backoff (100 ms
+/// doubling to 5 s) until it succeeds or `cancel` fires. `name` is the client
+/// name shown by `nats server report connections`.
+pub async fn connect_with_retry(
+    settings: &ConnectSettings,
+    name: &str,
+    cancel: &CancellationToken,
+) -> Result<Client, ConnectError> {
+    let url = settings.servers.join(",");
+    let mut delay = Duration::from_millis(100);
+    let mut attempt = 1u32;
+    loop {
         let attempt_result = tokio::select! {
             _ = cancel.cancelled() => return Err(ConnectError::Cancelled),
-            r = options.connect(servers) => r,
+            r = settings.options.clone().name(name).connect(settings.servers.clone()) => r,
         };
         match attempt_result {
             Ok(client) => {
                 tracing::info!(url, "connected to NATS");
                 return Ok(client);
+            }
+            Err(err)
+                if matches!(
+                    err.kind(),
+                    ConnectErrorKind::AuthorizationViolation | ConnectErrorKind::Authentication
+                ) =>
+            {
+                tracing::error!(
+                    url, attempt, error = %err, credentials = %settings.credentials,
+                    retry_in_ms = delay.as_millis() as u64,
+                    "NATS refused the credentials: check --nats-user and its password (or --nats-creds / --nats-nkey-file) against the server's authorization config"
+                );
+            }
+            Err(err) if err.kind() == ConnectErrorKind::Tls => {
+                tracing::error!(
+                    url, attempt, error = %err, retry_in_ms = delay.as_millis() as u64,
+                    "TLS with NATS failed: check --nats-tls-ca (and the client certificate) against the server's certificate, and that the URL names the host the certificate is for"
+                );
             }
             Err(err) => {
                 tracing::warn!(

@@ -222,21 +222,72 @@ impl Drop for Process {
     }
 }
 
-/// A nats-server with JetStream on a free port and its own store.
+/// NATS users made by `zf-management nats-auth` for a test's clusters: one
+/// per service role and cluster, each limited to its own subjects, and
+/// `admin` for the test's own client. Every test runs with them.
+#[derive(Clone, Debug)]
+pub struct NatsAuth {
+    pub dir: PathBuf,
+}
+
+impl NatsAuth {
+    pub fn generate(dir: &Path, clusters: &[&str]) -> Self {
+        let auth_dir = dir.join("nats-auth");
+        let out = Command::new(service_binary("zf-management"))
+            .args(["nats-auth", "--dir", &auth_dir.display().to_string()])
+            .args(["--cluster", &clusters.join(",")])
+            .env_remove("ZF_CLUSTER")
+            .output()
+            .expect("run zf-management nats-auth");
+        assert!(
+            out.status.success(),
+            "zf-management nats-auth failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Self { dir: auth_dir }
+    }
+
+    pub fn password(&self, user: &str) -> String {
+        std::fs::read_to_string(self.dir.join(format!("{user}.password")))
+            .unwrap_or_else(|e| panic!("password of NATS user {user}: {e}"))
+            .trim()
+            .to_string()
+    }
+
+    /// The environment that makes a service of `role` (`management`,
+    /// `repository`, `agent`) in `cluster` log in as its own user.
+    pub fn env(&self, cluster: &str, role: &str) -> Vec<(String, String)> {
+        let user = format!("zf-{cluster}-{role}");
+        vec![
+            (
+                "ZF_NATS_PASSWORD_FILE".into(),
+                self.dir
+                    .join(format!("{user}.password"))
+                    .display()
+                    .to_string(),
+            ),
+            ("ZF_NATS_USER".into(), user),
+        ]
+    }
+}
+
+/// A nats-server with JetStream on a free port and its own store, accepting
+/// only the users of its [`NatsAuth`].
 pub struct NatsServer {
     pub port: u16,
     pub process: Process,
+    pub auth: NatsAuth,
 }
 
 impl NatsServer {
-    pub fn start(dir: &Path) -> Self {
-        Self::start_on(dir, free_port())
+    pub fn start(dir: &Path, auth: &NatsAuth) -> Self {
+        Self::start_on(dir, free_port(), auth)
     }
 
     /// Starts nats-server on `port`. With `ZF_NATS_SYNC_ALWAYS=1` (the
     /// benchmarks set it) JetStream syncs every write to disk before its ack,
     /// as the shipped configurations do.
-    pub fn start_on(dir: &Path, port: u16) -> Self {
+    pub fn start_on(dir: &Path, port: u16, auth: &NatsAuth) -> Self {
         let store = dir.join("nats-store");
         let sync = if std::env::var("ZF_NATS_SYNC_ALWAYS").is_ok_and(|v| v == "1") {
             "sync_interval: always"
@@ -245,13 +296,23 @@ impl NatsServer {
         };
         let config = dir.join("nats.conf");
         let text = format!(
-            "listen: 127.0.0.1:{port}\njetstream {{\n  store_dir: \"{}\"\n  {sync}\n}}\n",
-            store.display()
+            "listen: 127.0.0.1:{port}\njetstream {{\n  store_dir: \"{}\"\n  {sync}\n}}\ninclude \"{}\"\n",
+            store.display(),
+            // nats-server resolves includes relative to the including file.
+            auth.dir
+                .join("auth.conf")
+                .strip_prefix(dir)
+                .expect("the NATS users live in the server's folder")
+                .display()
         );
         std::fs::write(&config, text).expect("write nats.conf");
         let args = vec!["-c".into(), config.display().to_string()];
         let process = Process::spawn("nats-server", &nats_server_binary(), &args, &[], dir);
-        let server = Self { port, process };
+        let server = Self {
+            port,
+            process,
+            auth: auth.clone(),
+        };
         server.wait_ready();
         server
     }
@@ -287,10 +348,21 @@ impl NatsServer {
         format!("nats://127.0.0.1:{}", self.port)
     }
 
+    /// A client logged in as `admin`, which may do anything.
     pub async fn client(&self) -> async_nats::Client {
-        async_nats::connect(self.url())
+        self.connect_as("admin")
             .await
-            .expect("connect to the test nats-server")
+            .expect("connect to the test nats-server as admin")
+    }
+
+    /// A client logged in as NATS user `user` with its generated password.
+    pub async fn connect_as(
+        &self,
+        user: &str,
+    ) -> Result<async_nats::Client, async_nats::ConnectError> {
+        async_nats::ConnectOptions::with_user_and_password(user.into(), self.auth.password(user))
+            .connect(self.url())
+            .await
     }
 }
 
@@ -335,10 +407,14 @@ impl Cluster {
 
     /// Only nats-server; add services by hand.
     pub async fn bare() -> Self {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let nats = NatsServer::start(dir.path());
+        let mut dir = tempfile::tempdir().expect("tempdir");
+        // Keeps logs and stores for a look after the run.
+        dir.disable_cleanup(std::env::var_os("ZF_KEEP_TEST_DIRS").is_some());
+        let cluster = format!("t{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
+        let auth = NatsAuth::generate(dir.path(), &[&cluster]);
+        let nats = NatsServer::start(dir.path(), &auth);
         Self {
-            cluster: format!("t{}", &uuid::Uuid::new_v4().simple().to_string()[..8]),
+            cluster,
             nats,
             repositories: Vec::new(),
             management: Vec::new(),
@@ -351,12 +427,16 @@ impl Cluster {
         }
     }
 
-    pub fn common_env(&self) -> Vec<(String, String)> {
-        vec![
+    /// The environment of a service of `role` (`management`, `repository`,
+    /// `agent`): where NATS is, the cluster, its NATS user, the secrets key.
+    pub fn common_env(&self, role: &str) -> Vec<(String, String)> {
+        let mut env = vec![
             ("ZF_NATS_URL".into(), self.nats.url()),
             ("ZF_CLUSTER".into(), self.cluster.clone()),
             ("ZF_SECRETS_KEY".into(), TEST_SECRETS_KEY.into()),
-        ]
+        ];
+        env.extend(self.nats.auth.env(&self.cluster, role));
+        env
     }
 
     pub fn start_repository(&mut self) -> usize {
@@ -371,7 +451,7 @@ impl Cluster {
             &format!("repository-{index}"),
             &service_binary("zf-repository"),
             &args,
-            &self.common_env(),
+            &self.common_env("repository"),
             self.dir.path(),
         );
         self.repositories.push(p);
@@ -386,7 +466,7 @@ impl Cluster {
     pub fn start_management_with(&mut self, extra_env: &[(&str, &str)]) -> usize {
         let port = free_port();
         let index = self.management.len();
-        let mut env = self.common_env();
+        let mut env = self.common_env("management");
         env.extend(
             extra_env
                 .iter()
@@ -425,7 +505,7 @@ impl Cluster {
             &format!("node-{index}"),
             &service_binary("zf-agent-node"),
             &args,
-            &self.common_env(),
+            &self.common_env("agent"),
             self.dir.path(),
         );
         self.nodes.push(p);

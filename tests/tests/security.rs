@@ -8,6 +8,7 @@ use zerofoot_tests::{run_to_end, service_binary, status_and_json, Cluster};
 const ADMIN: &str = "admin-token-0123456789";
 const OPERATOR: &str = "operator-token-0123456789";
 const VIEWER: &str = "viewer-token-0123456789";
+const OTHER_OPERATOR: &str = "operator-token-9876543210";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tokens_and_roles_guard_the_api() {
@@ -294,4 +295,121 @@ async fn nodes_run_only_modules_signed_by_a_trusted_key() {
         "{ctx}"
     );
     assert!(!modules_dir.join(&wrong).exists(), "never unpacked");
+}
+
+/// A monitor that waits until it is cancelled.
+const WAITER: &str = "#!/bin/sh\ncat >/dev/null\nwhile true; do sleep 1; done\n";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_client_gets_a_limited_number_of_unfinished_operations() {
+    let mut cluster = Cluster::bare().await;
+    cluster.start_repository();
+    let tokens = format!("admin:{ADMIN},operator:{OPERATOR},operator:{OTHER_OPERATOR}");
+    cluster.start_management_with(&[
+        ("ZF_API_TOKENS", &tokens),
+        ("ZF_MAX_OPERATIONS_PER_CLIENT", "2"),
+    ]);
+    cluster.add_node(&Default::default());
+    let authorized = |method: reqwest::Method, path: &str, token: &str| {
+        cluster
+            .http
+            .request(method, cluster.url(path))
+            .bearer_auth(token)
+    };
+    zerofoot_tests::wait_until(
+        "management connected",
+        std::time::Duration::from_secs(20),
+        || async {
+            let r = cluster.http.get(cluster.url("/healthz")).send().await;
+            match r {
+                Ok(r) if r.status() == 200 => Ok(()),
+                other => Err(format!("{other:?}")),
+            }
+        },
+    )
+    .await;
+    cluster.wait_repositories(1).await;
+    let ops = json!({"wait": {"kind": "async"}});
+    let (status, body) = status_and_json(
+        authorized(reqwest::Method::POST, "/v1/modules", ADMIN)
+            .body(bundle("waiter", "1.0.0", ops, WAITER))
+            .send()
+            .await
+            .expect("upload"),
+    )
+    .await;
+    assert_eq!(status, 201, "{body}");
+    let submit = |token: &'static str| {
+        authorized(reqwest::Method::POST, "/v1/operations", token)
+            .json(&json!({"module": "waiter", "operation": "wait"}))
+            .send()
+    };
+
+    let mut mine = Vec::new();
+    for _ in 0..2 {
+        let (status, body) = status_and_json(submit(OPERATOR).await.expect("submit")).await;
+        assert_eq!(status, 202, "{body}");
+        assert!(
+            body["client"]
+                .as_str()
+                .is_some_and(|c| c.starts_with("operator-")),
+            "the operation names its client: {body}"
+        );
+        assert!(
+            !body.to_string().contains(OPERATOR),
+            "the token is never shown"
+        );
+        mine.push(body["id"].as_str().expect("id").to_string());
+    }
+    let (status, body) = status_and_json(submit(OPERATOR).await.expect("submit")).await;
+    assert_eq!(
+        status, 429,
+        "the third unfinished operation is refused: {body}"
+    );
+    assert_eq!(body["error"]["code"], "too_many_operations", "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("2 unfinished operations")),
+        "{body}"
+    );
+    let (status, body) = status_and_json(submit(OTHER_OPERATOR).await.expect("submit")).await;
+    assert_eq!(status, 202, "another client is not affected: {body}");
+
+    let (status, body) = status_and_json(
+        authorized(
+            reqwest::Method::DELETE,
+            &format!("/v1/operations/{}", mine[0]),
+            OPERATOR,
+        )
+        .send()
+        .await
+        .expect("cancel"),
+    )
+    .await;
+    assert!(status < 300, "cancel: {status} {body}");
+    zerofoot_tests::wait_until(
+        "a place freed by the cancelled operation",
+        std::time::Duration::from_secs(20),
+        || async {
+            let (status, body) =
+                status_and_json(submit(OPERATOR).await.map_err(|e| e.to_string())?).await;
+            if status == 202 {
+                Ok(())
+            } else {
+                Err(format!("{status} {body}"))
+            }
+        },
+    )
+    .await;
+    let (status, _) = status_and_json(
+        cluster
+            .http
+            .get(cluster.url("/healthz"))
+            .send()
+            .await
+            .expect("healthz"),
+    )
+    .await;
+    assert_eq!(status, 200, "management is unharmed");
 }

@@ -8,7 +8,7 @@ use futures::StreamExt;
 use nix::sys::signal::Signal;
 use serde_json::Value;
 use zerofoot_tests::{
-    get_json, run_to_end, service_binary, wait_until, Cluster, NatsServer, NodeFlags,
+    get_json, run_to_end, service_binary, wait_until, Cluster, NatsAuth, NatsServer, NodeFlags,
 };
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -151,14 +151,17 @@ async fn management_waits_for_nats_and_answers_503_meanwhile() {
     let dir = tempfile::tempdir().expect("tempdir");
     let nats_port = zerofoot_tests::free_port();
     let http_port = zerofoot_tests::free_port();
+    let auth = NatsAuth::generate(dir.path(), &["default"]);
+    let mut env = auth.env("default", "management");
+    env.push((
+        "ZF_NATS_URL".into(),
+        format!("nats://127.0.0.1:{nats_port}"),
+    ));
     let mut management = zerofoot_tests::Process::spawn(
         "management",
         &service_binary("zf-management"),
         &["--http-addr".into(), format!("127.0.0.1:{http_port}")],
-        &[(
-            "ZF_NATS_URL".into(),
-            format!("nats://127.0.0.1:{nats_port}"),
-        )],
+        &env,
         dir.path(),
     );
     let http = reqwest::Client::new();
@@ -196,7 +199,7 @@ async fn management_waits_for_nats_and_answers_503_meanwhile() {
     )
     .await;
 
-    let _nats = NatsServer::start_on(dir.path(), nats_port);
+    let _nats = NatsServer::start_on(dir.path(), nats_port, &auth);
     wait_until(
         "/healthz to answer 200 once NATS is up",
         Duration::from_secs(20),
@@ -275,7 +278,7 @@ async fn a_second_node_on_the_same_data_dir_refuses_to_start() {
         },
     )
     .await;
-    let env = cluster.common_env();
+    let env = cluster.common_env("agent");
     let envs: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
     assert_one_line_refusal(
         "zf-agent-node",

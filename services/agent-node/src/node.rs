@@ -13,7 +13,8 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 use zerofoot_shared::assets::Assets;
 use zerofoot_shared::names::{AGENT_NODE_SERVICE, AGENT_QUEUE_GROUP};
-use zerofoot_shared::nats::{connect_with_retry, service_metadata};
+use zerofoot_shared::nats::{connect_with_retry, service_metadata, ConnectSettings};
+use zerofoot_shared::nats_auth::ServiceRole;
 use zerofoot_shared::protocol::{
     encode, RemoteError, Reply, Role, SubmitAccepted, SubmitOperation, PROTOCOL_VERSION,
 };
@@ -58,12 +59,9 @@ async fn serve(
             .context("store task failed")??
     };
 
-    let Ok(client) = connect_with_retry(
-        &args.nats.nats_url,
-        &format!("zf-agent-node {node_id}"),
-        &shutdown,
-    )
-    .await
+    let settings = ConnectSettings::from_args(&args.nats, ServiceRole::Agent).await?;
+    let Ok(client) =
+        connect_with_retry(&settings, &format!("zf-agent-node {node_id}"), &shutdown).await
     else {
         return Ok(());
     };

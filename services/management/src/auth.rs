@@ -40,8 +40,22 @@ impl Role {
 }
 
 /// The configured tokens. Debug output never shows them.
+/// One configured token: its role, its bytes, and the label its operations
+/// carry (the role and the start of the token's sha256, never the token).
+#[derive(Clone)]
+struct Token {
+    role: Role,
+    secret: Vec<u8>,
+    label: String,
+}
+
 #[derive(Clone, Default)]
-pub struct Tokens(Vec<(Role, Vec<u8>)>);
+pub struct Tokens(Vec<Token>);
+
+/// Who sent a request, as operations record it and as the per-client limit
+/// counts it: a token's label, or `local` for loopback without tokens.
+#[derive(Clone, Debug)]
+pub struct ApiClient(pub String);
 
 impl std::fmt::Debug for Tokens {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -72,7 +86,13 @@ impl Tokens {
             if token.len() < 16 {
                 return Err(TokensError::Entry(index + 1));
             }
-            tokens.push((role, token.as_bytes().to_vec()));
+            use sha2::Digest;
+            let digest = hex::encode(sha2::Sha256::digest(token.as_bytes()));
+            tokens.push(Token {
+                role,
+                secret: token.as_bytes().to_vec(),
+                label: format!("{}-{}", role.name(), &digest[..12]),
+            });
         }
         Ok(Self(tokens))
     }
@@ -96,14 +116,19 @@ impl Tokens {
     }
 
     /// The role of `presented`, comparing against every token in constant time.
-    fn role_of(&self, presented: &[u8]) -> Option<Role> {
+    fn find(&self, presented: &[u8]) -> Option<&Token> {
         let mut found = None;
-        for (role, token) in &self.0 {
-            if constant_time_eq(token, presented) {
-                found = Some(*role);
+        for token in &self.0 {
+            if constant_time_eq(&token.secret, presented) {
+                found = Some(token);
             }
         }
         found
+    }
+
+    #[cfg(test)]
+    fn role_of(&self, presented: &[u8]) -> Option<Role> {
+        self.find(presented).map(|t| t.role)
     }
 }
 
@@ -128,13 +153,20 @@ fn required(method: &Method, path: &str) -> Option<Role> {
     })
 }
 
-pub async fn authorize(State(state): State<AppState>, request: Request, next: Next) -> Response {
+pub async fn authorize(
+    State(state): State<AppState>,
+    mut request: Request,
+    next: Next,
+) -> Response {
     let tokens = state.tokens();
     let Some(needed) = required(request.method(), request.uri().path()) else {
         return next.run(request).await;
     };
     if tokens.is_empty() {
         // Loopback only (checked at start): the machine's users are trusted.
+        request
+            .extensions_mut()
+            .insert(ApiClient("local".to_string()));
         return next.run(request).await;
     }
     let presented = request
@@ -143,7 +175,7 @@ pub async fn authorize(State(state): State<AppState>, request: Request, next: Ne
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
         .map(|t| t.trim().as_bytes().to_vec());
-    let Some(role) = presented.and_then(|t| tokens.role_of(&t)) else {
+    let Some(token) = presented.and_then(|t| tokens.find(&t)) else {
         let mut response = ApiError::new(
             StatusCode::UNAUTHORIZED,
             "unauthorized",
@@ -156,6 +188,10 @@ pub async fn authorize(State(state): State<AppState>, request: Request, next: Ne
         );
         return response;
     };
+    let role = token.role;
+    request
+        .extensions_mut()
+        .insert(ApiClient(token.label.clone()));
     if role < needed {
         return ApiError::new(
             StatusCode::FORBIDDEN,

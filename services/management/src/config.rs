@@ -2,8 +2,9 @@
 
 use std::net::SocketAddr;
 
-use clap::Parser;
+use clap::{Parser, Subcommand};
 use zerofoot_shared::config::NatsArgs;
+use zerofoot_shared::names::ClusterName;
 
 #[derive(Parser, Clone, Debug)]
 #[command(
@@ -11,7 +12,11 @@ use zerofoot_shared::config::NatsArgs;
     version,
     about = "zerofoot management service: the HTTP API of a cluster"
 )]
+#[command(args_conflicts_with_subcommands = true)]
 pub struct Config {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+
     #[command(flatten)]
     pub nats: NatsArgs,
 
@@ -35,6 +40,11 @@ pub struct Config {
     #[arg(long, env = "ZF_TOKENS_FILE")]
     pub tokens_file: Option<std::path::PathBuf>,
 
+    /// Unfinished operations one API client (one token; all of loopback
+    /// without tokens) may have at once; more are refused with 429.
+    #[arg(long, env = "ZF_MAX_OPERATIONS_PER_CLIENT", default_value_t = 2000, value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_operations_per_client: u64,
+
     /// Largest module bundle accepted by POST /v1/modules, in bytes.
     #[arg(long, env = "ZF_MAX_BUNDLE_BYTES", default_value_t = 64 * 1024 * 1024)]
     pub max_bundle_bytes: u64,
@@ -44,4 +54,26 @@ fn parse_id(s: &str) -> Result<String, String> {
     zerofoot_shared::names::validate_instance_id(s)
         .map(|_| s.to_string())
         .map_err(|e| e.to_string())
+}
+
+#[derive(Subcommand, Clone, Debug)]
+pub enum Command {
+    /// Write the NATS users of every service role (management, repository,
+    /// agent) of the given clusters plus `admin`: DIR/auth.conf for
+    /// nats-server's `include`, and DIR/<user>.password for each user.
+    /// Existing password files are kept; delete one to rotate it.
+    NatsAuth {
+        /// Folder for auth.conf and the password files (made private).
+        #[arg(long, env = "ZF_NATS_AUTH_DIR")]
+        dir: std::path::PathBuf,
+
+        /// Cluster(s) to make users for, comma separated or repeated.
+        #[arg(long = "cluster", env = "ZF_CLUSTER", value_delimiter = ',', required = true, value_parser = parse_cluster)]
+        clusters: Vec<ClusterName>,
+    },
+}
+
+fn parse_cluster(s: &str) -> Result<ClusterName, String> {
+    s.parse()
+        .map_err(|e: zerofoot_shared::names::NameError| e.to_string())
 }

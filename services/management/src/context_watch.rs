@@ -1,7 +1,8 @@
 //! One watch on the contexts bucket for the whole instance, handing each
-//! change to the requests waiting on that operation. A request per consumer
-//! would cost a JetStream consumer per sync call and run into the server's
-//! consumer limit under load.
+//! change to the requests waiting on that operation and to the per-client
+//! counts of unfinished operations. A request per consumer would cost a
+//! JetStream consumer per sync call and run into the server's consumer
+//! limit under load.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -12,13 +13,24 @@ use futures::StreamExt;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
-use zerofoot_shared::protocol::{decode, ExecutionContext};
+use zerofoot_shared::protocol::{decode, ExecutionContext, OperationState};
+
+use crate::client_limits::ClientLimits;
 
 type Waiters = HashMap<Uuid, Vec<mpsc::UnboundedSender<ExecutionContext>>>;
 
-#[derive(Clone, Default)]
+#[derive(Clone)]
 pub struct ContextWatch {
     waiters: Arc<Mutex<Waiters>>,
+    limits: ClientLimits,
+}
+
+/// The part of a context the client counts need.
+#[derive(serde::Deserialize)]
+struct ClientAndState {
+    #[serde(default)]
+    client: Option<String>,
+    state: OperationState,
 }
 
 /// Changes of one operation's context, for as long as this lives.
@@ -41,6 +53,17 @@ impl Drop for Subscription {
 }
 
 impl ContextWatch {
+    pub fn new(limits: ClientLimits) -> Self {
+        Self {
+            waiters: Arc::default(),
+            limits,
+        }
+    }
+
+    pub fn limits(&self) -> &ClientLimits {
+        &self.limits
+    }
+
     /// Registers interest in `op`; subscribe before writing so no change is missed.
     pub fn subscribe(&self, op: Uuid) -> Subscription {
         let (tx, changes) = mpsc::unbounded_channel();
@@ -58,9 +81,11 @@ impl ContextWatch {
     }
 
     /// Follows the bucket until `cancel` fires, re-watching after errors.
+    /// Each watch starts with the latest value of every context, so the
+    /// client counts include operations submitted before this instance started.
     pub async fn follow(self, bucket: kv::Store, cancel: CancellationToken) {
         loop {
-            match bucket.watch_all().await {
+            match bucket.watch_with_history(">").await {
                 Ok(mut changes) => loop {
                     let entry = tokio::select! {
                         _ = cancel.cancelled() => return,
@@ -81,12 +106,17 @@ impl ContextWatch {
     }
 
     fn dispatch(&self, entry: &kv::Entry) {
-        if entry.operation != kv::Operation::Put {
-            return;
-        }
         let Ok(op) = entry.key.parse::<Uuid>() else {
             return;
         };
+        if entry.operation != kv::Operation::Put {
+            self.limits.forget(&op);
+            return;
+        }
+        if let Ok(seen) = serde_json::from_slice::<ClientAndState>(&entry.value) {
+            self.limits
+                .observe(op, seen.client.as_deref(), seen.state.is_terminal());
+        }
         let waiters = self.waiters.lock().unwrap_or_else(|e| e.into_inner());
         let Some(list) = waiters.get(&op) else { return };
         if let Ok(ctx) = decode::<ExecutionContext>(&entry.value) {

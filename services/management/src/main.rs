@@ -1,6 +1,7 @@
 //! `zf-management`: the HTTP API in front of a zerofoot cluster.
 
 mod auth;
+mod client_limits;
 mod cluster_view;
 mod config;
 mod context_watch;
@@ -13,12 +14,48 @@ use clap::Parser;
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
     let config = config::Config::parse();
+    if let Some(config::Command::NatsAuth { dir, clusters }) = config.command {
+        return write_nats_auth(dir, clusters).await;
+    }
     zerofoot_shared::telemetry::init();
     let shutdown = zerofoot_shared::shutdown::on_signals();
     match startup::run(config, shutdown).await {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(err) => {
             eprintln!("zf-management: {err:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+/// `zf-management nats-auth`: writes the NATS users and says where.
+async fn write_nats_auth(
+    dir: std::path::PathBuf,
+    clusters: Vec<zerofoot_shared::names::ClusterName>,
+) -> std::process::ExitCode {
+    let written = tokio::task::spawn_blocking(move || {
+        zerofoot_shared::nats_auth::write_auth_dir(&dir, &clusters)
+    })
+    .await;
+    match written {
+        Ok(Ok(files)) => {
+            let users: Vec<_> = files
+                .users
+                .iter()
+                .map(|(user, file)| serde_json::json!({"user": user, "password_file": file}))
+                .collect();
+            println!(
+                "{}",
+                serde_json::json!({"config": files.config, "users": users})
+            );
+            std::process::ExitCode::SUCCESS
+        }
+        Ok(Err(err)) => {
+            eprintln!("zf-management nats-auth: {err}");
+            std::process::ExitCode::FAILURE
+        }
+        Err(err) => {
+            eprintln!("zf-management nats-auth: {err}");
             std::process::ExitCode::FAILURE
         }
     }

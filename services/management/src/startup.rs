@@ -11,7 +11,8 @@ use tokio_util::sync::CancellationToken;
 use zerofoot_shared::assets::Assets;
 use zerofoot_shared::modules::ModuleCatalog;
 use zerofoot_shared::names::{Names, MANAGEMENT_SERVICE};
-use zerofoot_shared::nats::{connect_with_retry, service_metadata};
+use zerofoot_shared::nats::{connect_with_retry, service_metadata, ConnectSettings};
+use zerofoot_shared::nats_auth::ServiceRole;
 
 use crate::cluster_view::ClusterView;
 use crate::config::Config;
@@ -120,13 +121,14 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     if secrets_key.is_none() {
         tracing::warn!("no secrets key (ZF_SECRETS_KEY): resources with secrets will be refused");
     }
+    let nats_settings = ConnectSettings::from_args(&config.nats, ServiceRole::Management).await?;
     let state = AppState::new(config, tokens, secrets_key, shutdown.clone());
     let span =
         tracing::info_span!("management", id = %state.id(), cluster = %state.names().cluster());
     let _enter = span.enter();
     tracing::info!(addr = %listener.local_addr()?, "HTTP API listening");
 
-    tokio::spawn(connect(state.clone(), shutdown.clone()));
+    tokio::spawn(connect(state.clone(), nats_settings, shutdown.clone()));
 
     let app = crate::routes::router(state.clone());
     axum::serve(listener, app)
@@ -137,10 +139,10 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     Ok(())
 }
 
-async fn connect(state: AppState, shutdown: CancellationToken) {
+async fn connect(state: AppState, settings: ConnectSettings, shutdown: CancellationToken) {
     let config = state.config();
     let name = format!("zf-management {}", state.id());
-    let Ok(client) = connect_with_retry(&config.nats.nats_url, &name, &shutdown).await else {
+    let Ok(client) = connect_with_retry(&settings, &name, &shutdown).await else {
         return;
     };
     let mut delay = Duration::from_millis(200);
@@ -192,7 +194,9 @@ async fn connect(state: AppState, shutdown: CancellationToken) {
         }
     }
     let catalog = ModuleCatalog::start(assets.module_index.clone(), shutdown.clone());
-    let contexts = crate::context_watch::ContextWatch::default();
+    let contexts = crate::context_watch::ContextWatch::new(
+        crate::client_limits::ClientLimits::new(config.max_operations_per_client as usize),
+    );
     tokio::spawn(
         contexts
             .clone()

@@ -10,7 +10,8 @@ use tracing::Instrument;
 use zerofoot_shared::assets::Assets;
 use zerofoot_shared::modules::ModuleCatalog;
 use zerofoot_shared::names::REPOSITORY_SERVICE;
-use zerofoot_shared::nats::{connect_with_retry, service_metadata};
+use zerofoot_shared::nats::{connect_with_retry, service_metadata, ConnectSettings};
+use zerofoot_shared::nats_auth::ServiceRole;
 use zerofoot_shared::protocol::{encode, GetModule, ModuleRecord, PutModule, RemoteError, Reply};
 
 use crate::config::Config;
@@ -29,12 +30,8 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
 
 async fn serve(config: Config, id: String, shutdown: CancellationToken) -> anyhow::Result<()> {
     let names = config.nats.names();
-    let Ok(client) = connect_with_retry(
-        &config.nats.nats_url,
-        &format!("zf-repository {id}"),
-        &shutdown,
-    )
-    .await
+    let settings = ConnectSettings::from_args(&config.nats, ServiceRole::Repository).await?;
+    let Ok(client) = connect_with_retry(&settings, &format!("zf-repository {id}"), &shutdown).await
     else {
         return Ok(());
     };

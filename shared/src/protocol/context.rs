@@ -105,6 +105,10 @@ pub struct ExecutionContext {
     pub retries: u32,
     pub result: Option<Value>,
     pub error: Option<String>,
+    /// Who submitted it: the API client's label (role and a digest of its
+    /// token, never the token), counted against its limit of unfinished operations.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client: Option<String>,
     #[serde(with = "time::serde::rfc3339")]
     pub created_at: OffsetDateTime,
     #[serde(with = "time::serde::rfc3339")]
@@ -122,6 +126,7 @@ pub struct NewOperation {
     pub params: Value,
     pub timeout_ms: u64,
     pub retries: u32,
+    pub client: Option<String>,
 }
 
 impl ExecutionContext {
@@ -147,6 +152,7 @@ impl ExecutionContext {
             retries: op.retries,
             result: None,
             error: None,
+            client: op.client,
             created_at: now,
             updated_at: now,
         }
@@ -232,6 +238,7 @@ mod tests {
             params: serde_json::json!({}),
             timeout_ms: 1000,
             retries,
+            client: None,
         })
     }
 

@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use async_nats::jetstream::kv;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Extension, Path, Query, State};
 use axum::http::StatusCode;
 use futures::{StreamExt, TryStreamExt};
 use serde::Deserialize;
@@ -17,6 +17,7 @@ use zerofoot_shared::protocol::{
     SubmitAccepted, SubmitOperation, PROTOCOL_VERSION,
 };
 
+use crate::auth::ApiClient;
 use crate::error::{ApiError, ApiJson};
 use crate::startup::{AppState, Nats};
 
@@ -65,6 +66,7 @@ fn flag(query: &HashMap<String, String>, name: &str, default: bool) -> Result<bo
 pub async fn submit(
     State(state): State<AppState>,
     Query(query): Query<HashMap<String, String>>,
+    Extension(client): Extension<ApiClient>,
     ApiJson(body): ApiJson<Submit>,
 ) -> Result<(StatusCode, ApiJson<ExecutionContext>), ApiError> {
     let wait = flag(&query, "wait", true)?;
@@ -151,7 +153,15 @@ pub async fn submit(
         params,
         timeout_ms: spec.timeout_ms(),
         retries: spec.retries(),
+        client: Some(client.0.clone()),
     });
+    let admission = nats.contexts.limits().admit(&client.0).map_err(|e| {
+        ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "too_many_operations",
+            e.to_string(),
+        )
+    })?;
     let key = ctx.id.to_string();
     // Subscribe before writing, so no change of the context can slip past.
     let subscription = (ctx.kind == OperationKind::Sync).then(|| nats.contexts.subscribe(ctx.id));
@@ -161,6 +171,7 @@ pub async fn submit(
         .create(&key, encode(&ctx))
         .await
         .map_err(|e| ApiError::nats("cannot record the operation", e))?;
+    admission.recorded(ctx.id);
     tracing::info!(op = %ctx.id, module = %ctx.module, operation = %ctx.operation, "operation recorded");
 
     if ctx.kind == OperationKind::Async {

@@ -1,0 +1,464 @@
+//! NATS users for a zerofoot cluster: which subjects each service role may
+//! publish and subscribe to, and the nats-server `authorization` block that
+//! grants exactly that (`zf-management nats-auth` writes it).
+//!
+//! Every permission is built from [`Names`], so a renamed subject or bucket
+//! changes the grants with it. The JetStream API subjects (`$JS.API...`,
+//! `$KV...`, `$O...`) are NATS's own wire names for the operations the
+//! services use on their buckets and streams.
+
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+
+use crate::names::{ClusterName, Names};
+
+/// The service a NATS user stands for. Each has its own user per cluster.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ServiceRole {
+    Management,
+    Repository,
+    Agent,
+}
+
+impl ServiceRole {
+    pub const ALL: [ServiceRole; 3] = [
+        ServiceRole::Management,
+        ServiceRole::Repository,
+        ServiceRole::Agent,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ServiceRole::Management => "management",
+            ServiceRole::Repository => "repository",
+            ServiceRole::Agent => "agent",
+        }
+    }
+}
+
+/// Name of the user with every permission, for operators and the NATS CLI.
+pub const ADMIN_USER: &str = "admin";
+
+/// The NATS user name of `role` in `cluster`.
+pub fn user_name(cluster: &ClusterName, role: ServiceRole) -> String {
+    format!("zf-{cluster}-{}", role.as_str())
+}
+
+/// What one user may do.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Permissions {
+    pub publish: Vec<String>,
+    pub subscribe: Vec<String>,
+}
+
+impl Permissions {
+    /// Open a stream as [`crate::assets::Assets::open`] does: look it up,
+    /// and create it if this service starts first (an existing stream's
+    /// settings cannot be changed this way).
+    fn open_stream(&mut self, stream: &str) {
+        self.publish.push(format!("$JS.API.STREAM.INFO.{stream}"));
+        self.publish.push(format!("$JS.API.STREAM.CREATE.{stream}"));
+    }
+
+    /// Read a stream: single-message gets, and ordered consumers (KV
+    /// watches, object reads, event log reads) with their acks and flow control.
+    fn read_stream(&mut self, stream: &str) {
+        for api in [
+            format!("$JS.API.STREAM.MSG.GET.{stream}"),
+            format!("$JS.API.DIRECT.GET.{stream}"),
+            format!("$JS.API.DIRECT.GET.{stream}.>"),
+            format!("$JS.API.CONSUMER.CREATE.{stream}"),
+            format!("$JS.API.CONSUMER.CREATE.{stream}.>"),
+            format!("$JS.API.CONSUMER.INFO.{stream}.>"),
+            format!("$JS.API.CONSUMER.DELETE.{stream}.>"),
+            format!("$JS.API.CONSUMER.MSG.NEXT.{stream}.>"),
+            format!("$JS.ACK.{stream}.>"),
+            format!("$JS.FC.{stream}.>"),
+        ] {
+            self.publish.push(api);
+        }
+    }
+
+    fn read_kv(&mut self, bucket: &str) {
+        self.read_stream(&format!("KV_{bucket}"));
+    }
+
+    fn write_kv(&mut self, bucket: &str) {
+        self.read_kv(bucket);
+        self.publish.push(format!("$KV.{bucket}.>"));
+    }
+
+    fn read_objects(&mut self, bucket: &str) {
+        self.read_stream(&format!("OBJ_{bucket}"));
+    }
+
+    /// Put and delete objects: chunks and metadata, and the purge of a
+    /// replaced or deleted object's chunks.
+    fn write_objects(&mut self, bucket: &str) {
+        self.read_objects(bucket);
+        self.publish.push(format!("$O.{bucket}.>"));
+        self.publish
+            .push(format!("$JS.API.STREAM.PURGE.OBJ_{bucket}"));
+    }
+
+    /// Answer `$SRV` discovery (`nats micro ls`) as micro service `service`.
+    fn serve_micro(&mut self, service: &str) {
+        for verb in ["PING", "INFO", "STATS"] {
+            self.subscribe.push(format!("$SRV.{verb}"));
+            self.subscribe.push(format!("$SRV.{verb}.{service}"));
+            self.subscribe.push(format!("$SRV.{verb}.{service}.>"));
+        }
+    }
+}
+
+/// The permissions of `role` in the cluster of `names`. Every role may also
+/// answer the requests it receives (`allow_responses`).
+pub fn permissions(names: &Names, role: ServiceRole) -> Permissions {
+    let mut p = Permissions::default();
+    p.subscribe.push(names.inbox_subscription(role.as_str()));
+    // JetStream account info: what the client library asks first.
+    p.publish.push("$JS.API.INFO".to_string());
+    for stream in names.all_streams() {
+        p.open_stream(&stream);
+    }
+    match role {
+        ServiceRole::Management => {
+            p.serve_micro(crate::names::MANAGEMENT_SERVICE);
+            p.publish.push(names.op_submit());
+            p.publish.push(names.op_cancel("*"));
+            p.publish.push(names.repository_put());
+            // /v1/cluster lists the management instances that answer.
+            p.publish
+                .push(format!("$SRV.PING.{}", crate::names::MANAGEMENT_SERVICE));
+            p.subscribe.push(names.all_heartbeats());
+            p.subscribe.push(names.all_management_subjects());
+            p.write_kv(&names.contexts_bucket());
+            p.write_kv(&names.resources_bucket());
+            p.read_kv(&names.module_index_bucket());
+            p.read_stream(&names.events_stream());
+            p.write_objects(&names.upload_objects());
+        }
+        ServiceRole::Repository => {
+            p.serve_micro(crate::names::REPOSITORY_SERVICE);
+            p.subscribe.push(names.repository_endpoints());
+            p.publish.push(names.module_announce("*"));
+            p.write_kv(&names.module_index_bucket());
+            p.write_objects(&names.module_objects());
+            // Uploads are deleted once stored or refused.
+            p.write_objects(&names.upload_objects());
+        }
+        ServiceRole::Agent => {
+            p.serve_micro(crate::names::AGENT_NODE_SERVICE);
+            p.publish.push(names.all_heartbeats());
+            p.publish.push(names.management_register("*"));
+            p.publish
+                .push(format!("$SRV.PING.{}", crate::names::MANAGEMENT_SERVICE));
+            // Event appends are JetStream publishes to the event subjects.
+            p.publish.push(names.all_op_events());
+            p.subscribe.push(names.op_submit());
+            p.subscribe.push(names.op_cancel("*"));
+            p.subscribe.push(names.all_node_subjects());
+            p.write_kv(&names.contexts_bucket());
+            p.write_kv(&names.lead_bucket());
+            p.write_kv(&names.resources_bucket());
+            p.read_kv(&names.module_index_bucket());
+            p.read_objects(&names.module_objects());
+            p.read_stream(&names.events_stream());
+        }
+    }
+    p
+}
+
+/// One user of the generated configuration; `permissions: None` is the admin.
+#[derive(Clone, Debug)]
+pub struct User {
+    pub name: String,
+    pub password: String,
+    pub permissions: Option<Permissions>,
+}
+
+/// The nats-server `authorization` block for `users`, to `include` from the
+/// server's configuration.
+pub fn render_authorization(users: &[User]) -> String {
+    let quote = |s: &str| serde_json::Value::String(s.to_string()).to_string();
+    let list = |subjects: &[String]| {
+        subjects
+            .iter()
+            .map(|s| format!("          {}", quote(s)))
+            .collect::<Vec<_>>()
+            .join(",\n")
+    };
+    let mut out = String::from(
+        "# Generated by `zf-management nats-auth`: one NATS user per zerofoot service role\n\
+         # and cluster, each allowed only the subjects it needs, and `admin` for operators.\n\
+         # Keep this file private (it holds the passwords); regenerate it after changing\n\
+         # the clusters or rotating a password.\n\
+         authorization {\n  users = [\n",
+    );
+    for user in users {
+        let _ = write!(
+            out,
+            "    {{\n      user: {}\n      password: {}\n",
+            quote(&user.name),
+            quote(&user.password)
+        );
+        if let Some(p) = &user.permissions {
+            let _ = write!(
+                out,
+                "      permissions: {{\n        publish: {{ allow: [\n{}\n        ] }}\n        subscribe: {{ allow: [\n{}\n        ] }}\n        allow_responses: true\n      }}\n",
+                list(&p.publish),
+                list(&p.subscribe)
+            );
+        }
+        out.push_str("    }\n");
+    }
+    out.push_str("  ]\n}\n");
+    out
+}
+
+/// Why the configuration could not be written.
+#[derive(Debug, thiserror::Error)]
+pub enum AuthFilesError {
+    #[error("cannot write {path}: {source}")]
+    Write {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path} must hold one password of 16 to 128 characters from A-Z, a-z, 0-9, '-' and '_'; delete it to get a new one")]
+    BadPassword { path: PathBuf },
+}
+
+/// What [`write_auth_dir`] produced.
+#[derive(Clone, Debug)]
+pub struct AuthFiles {
+    /// The `authorization` block for nats-server.
+    pub config: PathBuf,
+    /// User name and password file of every user.
+    pub users: Vec<(String, PathBuf)>,
+}
+
+/// Path of `user`'s password file in `dir`.
+pub fn password_file(dir: &Path, user: &str) -> PathBuf {
+    dir.join(format!("{user}.password"))
+}
+
+/// Writes `dir/auth.conf` for `clusters`, with one password file per user
+/// (`dir/<user>.password`, mode 0600). Existing password files are kept, so
+/// running it again changes nothing unless a cluster was added; delete a
+/// password file to rotate that password.
+pub fn write_auth_dir(dir: &Path, clusters: &[ClusterName]) -> Result<AuthFiles, AuthFilesError> {
+    create_private_dir(dir)?;
+    let mut users = Vec::new();
+    let mut files = Vec::new();
+    let mut add = |name: String, permissions: Option<Permissions>| {
+        let path = password_file(dir, &name);
+        let password = read_or_make_password(&path)?;
+        files.push((name.clone(), path));
+        users.push(User {
+            name,
+            password,
+            permissions,
+        });
+        Ok::<(), AuthFilesError>(())
+    };
+    add(ADMIN_USER.to_string(), None)?;
+    for cluster in clusters {
+        let names = Names::new(cluster.clone());
+        for role in ServiceRole::ALL {
+            add(user_name(cluster, role), Some(permissions(&names, role)))?;
+        }
+    }
+    let config = dir.join("auth.conf");
+    write_private(&config, render_authorization(&users).as_bytes())?;
+    Ok(AuthFiles {
+        config,
+        users: files,
+    })
+}
+
+fn read_or_make_password(path: &Path) -> Result<String, AuthFilesError> {
+    match std::fs::read_to_string(path) {
+        Ok(text) => {
+            let password = text.trim();
+            let ok = (16..=128).contains(&password.len())
+                && password
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+            if ok {
+                Ok(password.to_string())
+            } else {
+                Err(AuthFilesError::BadPassword {
+                    path: path.to_path_buf(),
+                })
+            }
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            use chacha20poly1305::aead::rand_core::RngCore;
+            let mut bytes = [0u8; 24];
+            chacha20poly1305::aead::OsRng.fill_bytes(&mut bytes);
+            let password = hex::encode(bytes);
+            write_private(path, format!("{password}\n").as_bytes())?;
+            Ok(password)
+        }
+        Err(source) => Err(AuthFilesError::Read {
+            path: path.to_path_buf(),
+            source,
+        }),
+    }
+}
+
+fn create_private_dir(dir: &Path) -> Result<(), AuthFilesError> {
+    use std::os::unix::fs::DirBuilderExt;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .map_err(|source| AuthFilesError::Write {
+            path: dir.to_path_buf(),
+            source,
+        })
+}
+
+/// Writes through a temporary file and a rename, readable by the owner only.
+fn write_private(path: &Path, bytes: &[u8]) -> Result<(), AuthFilesError> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let tmp = path.with_extension("tmp");
+    let result = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)
+        .and_then(|mut f| f.write_all(bytes).and_then(|_| f.sync_all()))
+        .and_then(|_| std::fs::rename(&tmp, path));
+    result.map_err(|source| AuthFilesError::Write {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn names() -> Names {
+        Names::new("prod".parse().expect("cluster"))
+    }
+
+    fn allows(patterns: &[String], subject: &str) -> bool {
+        patterns.iter().any(|p| subject_matches(p, subject))
+    }
+
+    /// NATS wildcard matching: `*` one token, `>` the rest.
+    fn subject_matches(pattern: &str, subject: &str) -> bool {
+        let mut s = subject.split('.');
+        for token in pattern.split('.') {
+            match (token, s.next()) {
+                (">", Some(_)) => return true,
+                ("*", Some(_)) => {}
+                (t, Some(x)) if t == x => {}
+                _ => return false,
+            }
+        }
+        s.next().is_none()
+    }
+
+    #[test]
+    fn only_the_repository_writes_modules() {
+        let n = names();
+        let index_put = format!("$KV.{}.shell.1.0.0", n.module_index_bucket());
+        let object_put = format!("$O.{}.C.abc", n.module_objects());
+        for role in ServiceRole::ALL {
+            let p = permissions(&n, role);
+            let expected = role == ServiceRole::Repository;
+            assert_eq!(allows(&p.publish, &index_put), expected, "{role:?}");
+            assert_eq!(allows(&p.publish, &object_put), expected, "{role:?}");
+        }
+    }
+
+    #[test]
+    fn the_repository_cannot_write_contexts_and_nobody_reads_other_clusters() {
+        let n = names();
+        let repo = permissions(&n, ServiceRole::Repository);
+        assert!(!allows(
+            &repo.publish,
+            &format!("$KV.{}.x", n.contexts_bucket())
+        ));
+        let other = Names::new("other".parse().expect("cluster"));
+        for role in ServiceRole::ALL {
+            let p = permissions(&n, role);
+            for subject in [
+                other.op_submit(),
+                other.heartbeat("n1"),
+                other.op_events("1"),
+                format!("$KV.{}.x", other.contexts_bucket()),
+                format!("$JS.API.CONSUMER.CREATE.KV_{}", other.contexts_bucket()),
+            ] {
+                assert!(!allows(&p.subscribe, &subject), "{role:?} sub {subject}");
+                assert!(!allows(&p.publish, &subject), "{role:?} pub {subject}");
+            }
+        }
+    }
+
+    #[test]
+    fn agents_do_what_a_node_does() {
+        let n = names();
+        let p = permissions(&n, ServiceRole::Agent);
+        for subject in [
+            n.heartbeat("node-1"),
+            n.op_events("42"),
+            n.management_register("m1"),
+            format!("$KV.{}.42", n.contexts_bucket()),
+            format!("$KV.{}.lead", n.lead_bucket()),
+        ] {
+            assert!(allows(&p.publish, &subject), "publish {subject}");
+        }
+        for subject in [n.op_submit(), n.op_cancel("42"), n.node_mirror("node-1")] {
+            assert!(allows(&p.subscribe, &subject), "subscribe {subject}");
+        }
+    }
+
+    #[test]
+    fn the_rendered_block_lists_every_user() {
+        let n = names();
+        let users = vec![
+            User {
+                name: ADMIN_USER.into(),
+                password: "a".repeat(16),
+                permissions: None,
+            },
+            User {
+                name: user_name(n.cluster(), ServiceRole::Agent),
+                password: "b".repeat(16),
+                permissions: Some(permissions(&n, ServiceRole::Agent)),
+            },
+        ];
+        let text = render_authorization(&users);
+        assert!(text.contains("user: \"zf-prod-agent\""));
+        assert!(text.contains("allow_responses: true"));
+        assert_eq!(text.matches("permissions:").count(), 1);
+    }
+
+    #[test]
+    fn password_files_are_kept_and_checked() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let cluster: ClusterName = "c1".parse().expect("cluster");
+        let first = write_auth_dir(dir.path(), std::slice::from_ref(&cluster)).expect("write");
+        assert_eq!(first.users.len(), 4);
+        let config = std::fs::read_to_string(&first.config).expect("config");
+        let again = write_auth_dir(dir.path(), std::slice::from_ref(&cluster)).expect("write again");
+        assert_eq!(
+            config,
+            std::fs::read_to_string(&again.config).expect("config")
+        );
+        std::fs::write(password_file(dir.path(), ADMIN_USER), "short").expect("write");
+        let err = write_auth_dir(dir.path(), &[cluster]).expect_err("bad password");
+        assert!(err.to_string().contains("delete it"), "{err}");
+    }
+}
