@@ -176,7 +176,11 @@ pub async fn connect_with_retry(
                     "NATS refused the credentials: check --nats-user and its password (or --nats-creds / --nats-nkey-file) against the server's authorization config"
                 );
             }
-            Err(err) if err.kind() == ConnectErrorKind::Tls => {
+            // rustls reports a certificate it cannot verify as an IO error.
+            Err(err)
+                if err.kind() == ConnectErrorKind::Tls
+                    || err.to_string().contains("certificate") =>
+            {
                 tracing::error!(
                     url, attempt, error = %err, retry_in_ms = delay.as_millis() as u64,
                     "TLS with NATS failed: check --nats-tls-ca (and the client certificate) against the server's certificate, and that the URL names the host the certificate is for"

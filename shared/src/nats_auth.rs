@@ -452,7 +452,8 @@ mod tests {
         let first = write_auth_dir(dir.path(), std::slice::from_ref(&cluster)).expect("write");
         assert_eq!(first.users.len(), 4);
         let config = std::fs::read_to_string(&first.config).expect("config");
-        let again = write_auth_dir(dir.path(), std::slice::from_ref(&cluster)).expect("write again");
+        let again =
+            write_auth_dir(dir.path(), std::slice::from_ref(&cluster)).expect("write again");
         assert_eq!(
             config,
             std::fs::read_to_string(&again.config).expect("config")

@@ -277,6 +277,44 @@ pub struct NatsServer {
     pub port: u16,
     pub process: Process,
     pub auth: NatsAuth,
+    /// The CA clients verify the server with, when it requires TLS.
+    pub tls_ca: Option<PathBuf>,
+}
+
+/// A CA and a server certificate for 127.0.0.1 and localhost it signed,
+/// as PEM files in their own folder.
+pub struct TestTls {
+    _dir: tempfile::TempDir,
+    pub ca: PathBuf,
+    pub server_cert: PathBuf,
+    pub server_key: PathBuf,
+}
+
+impl TestTls {
+    pub fn generate() -> Self {
+        use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut ca_params = CertificateParams::new(Vec::<String>::new()).expect("CA params");
+        ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate().expect("CA key"))
+            .expect("CA certificate");
+        let server_key = KeyPair::generate().expect("server key");
+        let server = CertificateParams::new(vec!["127.0.0.1".to_string(), "localhost".to_string()])
+            .expect("server params")
+            .signed_by(&server_key, &ca)
+            .expect("server certificate");
+        let write = |name: &str, text: String| {
+            let path = dir.path().join(name);
+            std::fs::write(&path, text).expect("write PEM");
+            path
+        };
+        Self {
+            ca: write("ca.pem", ca.pem()),
+            server_cert: write("server.pem", server.pem()),
+            server_key: write("server-key.pem", server_key.serialize_pem()),
+            _dir: dir,
+        }
+    }
 }
 
 impl NatsServer {
@@ -288,6 +326,15 @@ impl NatsServer {
     /// benchmarks set it) JetStream syncs every write to disk before its ack,
     /// as the shipped configurations do.
     pub fn start_on(dir: &Path, port: u16, auth: &NatsAuth) -> Self {
+        Self::start_configured(dir, port, auth, None)
+    }
+
+    /// Starts nats-server requiring TLS with `tls`'s server certificate.
+    pub fn start_tls(dir: &Path, auth: &NatsAuth, tls: &TestTls) -> Self {
+        Self::start_configured(dir, free_port(), auth, Some(tls))
+    }
+
+    fn start_configured(dir: &Path, port: u16, auth: &NatsAuth, tls: Option<&TestTls>) -> Self {
         let store = dir.join("nats-store");
         let sync = if std::env::var("ZF_NATS_SYNC_ALWAYS").is_ok_and(|v| v == "1") {
             "sync_interval: always"
@@ -305,6 +352,14 @@ impl NatsServer {
                 .expect("the NATS users live in the server's folder")
                 .display()
         );
+        let text = match tls {
+            Some(tls) => format!(
+                "{text}tls {{\n  cert_file: \"{}\"\n  key_file: \"{}\"\n}}\n",
+                tls.server_cert.display(),
+                tls.server_key.display()
+            ),
+            None => text,
+        };
         std::fs::write(&config, text).expect("write nats.conf");
         let args = vec!["-c".into(), config.display().to_string()];
         let process = Process::spawn("nats-server", &nats_server_binary(), &args, &[], dir);
@@ -312,6 +367,7 @@ impl NatsServer {
             port,
             process,
             auth: auth.clone(),
+            tls_ca: tls.map(|t| t.ca.clone()),
         };
         server.wait_ready();
         server
@@ -360,9 +416,14 @@ impl NatsServer {
         &self,
         user: &str,
     ) -> Result<async_nats::Client, async_nats::ConnectError> {
-        async_nats::ConnectOptions::with_user_and_password(user.into(), self.auth.password(user))
-            .connect(self.url())
-            .await
+        let mut options = async_nats::ConnectOptions::with_user_and_password(
+            user.into(),
+            self.auth.password(user),
+        );
+        if let Some(ca) = &self.tls_ca {
+            options = options.add_root_certificates(ca.clone()).require_tls(true);
+        }
+        options.connect(self.url()).await
     }
 }
 
@@ -407,12 +468,24 @@ impl Cluster {
 
     /// Only nats-server; add services by hand.
     pub async fn bare() -> Self {
+        Self::bare_on(None).await
+    }
+
+    /// Only nats-server, requiring TLS with `tls`; the services get its CA.
+    pub async fn bare_tls(tls: &TestTls) -> Self {
+        Self::bare_on(Some(tls)).await
+    }
+
+    async fn bare_on(tls: Option<&TestTls>) -> Self {
         let mut dir = tempfile::tempdir().expect("tempdir");
         // Keeps logs and stores for a look after the run.
         dir.disable_cleanup(std::env::var_os("ZF_KEEP_TEST_DIRS").is_some());
         let cluster = format!("t{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
         let auth = NatsAuth::generate(dir.path(), &[&cluster]);
-        let nats = NatsServer::start(dir.path(), &auth);
+        let nats = match tls {
+            Some(tls) => NatsServer::start_tls(dir.path(), &auth, tls),
+            None => NatsServer::start(dir.path(), &auth),
+        };
         Self {
             cluster,
             nats,
@@ -436,6 +509,9 @@ impl Cluster {
             ("ZF_SECRETS_KEY".into(), TEST_SECRETS_KEY.into()),
         ];
         env.extend(self.nats.auth.env(&self.cluster, role));
+        if let Some(ca) = &self.nats.tls_ca {
+            env.push(("ZF_NATS_TLS_CA".into(), ca.display().to_string()));
+        }
         env
     }
 

@@ -210,3 +210,66 @@ async fn an_agent_cannot_touch_modules_the_repository_cannot_touch_contexts_and_
     // The cluster is unharmed.
     cluster.wait_nodes_up(1).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn over_tls_the_cluster_works_and_a_node_without_the_ca_is_refused() {
+    let tls = zerofoot_tests::TestTls::generate();
+    let mut cluster = Cluster::bare_tls(&tls).await;
+    cluster.start_repository();
+    cluster.start_management();
+    cluster.add_node(&Default::default());
+    cluster.wait_healthy().await;
+    cluster.wait_module("shell", "1.0.0").await;
+    let (status, body) = cluster
+        .post_json(
+            "/v1/operations",
+            &serde_json::json!({"module": "shell", "operation": "run",
+                "params": {"command": "echo", "args": ["over tls"]}}),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["result"]["stdout"], "over tls\n", "{body}");
+
+    // A node that does not know the CA cannot verify the server.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let env: Vec<(String, String)> = cluster
+        .common_env("agent")
+        .into_iter()
+        .filter(|(k, _)| k != "ZF_NATS_TLS_CA")
+        .collect();
+    let node = zerofoot_tests::Process::spawn(
+        "node-without-ca",
+        &zerofoot_tests::service_binary("zf-agent-node"),
+        &[
+            "--data-dir".into(),
+            dir.path().join("data").display().to_string(),
+        ],
+        &env,
+        dir.path(),
+    );
+    zerofoot_tests::wait_until(
+        "the node without the CA to log that TLS failed",
+        Duration::from_secs(20),
+        || {
+            let text = node.log_text();
+            async move {
+                if text.contains("TLS with NATS failed") {
+                    Ok(())
+                } else {
+                    Err(text)
+                }
+            }
+        },
+    )
+    .await;
+    let plain = async_nats::ConnectOptions::with_user_and_password(
+        "admin".into(),
+        cluster.nats.auth.password("admin"),
+    )
+    .connect(cluster.nats.url())
+    .await;
+    assert!(
+        plain.is_err(),
+        "a client that cannot verify the server must not connect"
+    );
+}
