@@ -512,4 +512,145 @@ mod tests {
         assert_eq!(inspect(a.as_slice()).expect("valid").name, "demo");
         assert!(digest(&a).starts_with("sha256:") && digest(&a).len() == 7 + 64);
     }
+
+    mod properties {
+        use super::*;
+        use proptest::prelude::*;
+
+        /// A path from parts that matter to the rules: `..`, `.`, empty
+        /// parts, absolute paths and the names a module holds.
+        fn path() -> impl Strategy<Value = String> {
+            let part =
+                prop::sample::select(vec!["a", "b", "..", ".", "", "bin", "run", "module.json"]);
+            (any::<bool>(), prop::collection::vec(part, 1..4)).prop_map(|(absolute, parts)| {
+                let joined = parts.join("/");
+                if absolute {
+                    format!("/{joined}")
+                } else {
+                    joined
+                }
+            })
+        }
+
+        fn kind() -> impl Strategy<Value = tar::EntryType> {
+            prop::sample::select(vec![
+                tar::EntryType::Regular,
+                tar::EntryType::Directory,
+                tar::EntryType::Symlink,
+                tar::EntryType::Link,
+                tar::EntryType::Char,
+                tar::EntryType::Fifo,
+            ])
+        }
+
+        fn entries() -> impl Strategy<Value = Vec<(String, tar::EntryType, String, Vec<u8>)>> {
+            prop::collection::vec(
+                (
+                    path(),
+                    kind(),
+                    path(),
+                    prop::collection::vec(any::<u8>(), 0..16),
+                ),
+                0..6,
+            )
+        }
+
+        /// `path` with `.` and `..` resolved without touching the disk.
+        fn lexical(path: &Path) -> PathBuf {
+            let mut out = PathBuf::new();
+            for c in path.components() {
+                match c {
+                    std::path::Component::ParentDir => {
+                        out.pop();
+                    }
+                    std::path::Component::CurDir => {}
+                    other => out.push(other),
+                }
+            }
+            out
+        }
+
+        /// Nothing beside `root` in `parent`, and every symlink under `root`
+        /// points inside it.
+        fn assert_contained(parent: &Path, root: &Path) {
+            let beside: Vec<_> = fs::read_dir(parent)
+                .expect("read parent")
+                .flatten()
+                .map(|e| e.file_name())
+                .collect();
+            assert_eq!(
+                beside,
+                vec![std::ffi::OsString::from("root")],
+                "something escaped the root"
+            );
+            let mut stack = vec![root.to_path_buf()];
+            while let Some(dir) = stack.pop() {
+                for entry in fs::read_dir(&dir).expect("read dir").flatten() {
+                    let path = entry.path();
+                    let meta = fs::symlink_metadata(&path).expect("metadata");
+                    if meta.file_type().is_symlink() {
+                        let target = fs::read_link(&path).expect("read link");
+                        let resolved = lexical(&dir.join(&target));
+                        assert!(
+                            resolved.starts_with(root),
+                            "{} points outside the root: {}",
+                            path.display(),
+                            target.display()
+                        );
+                    } else if meta.is_dir() {
+                        stack.push(path);
+                    } else {
+                        assert!(
+                            meta.is_file(),
+                            "{} is neither file, directory nor link",
+                            path.display()
+                        );
+                    }
+                }
+            }
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(256))]
+
+            /// Whatever the archive holds, nothing lands outside the root,
+            /// and nothing the validator refuses is ever unpacked.
+            #[test]
+            fn unpacking_never_escapes_and_agrees_with_the_validator(extra in entries()) {
+                let raws: Vec<Raw<'_>> = extra
+                    .iter()
+                    .map(|(name, kind, link, data)| Raw { name, kind: *kind, link, data })
+                    .collect();
+                let bytes = bundle(raws);
+                let accepted = inspect(bytes.as_slice());
+                let dir = tempfile::tempdir().expect("tempdir");
+                let root = dir.path().join("root");
+                fs::create_dir(&root).expect("mkdir");
+                let unpacked = unpack(bytes.as_slice(), &root);
+                if unpacked.is_ok() {
+                    prop_assert!(accepted.is_ok(), "unpacked what inspect refused: {:?}", accepted.err());
+                }
+                assert_contained(dir.path(), &root);
+            }
+
+            /// Arbitrary bytes, and a valid bundle with bytes changed or cut
+            /// off, are refused with an error or accepted whole; never a panic.
+            #[test]
+            fn damaged_bundles_never_panic(
+                noise in prop::collection::vec(any::<u8>(), 0..512),
+                flips in prop::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 0..4),
+                cut in any::<prop::sample::Index>(),
+            ) {
+                let _ = inspect(noise.as_slice());
+                let mut damaged = bundle(Vec::new());
+                for (at, byte) in flips {
+                    let i = at.index(damaged.len());
+                    damaged[i] ^= byte;
+                }
+                let _ = inspect(damaged.as_slice());
+                let len = cut.index(damaged.len());
+                let _ = inspect(&damaged[..len]);
+            }
+        }
+    }
 }

@@ -11,7 +11,6 @@ use std::time::Duration;
 
 use nix::sys::signal::{killpg, Signal};
 use nix::unistd::Pid;
-use serde_json::Value;
 use tokio::io::{AsyncBufRead, AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio_util::sync::CancellationToken;
 
@@ -24,60 +23,7 @@ const STDERR_TAIL_BYTES: usize = 4096;
 /// How long a cancelled driver gets between SIGTERM and SIGKILL.
 const TERM_GRACE: Duration = Duration::from_secs(5);
 
-/// One line of driver output.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Output {
-    Result(Value),
-    Event { data: Value, key: Option<String> },
-    Checkpoint(Value),
-    ResourceState(Value),
-    Log { level: String, msg: String },
-}
-
-/// Reads one stdout line. A line that is not one of the protocol's messages
-/// is kept as a log line, never a failure.
-pub fn parse_line(line: &[u8]) -> Option<Output> {
-    let text = String::from_utf8_lossy(line);
-    let text = text.trim_end_matches('\r');
-    if text.trim().is_empty() {
-        return None;
-    }
-    let as_log = || Output::Log {
-        level: "info".into(),
-        msg: text.to_string(),
-    };
-    let Ok(Value::Object(mut obj)) = serde_json::from_str::<Value>(text) else {
-        return Some(as_log());
-    };
-    let data = obj.remove("data").unwrap_or(Value::Null);
-    let output = match obj.get("type").and_then(Value::as_str) {
-        Some("result") => Output::Result(data),
-        Some("event") => Output::Event {
-            data,
-            key: match obj.get("key") {
-                Some(Value::String(s)) => Some(s.clone()),
-                Some(Value::Number(n)) => Some(n.to_string()),
-                _ => None,
-            },
-        },
-        Some("checkpoint") => Output::Checkpoint(data),
-        Some("resource_state") => Output::ResourceState(data),
-        Some("log") => Output::Log {
-            level: obj
-                .get("level")
-                .and_then(Value::as_str)
-                .unwrap_or("info")
-                .to_string(),
-            msg: obj
-                .get("msg")
-                .and_then(Value::as_str)
-                .unwrap_or("")
-                .to_string(),
-        },
-        _ => as_log(),
-    };
-    Some(output)
-}
+pub use zerofoot_shared::protocol::{parse_line, Output};
 
 /// Logs a driver's `log` line at its level (already masked by the caller).
 pub fn log_line(level: &str, msg: &str) {
@@ -324,61 +270,6 @@ async fn read_tail(mut stream: impl tokio::io::AsyncRead + Unpin) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use serde_json::json;
-
-    #[test]
-    fn protocol_lines_are_parsed() {
-        assert_eq!(
-            parse_line(br#"{"type":"result","data":{"a":1}}"#),
-            Some(Output::Result(json!({"a":1})))
-        );
-        assert_eq!(
-            parse_line(br#"{"type":"event","data":2,"key":"k"}"#),
-            Some(Output::Event {
-                data: json!(2),
-                key: Some("k".into())
-            })
-        );
-        assert_eq!(
-            parse_line(br#"{"type":"event","data":2,"key":7}"#),
-            Some(Output::Event {
-                data: json!(2),
-                key: Some("7".into())
-            })
-        );
-        assert_eq!(
-            parse_line(br#"{"type":"checkpoint","data":{"o":3}}"#),
-            Some(Output::Checkpoint(json!({"o":3})))
-        );
-        assert_eq!(
-            parse_line(br#"{"type":"resource_state","data":"up"}"#),
-            Some(Output::ResourceState(json!("up")))
-        );
-        assert_eq!(
-            parse_line(br#"{"type":"log","level":"warn","msg":"m"}"#),
-            Some(Output::Log {
-                level: "warn".into(),
-                msg: "m".into()
-            })
-        );
-    }
-
-    #[test]
-    fn anything_else_is_a_log_line() {
-        for raw in [
-            &b"plain text"[..],
-            b"{\"type\":\"weird\"}",
-            b"[1,2]",
-            b"{broken",
-            b"\xff\xfe",
-        ] {
-            assert!(
-                matches!(parse_line(raw), Some(Output::Log { .. })),
-                "{raw:?}"
-            );
-        }
-        assert_eq!(parse_line(b"   "), None);
-    }
 
     #[tokio::test]
     async fn long_lines_are_refused_without_holding_them() {

@@ -3,6 +3,7 @@
 //! know rather than guess.
 
 mod context;
+mod driver_output;
 mod heartbeat;
 mod manifest;
 mod reply;
@@ -11,6 +12,7 @@ mod resource;
 pub use context::{
     Attempt, AttemptOutcome, CheckpointPosition, ExecutionContext, NewOperation, OperationState,
 };
+pub use driver_output::{parse_line, Output};
 pub use heartbeat::{Heartbeat, LeadClaim, Role};
 pub use manifest::{
     Manifest, ManifestError, ModuleRecord, OperationKind, OperationSpec, DEFAULT_RETRIES,
