@@ -2,6 +2,10 @@
 //! the cluster's secrets key, bound to the resource id, so the resources
 //! bucket never holds a secret in the clear. Management seals on write; only
 //! the node that builds a driver's stdin opens them.
+//!
+//! Rotation: the current key seals; previous keys (`--secrets-previous-keys`)
+//! still open what they sealed, until management reseals every resource
+//! under the current key.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -25,11 +29,17 @@ pub enum SealError {
     Open(String),
     #[error("cannot seal the secrets of resource {0}")]
     Seal(String),
+    #[error("previous secrets keys were given without a current one: set --secrets-key (or its file) to the new key")]
+    PreviousWithoutCurrent,
 }
 
-/// The cluster's secrets key. Debug output never shows it.
+/// The cluster's secrets key, with the previous keys it replaced. Debug
+/// output never shows them.
 #[derive(Clone)]
-pub struct SecretsKey(XChaCha20Poly1305);
+pub struct SecretsKey {
+    current: XChaCha20Poly1305,
+    previous: Vec<XChaCha20Poly1305>,
+}
 
 impl std::fmt::Debug for SecretsKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -44,8 +54,23 @@ impl SecretsKey {
             return Err(SealError::BadKey);
         }
         XChaCha20Poly1305::new_from_slice(&bytes)
-            .map(Self)
+            .map(|current| Self {
+                current,
+                previous: Vec::new(),
+            })
             .map_err(|_| SealError::BadKey)
+    }
+
+    /// Adds keys that no longer seal but still open, e.g. `a,b` in hex.
+    pub fn with_previous(mut self, keys: &str) -> Result<Self, SealError> {
+        for key in keys
+            .split([',', '\n'])
+            .map(str::trim)
+            .filter(|k| !k.is_empty())
+        {
+            self.previous.push(Self::from_hex(key)?.current);
+        }
+        Ok(self)
     }
 
     /// From `--secrets-key` text or `--secrets-key-file`; `None` when neither is given.
@@ -73,7 +98,7 @@ impl SecretsKey {
         let plain =
             serde_json::to_vec(secrets).map_err(|_| SealError::Seal(resource.to_string()))?;
         let sealed = self
-            .0
+            .current
             .encrypt(
                 &nonce,
                 Payload {
@@ -87,29 +112,49 @@ impl SecretsKey {
         Ok(hex::encode(out))
     }
 
+    /// Opens what this key or one of the previous keys sealed.
     pub fn open(
         &self,
         resource: &str,
         sealed: &str,
     ) -> Result<BTreeMap<String, String>, SealError> {
-        let fail = || SealError::Open(resource.to_string());
-        let bytes = hex::decode(sealed).map_err(|_| fail())?;
-        if bytes.len() < NONCE_LEN {
-            return Err(fail());
-        }
-        let (nonce, ciphertext) = bytes.split_at(NONCE_LEN);
-        let plain = self
-            .0
-            .decrypt(
-                XNonce::from_slice(nonce),
-                Payload {
-                    msg: ciphertext,
-                    aad: resource.as_bytes(),
-                },
-            )
-            .map_err(|_| fail())?;
-        serde_json::from_slice(&plain).map_err(|_| fail())
+        std::iter::once(&self.current)
+            .chain(&self.previous)
+            .find_map(|key| open_with(key, resource, sealed))
+            .ok_or_else(|| SealError::Open(resource.to_string()))
     }
+
+    /// Seals again under the current key what a previous key sealed;
+    /// `None` when the current key sealed it already.
+    pub fn reseal(&self, resource: &str, sealed: &str) -> Result<Option<String>, SealError> {
+        if open_with(&self.current, resource, sealed).is_some() {
+            return Ok(None);
+        }
+        let secrets = self.open(resource, sealed)?;
+        self.seal(resource, &secrets).map(Some)
+    }
+}
+
+fn open_with(
+    key: &XChaCha20Poly1305,
+    resource: &str,
+    sealed: &str,
+) -> Option<BTreeMap<String, String>> {
+    let bytes = hex::decode(sealed).ok()?;
+    if bytes.len() < NONCE_LEN {
+        return None;
+    }
+    let (nonce, ciphertext) = bytes.split_at(NONCE_LEN);
+    let plain = key
+        .decrypt(
+            XNonce::from_slice(nonce),
+            Payload {
+                msg: ciphertext,
+                aad: resource.as_bytes(),
+            },
+        )
+        .ok()?;
+    serde_json::from_slice(&plain).ok()
 }
 
 /// Flags for the secrets key, flattened into the services that need it.
@@ -123,6 +168,15 @@ pub struct SecretsKeyArgs {
     /// A file holding the secrets key.
     #[arg(long, env = "ZF_SECRETS_KEY_FILE")]
     pub secrets_key_file: Option<std::path::PathBuf>,
+
+    /// Keys the secrets key replaced, comma separated: they still open what
+    /// they sealed until `POST /v1/admin/reseal-secrets` has run.
+    #[arg(long, env = "ZF_SECRETS_PREVIOUS_KEYS", hide_env_values = true)]
+    pub secrets_previous_keys: Option<String>,
+
+    /// A file of previous keys, one per line.
+    #[arg(long, env = "ZF_SECRETS_PREVIOUS_KEYS_FILE")]
+    pub secrets_previous_keys_file: Option<std::path::PathBuf>,
 }
 
 impl SecretsKeyArgs {
@@ -133,7 +187,23 @@ impl SecretsKeyArgs {
             .secrets_key_file
             .as_deref()
             .filter(|f| !f.as_os_str().is_empty());
-        SecretsKey::load(inline, file)
+        let key = SecretsKey::load(inline, file)?;
+        let mut previous = self.secrets_previous_keys.clone().unwrap_or_default();
+        if let Some(path) = self
+            .secrets_previous_keys_file
+            .as_deref()
+            .filter(|f| !f.as_os_str().is_empty())
+        {
+            let text = std::fs::read_to_string(path)
+                .map_err(|e| SealError::KeyFile(path.display().to_string(), e))?;
+            previous.push('\n');
+            previous.push_str(&text);
+        }
+        match key {
+            Some(key) => key.with_previous(&previous).map(Some),
+            None if previous.trim().is_empty() => Ok(None),
+            None => Err(SealError::PreviousWithoutCurrent),
+        }
     }
 }
 
@@ -167,5 +237,34 @@ mod tests {
         assert!(key.open("web-1", &tampered).is_err());
         assert!(SecretsKey::from_hex("abcd").is_err());
         assert!(!format!("{key:?}").contains("11"));
+    }
+
+    #[test]
+    fn a_rotated_key_opens_old_secrets_and_reseals_them() {
+        let old = SecretsKey::from_hex(&"11".repeat(32)).expect("key");
+        let secrets = BTreeMap::from([("token".to_string(), "t0ken-value".to_string())]);
+        let sealed_by_old = old.seal("r", &secrets).expect("seal");
+        let rotated = SecretsKey::from_hex(&"22".repeat(32))
+            .and_then(|k| k.with_previous(&"11".repeat(32)))
+            .expect("keys");
+        assert_eq!(rotated.open("r", &sealed_by_old).expect("open"), secrets);
+        let resealed = rotated
+            .reseal("r", &sealed_by_old)
+            .expect("reseal")
+            .expect("sealed by a previous key, so sealed again");
+        assert!(
+            old.open("r", &resealed).is_err(),
+            "the old key no longer opens it"
+        );
+        let new_only = SecretsKey::from_hex(&"22".repeat(32)).expect("key");
+        assert_eq!(new_only.open("r", &resealed).expect("open"), secrets);
+        assert_eq!(rotated.reseal("r", &resealed).expect("reseal"), None);
+        assert!(
+            new_only.reseal("r", &sealed_by_old).is_err(),
+            "no key opens it"
+        );
+        assert!(SecretsKey::from_hex(&"22".repeat(32))
+            .and_then(|k| k.with_previous("zz"))
+            .is_err());
     }
 }

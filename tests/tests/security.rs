@@ -3,7 +3,7 @@
 
 use serde_json::json;
 use zerofoot_tests::modules::bundle;
-use zerofoot_tests::{run_to_end, service_binary, status_and_json, Cluster};
+use zerofoot_tests::{run_to_end, service_binary, status_and_json, Cluster, NodeFlags};
 
 const ADMIN: &str = "admin-token-0123456789";
 const OPERATOR: &str = "operator-token-0123456789";
@@ -412,4 +412,111 @@ async fn each_client_gets_a_limited_number_of_unfinished_operations() {
     )
     .await;
     assert_eq!(status, 200, "management is unharmed");
+}
+
+const OLD_KEY: &str = zerofoot_tests::TEST_SECRETS_KEY;
+const NEW_KEY: &str = "7b7b7b7b7b7b7b7b7b7b7b7b7b7b7b7b7b7b7b7b7b7b7b7b7b7b7b7b7b7b7b7b";
+const ROTATED_SECRET: &str = "r0tate-me-Kx7-secret";
+
+/// Answers with the sha256 of the resource's `token` secret it got.
+const PEEK: &str = r#"#!/bin/sh
+jq -r '.resource.secrets.token // ""' | tr -d '\n' | sha256sum | cut -d' ' -f1 | jq -cR '{type: "result", data: {token_sha256: .}}'
+"#;
+
+/// Runs `peek` against resource `vault` and returns the sha256 its driver saw.
+async fn token_seen_by_a_driver(cluster: &Cluster) -> serde_json::Value {
+    let (status, body) = cluster
+        .post_json(
+            "/v1/operations",
+            &json!({"module": "peek", "operation": "run", "resource": "vault"}),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    body
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_secrets_key_rotates_in_place() {
+    let mut cluster = Cluster::start(1).await;
+    cluster
+        .publish(bundle(
+            "peek",
+            "1.0.0",
+            json!({"run": {"kind": "sync"}}),
+            PEEK,
+        ))
+        .await;
+    cluster.wait_module("peek", "1.0.0").await;
+    let (status, body) = cluster
+        .put_json(
+            "/v1/resources/vault",
+            &json!({"kind": "api", "secrets": {"token": ROTATED_SECRET}}),
+        )
+        .await;
+    assert_eq!(status, 201, "{body}");
+    let expected = zerofoot_shared::bundle::digest(ROTATED_SECRET.as_bytes())
+        .trim_start_matches("sha256:")
+        .to_string();
+
+    // Every service gets the new key, and the old one as a previous key.
+    cluster.management.clear();
+    cluster.nodes.clear();
+    cluster.start_management_with(&[
+        ("ZF_SECRETS_KEY", NEW_KEY),
+        ("ZF_SECRETS_PREVIOUS_KEYS", OLD_KEY),
+    ]);
+    let rotated = NodeFlags(vec![
+        "--secrets-key".into(),
+        NEW_KEY.into(),
+        "--secrets-previous-keys".into(),
+        OLD_KEY.into(),
+    ]);
+    cluster.add_node(&rotated);
+    cluster.wait_healthy().await;
+    let body = token_seen_by_a_driver(&cluster).await;
+    assert_eq!(
+        body["state"], "complete",
+        "the old sealing still opens: {body}"
+    );
+    assert_eq!(body["result"]["token_sha256"], expected.as_str(), "{body}");
+
+    let (status, report) = cluster
+        .post_json("/v1/admin/reseal-secrets", &json!({}))
+        .await;
+    assert_eq!(status, 200, "{report}");
+    assert_eq!(report["resealed"], 1, "{report}");
+    assert_eq!(report["failed"], json!([]), "{report}");
+    let (_, again) = cluster
+        .post_json("/v1/admin/reseal-secrets", &json!({}))
+        .await;
+    assert_eq!(
+        again["resealed"], 0,
+        "resealing twice changes nothing: {again}"
+    );
+    assert_eq!(again["already_current"], 1, "{again}");
+
+    // The old key can go: a node with only the new key opens the secret.
+    cluster.nodes.clear();
+    cluster.add_node(&NodeFlags(vec!["--secrets-key".into(), NEW_KEY.into()]));
+    cluster.wait_healthy().await;
+    let body = token_seen_by_a_driver(&cluster).await;
+    assert_eq!(body["state"], "complete", "{body}");
+    assert_eq!(body["result"]["token_sha256"], expected.as_str(), "{body}");
+
+    // And a node that only knows the old key cannot, and says why.
+    cluster.nodes.clear();
+    cluster.add_node(&NodeFlags(vec!["--secrets-key".into(), OLD_KEY.into()]));
+    cluster.wait_healthy().await;
+    let body = token_seen_by_a_driver(&cluster).await;
+    assert_eq!(body["state"], "failed", "{body}");
+    assert!(
+        body["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("do not open with this key")),
+        "{body}"
+    );
+    assert!(
+        !cluster.all_logs().contains(ROTATED_SECRET),
+        "secret in a log"
+    );
 }

@@ -38,6 +38,7 @@ pub fn router(state: AppState) -> Router {
                 .get(resources::get)
                 .delete(resources::delete),
         )
+        .route("/v1/admin/reseal-secrets", post(resources::reseal))
         .fallback(not_found)
         // JSON bodies; bundle uploads stream past this with their own limit.
         .layer(axum::extract::DefaultBodyLimit::max(MAX_JSON_BODY_BYTES))

@@ -168,6 +168,86 @@ pub async fn list(State(state): State<AppState>) -> Result<ApiJson<Value>, ApiEr
     Ok(ApiJson(json!({"resources": resources})))
 }
 
+/// What resealing did to one resource.
+enum Resealing {
+    Resealed,
+    Current,
+    NoSecrets,
+    Gone,
+}
+
+/// `POST /v1/admin/reseal-secrets`: seals every resource's secrets again
+/// under the current secrets key, so that the previous keys can be dropped
+/// from every service. Safe to repeat; each record is written with
+/// compare-and-set, so a concurrent state report is never lost.
+pub async fn reseal(State(state): State<AppState>) -> Result<ApiJson<Value>, ApiError> {
+    let key = state.secrets_key().ok_or_else(|| {
+        ApiError::unprocessable(
+            "no_secrets_key",
+            "this management instance has no secrets key; start it with the new key as ZF_SECRETS_KEY and the old ones as ZF_SECRETS_PREVIOUS_KEYS",
+        )
+    })?;
+    let store = &state.nats()?.assets.resources;
+    let keys: Vec<String> = store
+        .keys()
+        .await
+        .map_err(|e| ApiError::nats("cannot list the resources bucket", e))?
+        .try_collect()
+        .await
+        .map_err(|e| ApiError::nats("cannot list the resources bucket", e))?;
+    let (mut resealed, mut current, mut without_secrets) = (0, 0, 0);
+    let mut failed = Vec::new();
+    for id in keys {
+        let mut outcome = Err("changed on every try; run the reseal again".to_string());
+        for _ in 0..3 {
+            let Some((mut record, revision)) = load(store, &id).await? else {
+                outcome = Ok(Resealing::Gone);
+                break;
+            };
+            let Some(sealed) = record.sealed_secrets.as_deref() else {
+                outcome = Ok(Resealing::NoSecrets);
+                break;
+            };
+            match key.reseal(&id, sealed) {
+                Ok(None) => {
+                    outcome = Ok(Resealing::Current);
+                    break;
+                }
+                Ok(Some(new)) => {
+                    record.sealed_secrets = Some(new);
+                    if store.update(&id, encode(&record), revision).await.is_ok() {
+                        outcome = Ok(Resealing::Resealed);
+                        break;
+                    }
+                }
+                Err(e) => {
+                    outcome = Err(e.to_string());
+                    break;
+                }
+            }
+        }
+        match outcome {
+            Ok(Resealing::Resealed) => resealed += 1,
+            Ok(Resealing::Current) => current += 1,
+            Ok(Resealing::NoSecrets) => without_secrets += 1,
+            Ok(Resealing::Gone) => {}
+            Err(error) => failed.push(json!({"id": id, "error": error})),
+        }
+    }
+    tracing::info!(
+        resealed,
+        already_current = current,
+        failed = failed.len(),
+        "resealed resource secrets under the current key"
+    );
+    Ok(ApiJson(json!({
+        "resealed": resealed,
+        "already_current": current,
+        "without_secrets": without_secrets,
+        "failed": failed,
+    })))
+}
+
 pub async fn delete(
     State(state): State<AppState>,
     Path(id): Path<String>,
