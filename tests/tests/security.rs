@@ -520,3 +520,142 @@ async fn the_secrets_key_rotates_in_place() {
         "secret in a log"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversized_and_deeply_nested_input_gets_4xx_on_every_endpoint() {
+    let cluster = Cluster::start(1).await;
+    cluster.wait_module("shell", "1.0.0").await;
+    let deep = format!("{}{}", "[".repeat(100_000), "]".repeat(100_000));
+    let deep_params = format!(
+        r#"{{"module":"shell","operation":"run","params":{{"a":{}{}}}}}"#,
+        "[".repeat(5_000),
+        "]".repeat(5_000)
+    );
+    let big_body = format!(
+        r#"{{"module":"shell","operation":"run","params":{{"pad":"{}"}}}}"#,
+        "x".repeat(2 * 1024 * 1024)
+    );
+    let big_params = format!(
+        r#"{{"module":"shell","operation":"run","params":{{"pad":"{}"}}}}"#,
+        "x".repeat(300 * 1024)
+    );
+    let big_resource = format!(
+        r#"{{"kind":"x","config":{{"pad":"{}"}}}}"#,
+        "x".repeat(2 * 1024 * 1024)
+    );
+    let deep_resource = format!(
+        r#"{{"kind":"x","config":{{"a":{}{}}}}}"#,
+        "[".repeat(5_000),
+        "]".repeat(5_000)
+    );
+    let long_id = "a".repeat(10_000);
+    let cases: Vec<(reqwest::Method, String, Option<String>)> = vec![
+        (
+            reqwest::Method::POST,
+            "/v1/operations".into(),
+            Some(deep.clone()),
+        ),
+        (
+            reqwest::Method::POST,
+            "/v1/operations".into(),
+            Some(deep_params),
+        ),
+        (
+            reqwest::Method::POST,
+            "/v1/operations".into(),
+            Some(big_body),
+        ),
+        (
+            reqwest::Method::POST,
+            "/v1/operations".into(),
+            Some(big_params),
+        ),
+        (
+            reqwest::Method::PUT,
+            "/v1/resources/r1".into(),
+            Some(deep.clone()),
+        ),
+        (
+            reqwest::Method::PUT,
+            "/v1/resources/r1".into(),
+            Some(deep_resource),
+        ),
+        (
+            reqwest::Method::PUT,
+            "/v1/resources/r1".into(),
+            Some(big_resource),
+        ),
+        (
+            reqwest::Method::PUT,
+            format!("/v1/resources/{long_id}"),
+            Some(r#"{"kind":"x"}"#.into()),
+        ),
+        (
+            reqwest::Method::GET,
+            format!("/v1/resources/{long_id}"),
+            None,
+        ),
+        (
+            reqwest::Method::POST,
+            "/v1/modules".into(),
+            Some(deep.clone()),
+        ),
+        (reqwest::Method::GET, format!("/v1/modules/{long_id}"), None),
+        (
+            reqwest::Method::GET,
+            format!("/v1/operations/{long_id}"),
+            None,
+        ),
+        (
+            reqwest::Method::DELETE,
+            format!("/v1/operations/{long_id}"),
+            None,
+        ),
+        (
+            reqwest::Method::GET,
+            format!("/v1/operations/{long_id}/events"),
+            None,
+        ),
+        (
+            reqwest::Method::GET,
+            "/v1/operations?limit=99999999999999999999".into(),
+            None,
+        ),
+        (
+            reqwest::Method::GET,
+            format!("/v1/operations?module={long_id}&limit=-1"),
+            None,
+        ),
+        (reqwest::Method::GET, format!("/v1/{long_id}"), None),
+    ];
+    for (method, path, body) in cases {
+        let mut request = cluster
+            .http
+            .request(method.clone(), cluster.url(&path))
+            .header("content-type", "application/json");
+        if let Some(body) = body {
+            request = request.body(body);
+        }
+        let shown = &path[..path.len().min(60)];
+        let (status, answer) = status_and_json(request.send().await.expect("request")).await;
+        assert!(
+            (400..500).contains(&status),
+            "{method} {shown}: expected 4xx, got {status}: {answer}"
+        );
+        assert!(
+            answer["error"]["message"]
+                .as_str()
+                .is_some_and(|m| !m.is_empty()),
+            "{method} {shown}: the error says what was wrong: {answer}"
+        );
+        let (health, _) = cluster.get("/healthz").await;
+        assert_eq!(health, 200, "management unharmed after {method} {shown}");
+    }
+    let (status, body) = cluster
+        .post_json(
+            "/v1/operations",
+            &json!({"module": "shell", "operation": "run", "params": {"command": "true"}}),
+        )
+        .await;
+    assert_eq!(status, 200, "a good request still works: {body}");
+}
