@@ -510,3 +510,48 @@ async fn finished_operations_are_purged_after_their_retention() {
     )
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_submission_nobody_confirms_is_recorded_pending_and_still_runs_once() {
+    let cluster = Cluster::start(1).await;
+    cluster.wait_module("shell", "1.0.0").await;
+    // The only node is paused: it holds the request but cannot answer.
+    cluster.nodes[0].signal(nix::sys::signal::Signal::SIGSTOP);
+    let call = {
+        let http = cluster.http.clone();
+        let url = cluster.url("/v1/operations");
+        tokio::spawn(async move {
+            let r = http
+                .post(url)
+                .json(&json!({"module": "shell", "operation": "run",
+                    "params": {"command": "echo", "args": ["swept"]}}))
+                .send()
+                .await
+                .expect("POST");
+            zerofoot_tests::status_and_json(r).await
+        })
+    };
+    let pending = wait_until(
+        "management to record the unconfirmed submission as pending",
+        Duration::from_secs(20),
+        || async {
+            let (_, list) = cluster.get("/v1/operations?state=pending").await;
+            match list["operations"].as_array().and_then(|ops| ops.first()) {
+                Some(op) => Ok(op["id"].as_str().unwrap_or_default().to_string()),
+                None => Err(list.to_string()),
+            }
+        },
+    )
+    .await;
+    cluster.nodes[0].signal(nix::sys::signal::Signal::SIGCONT);
+    let (status, body) = call.await.expect("the call returns");
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["id"], pending.as_str(), "{body}");
+    assert_eq!(body["state"], "complete", "{body}");
+    assert_eq!(body["result"]["stdout"], "swept\n", "{body}");
+    assert_eq!(
+        body["attempts"].as_array().map(Vec::len),
+        Some(1),
+        "run once, by the node that swept it up: {body}"
+    );
+}

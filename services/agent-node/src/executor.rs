@@ -122,20 +122,10 @@ impl Executor {
 
     /// Takes operation `op` if it is still in the state `how` expects, and
     /// starts running it. Returns once the take is written.
-    /// `known` is the context and revision as the submitter wrote them, if
-    /// it sent them; otherwise they are read from KV.
-    pub async fn take_and_run(
-        &self,
-        op: Uuid,
-        how: Taking,
-        known: Option<(ExecutionContext, u64)>,
-    ) -> Result<(), RemoteError> {
-        let (mut ctx, revision) = match known.filter(|(ctx, _)| ctx.id == op) {
-            Some(known) => known,
-            None => self.read(&op).await?.ok_or_else(|| {
-                RemoteError::new(404, "operation_not_found", format!("no operation {op}"))
-            })?,
-        };
+    pub async fn take_and_run(&self, op: Uuid, how: Taking) -> Result<(), RemoteError> {
+        let (mut ctx, revision) = self.read(&op).await?.ok_or_else(|| {
+            RemoteError::new(404, "operation_not_found", format!("no operation {op}"))
+        })?;
         match how {
             Taking::Pending if ctx.state != OperationState::Pending => {
                 return Err(conflict(format!(
@@ -166,6 +156,37 @@ impl Executor {
             }
         }
         ctx.take(&self.node, ctx.epoch);
+        self.own_and_run(ctx, Some(revision)).await
+    }
+
+    /// Records a new sync operation (`op.submit`) as this node's and runs it:
+    /// one KV create, which fails if the operation was recorded already.
+    pub async fn record_and_run(&self, mut ctx: ExecutionContext) -> Result<(), RemoteError> {
+        if ctx.state != OperationState::Pending
+            || ctx.kind != zerofoot_shared::protocol::OperationKind::Sync
+        {
+            return Err(RemoteError::new(
+                400,
+                "invalid_request",
+                format!(
+                    "operation {} is not a new sync operation (state {}); only those are submitted",
+                    ctx.id,
+                    ctx.state.as_str()
+                ),
+            ));
+        }
+        ctx.take(&self.node, ctx.epoch);
+        self.own_and_run(ctx, None).await
+    }
+
+    /// Writes `ctx` as taken by this node (an update at `revision`, or a
+    /// create without one) and runs its driver in the background.
+    async fn own_and_run(
+        &self,
+        ctx: ExecutionContext,
+        revision: Option<u64>,
+    ) -> Result<(), RemoteError> {
+        let op = ctx.id;
         // Listed as local before the write lands, so this node's own sweeper
         // never mistakes it for an orphan.
         let token = self.cancel.child_token();
@@ -174,7 +195,16 @@ impl Executor {
                 "operation {op} already runs on this node"
             )));
         }
-        let revision = match self.write(&ctx, revision).await {
+        let written = match revision {
+            Some(revision) => self.write(&ctx, revision).await,
+            None => self
+                .assets
+                .contexts
+                .create(op.to_string(), encode(&ctx))
+                .await
+                .map_err(|e| conflict(format!("operation {op} is recorded already ({e})"))),
+        };
+        let revision = match written {
             Ok(revision) => revision,
             Err(e) => {
                 self.release_local(&op);

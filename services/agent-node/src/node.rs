@@ -22,7 +22,7 @@ use zerofoot_shared::protocol::{
 use crate::cache::ModuleCache;
 use crate::config::RunArgs;
 use crate::datadir::DataDir;
-use crate::executor::{Executor, Taking};
+use crate::executor::Executor;
 use crate::heartbeat::{Beat, Standing};
 use crate::membership::Membership;
 use crate::store::{Mirrored, Store};
@@ -267,11 +267,7 @@ async fn serve_submissions(
                 >(&request.message.payload)
                 {
                     Ok(submit) => exec
-                        .take_and_run(
-                            submit.op,
-                            Taking::Pending,
-                            submit.context.map(|c| *c).zip(submit.revision),
-                        )
+                        .record_and_run(*submit.context)
                         .await
                         .map(|()| SubmitAccepted {
                             v: PROTOCOL_VERSION,

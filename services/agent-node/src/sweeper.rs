@@ -62,7 +62,7 @@ pub async fn sweep_loop(
             };
             if let Some(how) = take {
                 // Losing the race to another node is the normal case.
-                if let Err(e) = exec.take_and_run(ctx.id, how, None).await {
+                if let Err(e) = exec.take_and_run(ctx.id, how).await {
                     tracing::debug!(op = %ctx.id, error = %e, "not taken");
                 }
             }

@@ -60,18 +60,17 @@ pub enum DecodeError {
     Version(u32),
 }
 
-/// Request on `op.submit`: take and run this operation.
+/// Request on `op.submit`: record this new sync operation as yours and run
+/// it. The node that takes it writes the context (a KV create, so the
+/// operation is recorded once) before it answers; the context then carries
+/// the result.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 pub struct SubmitOperation {
     #[serde(default = "v1")]
     pub v: u32,
     pub op: uuid::Uuid,
-    /// The context as written and its KV revision, so the node can take it
-    /// without reading it back (its compare-and-set still guards staleness).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub context: Option<Box<ExecutionContext>>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub revision: Option<u64>,
+    /// The new operation, `pending` and not yet in KV.
+    pub context: Box<ExecutionContext>,
 }
 
 /// Answer to [`SubmitOperation`]: the node that took it.

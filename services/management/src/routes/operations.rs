@@ -162,29 +162,25 @@ pub async fn submit(
             e.to_string(),
         )
     })?;
-    let key = ctx.id.to_string();
-    // Subscribe before writing, so no change of the context can slip past.
-    let subscription = (ctx.kind == OperationKind::Sync).then(|| nats.contexts.subscribe(ctx.id));
-    let revision = nats
-        .assets
-        .contexts
-        .create(&key, encode(&ctx))
-        .await
-        .map_err(|e| ApiError::nats("cannot record the operation", e))?;
-    admission.recorded(ctx.id);
-    tracing::info!(op = %ctx.id, module = %ctx.module, operation = %ctx.operation, "operation recorded");
-
     if ctx.kind == OperationKind::Async {
+        nats.assets
+            .contexts
+            .create(ctx.id.to_string(), encode(&ctx))
+            .await
+            .map_err(|e| ApiError::nats("cannot record the operation", e))?;
+        admission.recorded(ctx.id);
+        tracing::info!(op = %ctx.id, module = %ctx.module, operation = %ctx.operation, "operation recorded");
         return Ok((StatusCode::ACCEPTED, ApiJson(ctx)));
     }
-    submit_to_a_node(&state, nats, &ctx, revision).await?;
+    // Subscribe before submitting, so no change of the context can slip past.
+    let subscription = nats.contexts.subscribe(ctx.id);
+    submit_to_a_node(&state, nats, &ctx).await?;
+    admission.recorded(ctx.id);
+    tracing::info!(op = %ctx.id, module = %ctx.module, operation = %ctx.operation, "operation recorded");
     if !wait {
         return Ok((StatusCode::ACCEPTED, ApiJson(ctx)));
     }
     let budget = Duration::from_millis(ctx.timeout_ms) * (ctx.retries + 1) + WAIT_SLACK;
-    let Some(subscription) = subscription else {
-        return Ok((StatusCode::ACCEPTED, ApiJson(ctx)));
-    };
     let final_ctx = wait_for_end(nats, subscription, ctx, budget).await;
     let status = if final_ctx.state.is_terminal() {
         StatusCode::OK
@@ -205,19 +201,20 @@ fn kind_of(v: &Value) -> &'static str {
     }
 }
 
-/// Hands the operation to one node of the queue group. With no node there at
-/// all, the operation is marked failed rather than left pending for ever.
+/// Hands a new sync operation to one node of the queue group, which records
+/// it as its own before it answers: one KV write before the driver starts.
+/// When this returns Ok the operation is recorded, by that node or, when no
+/// answer came, here as `pending` for the nodes' sweepers. With no node there
+/// at all it is recorded as failed and the caller gets 503.
 async fn submit_to_a_node(
     state: &AppState,
     nats: &Nats,
     ctx: &ExecutionContext,
-    revision: u64,
 ) -> Result<(), ApiError> {
     let request = SubmitOperation {
         v: PROTOCOL_VERSION,
         op: ctx.id,
-        context: Some(Box::new(ctx.clone())),
-        revision: Some(revision),
+        context: Box::new(ctx.clone()),
     };
     // No responders while a node restarts: give the queue group a moment.
     let mut answer = None;
@@ -235,52 +232,68 @@ async fn submit_to_a_node(
         }
         tokio::time::sleep(pause).await;
     }
-    let Some(answer) = answer else {
-        return Ok(());
-    };
-    match answer {
-        Ok(Ok(message)) => {
+    let recorded_by_a_node = match answer {
+        Some(Ok(Ok(message))) => {
             match serde_json::from_slice::<Reply<SubmitAccepted>>(&message.payload) {
                 Ok(Reply::Ok(accepted)) => {
-                    tracing::debug!(op = %ctx.id, node = %accepted.node, "taken")
+                    tracing::debug!(op = %ctx.id, node = %accepted.node, "taken");
+                    true
                 }
-                // Taken meanwhile (e.g. by a sweeping node): its outcome still comes.
                 Ok(Reply::Error(e)) => {
-                    tracing::debug!(op = %ctx.id, error = %e, "not taken by the asked node")
+                    tracing::warn!(op = %ctx.id, error = %e, "the node refused the submission");
+                    false
                 }
                 Err(e) => {
-                    tracing::warn!(op = %ctx.id, error = %e, "unreadable answer to a submission")
+                    tracing::warn!(op = %ctx.id, error = %e, "unreadable answer to a submission");
+                    false
                 }
             }
-            Ok(())
         }
-        Ok(Err(e)) if e.kind() == async_nats::client::RequestErrorKind::NoResponders => {
+        Some(Ok(Err(e))) if e.kind() == async_nats::client::RequestErrorKind::NoResponders => {
             let mut failed = ctx.clone();
             failed.fail("no agent node was running to take the operation".into());
-            if nats
+            return match nats
                 .assets
                 .contexts
-                .update(ctx.id.to_string(), encode(&failed), revision)
+                .create(ctx.id.to_string(), encode(&failed))
                 .await
-                .is_ok()
             {
-                return Err(ApiError::unavailable(format!(
+                Ok(_) => Err(ApiError::unavailable(format!(
                     "no agent node is running in cluster {}; operation {} was marked failed",
                     state.names().cluster(),
                     ctx.id
-                )));
-            }
+                ))),
+                // A node recorded it after all.
+                Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => Ok(()),
+                Err(e) => Err(ApiError::nats("cannot record the operation", e)),
+            };
+        }
+        Some(Ok(Err(e))) => {
+            tracing::warn!(op = %ctx.id, error = %e, "submission not confirmed");
+            false
+        }
+        Some(Err(_)) | None => {
+            tracing::warn!(op = %ctx.id, "submission not confirmed in time");
+            false
+        }
+    };
+    if recorded_by_a_node {
+        return Ok(());
+    }
+    // Unless a node recorded it meanwhile, record it as pending: the nodes'
+    // sweepers take pending operations that nobody took.
+    match nats
+        .assets
+        .contexts
+        .create(ctx.id.to_string(), encode(ctx))
+        .await
+    {
+        Ok(_) => {
+            tracing::info!(op = %ctx.id, "recorded as pending; a node will sweep it up");
             Ok(())
         }
-        // A slow answer is no loss: nodes sweep up pending operations.
-        Ok(Err(e)) => {
-            tracing::warn!(op = %ctx.id, error = %e, "submission not confirmed; a node will sweep it up");
-            Ok(())
-        }
-        Err(_) => {
-            tracing::warn!(op = %ctx.id, "submission not confirmed in time; a node will sweep it up");
-            Ok(())
-        }
+        Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => Ok(()),
+        Err(e) => Err(ApiError::nats("cannot record the operation", e)),
     }
 }
 
