@@ -59,6 +59,10 @@ pub struct Invocation {
     pub scratch: PathBuf,
     pub env: Vec<(String, String)>,
     pub stdin: Vec<u8>,
+    /// When set, stdin is written only once this fires, so the process can
+    /// start while its operation is still being recorded; if the sender is
+    /// dropped instead, the driver gets no input at all.
+    pub stdin_after: Option<tokio::sync::oneshot::Receiver<()>>,
     pub timeout: Option<Duration>,
     pub max_output: Option<u64>,
 }
@@ -109,8 +113,14 @@ pub async fn run(
 
     if let Some(mut stdin) = child.stdin.take() {
         let input = inv.stdin;
+        let gate = inv.stdin_after;
         // A driver that never reads stdin must not block us.
         tokio::spawn(async move {
+            if let Some(gate) = gate {
+                if gate.await.is_err() {
+                    return;
+                }
+            }
             let _ = stdin.write_all(&input).await;
         });
     }
@@ -291,5 +301,54 @@ mod tests {
             Some(b"b".to_vec())
         );
         assert_eq!(next_line(&mut reader, &mut line).await.ok().flatten(), None);
+    }
+
+    /// A driver that answers with the first line of its input (or "none").
+    async fn run_echo(gate: Option<tokio::sync::oneshot::Receiver<()>>) -> Option<Output> {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let program = dir.path().join("run");
+        std::fs::write(
+            &program,
+            "#!/bin/sh\nread -r line || line=none\nprintf '{\"type\":\"result\",\"data\":\"%s\"}\\n' \"$line\"\n",
+        )
+        .expect("write driver");
+        std::fs::set_permissions(&program, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+        let invocation = Invocation {
+            program,
+            operation: "go".into(),
+            scratch: dir.path().to_path_buf(),
+            env: base_env(dir.path()),
+            stdin: b"fed\n".to_vec(),
+            stdin_after: gate,
+            timeout: Some(Duration::from_secs(10)),
+            max_output: None,
+        };
+        let mut result = None;
+        run(invocation, &CancellationToken::new(), |o| result = Some(o))
+            .await
+            .expect("driver ran");
+        result
+    }
+
+    #[tokio::test]
+    async fn stdin_waits_for_its_gate_and_a_dropped_gate_feeds_nothing() {
+        let (open, gate) = tokio::sync::oneshot::channel();
+        let run = tokio::spawn(run_echo(Some(gate)));
+        open.send(()).expect("driver waiting");
+        assert_eq!(
+            run.await.expect("run"),
+            Some(Output::Result(serde_json::Value::from("fed")))
+        );
+        let (closed, gate) = tokio::sync::oneshot::channel::<()>();
+        drop(closed);
+        assert_eq!(
+            run_echo(Some(gate)).await,
+            Some(Output::Result(serde_json::Value::from("none")))
+        );
+        assert_eq!(
+            run_echo(None).await,
+            Some(Output::Result(serde_json::Value::from("fed")))
+        );
     }
 }

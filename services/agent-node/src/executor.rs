@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use async_nats::jetstream::kv;
 use serde_json::{json, Value};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 use uuid::Uuid;
@@ -195,6 +195,21 @@ impl Executor {
                 "operation {op} already runs on this node"
             )));
         }
+        // The driver starts while the take is written; it gets its input
+        // only once the write has landed.
+        let (recorded_tx, recorded_rx) = oneshot::channel();
+        let this = self.clone();
+        let span = tracing::info_span!("operation", op = %op, module = %ctx.module, operation = %ctx.operation);
+        let task_ctx = ctx.clone();
+        tokio::spawn(
+            async move {
+                this.running.fetch_add(1, Ordering::Relaxed);
+                this.run_sync(task_ctx, recorded_rx, token).await;
+                this.running.fetch_sub(1, Ordering::Relaxed);
+                this.release_local(&op);
+            }
+            .instrument(span),
+        );
         let written = match revision {
             Some(revision) => self.write(&ctx, revision).await,
             None => self
@@ -204,24 +219,9 @@ impl Executor {
                 .await
                 .map_err(|e| conflict(format!("operation {op} is recorded already ({e})"))),
         };
-        let revision = match written {
-            Ok(revision) => revision,
-            Err(e) => {
-                self.release_local(&op);
-                return Err(e);
-            }
-        };
-        let this = self.clone();
-        let span = tracing::info_span!("operation", op = %op, module = %ctx.module, operation = %ctx.operation);
-        tokio::spawn(
-            async move {
-                this.running.fetch_add(1, Ordering::Relaxed);
-                this.run_sync(ctx, revision, token).await;
-                this.running.fetch_sub(1, Ordering::Relaxed);
-                this.release_local(&op);
-            }
-            .instrument(span),
-        );
+        // Dropping the sender when the write failed stops the driver unfed.
+        let revision = written?;
+        let _ = recorded_tx.send(revision);
         Ok(())
     }
 
@@ -248,9 +248,33 @@ impl Executor {
         }
     }
 
-    async fn run_sync(&self, mut ctx: ExecutionContext, revision: u64, token: CancellationToken) {
+    /// Runs a sync operation's driver while its take is being written
+    /// (`recorded` brings the new revision), then stores the outcome.
+    async fn run_sync(
+        &self,
+        mut ctx: ExecutionContext,
+        recorded: oneshot::Receiver<u64>,
+        token: CancellationToken,
+    ) {
         let started = std::time::Instant::now();
-        let outcome = self.drive(&ctx, &token).await;
+        let (feed, fed) = oneshot::channel();
+        let recorded = async {
+            match recorded.await {
+                Ok(revision) => {
+                    let _ = feed.send(());
+                    Some(revision)
+                }
+                Err(_) => {
+                    token.cancel();
+                    None
+                }
+            }
+        };
+        let (outcome, revision) = tokio::join!(self.drive(&ctx, &token, Some(fed)), recorded);
+        let Some(revision) = revision else {
+            tracing::debug!("the take was not written; the driver was stopped before its input");
+            return;
+        };
         if self.cancel.is_cancelled() {
             // The node is shutting down: another node takes the operation over.
             tracing::info!("node stopping; the operation is left to another node");
@@ -380,6 +404,7 @@ impl Executor {
             scratch: scratch.clone(),
             env,
             stdin: serde_json::to_vec(&stdin).unwrap_or_default(),
+            stdin_after: None,
             timeout: sync.then(|| Duration::from_millis(ctx.timeout_ms)),
             max_output: sync.then_some(driver::MAX_SYNC_OUTPUT_BYTES),
         };
@@ -396,13 +421,15 @@ impl Executor {
         &self,
         ctx: &ExecutionContext,
         token: &CancellationToken,
+        stdin_after: Option<oneshot::Receiver<()>>,
     ) -> Result<Option<Value>, String> {
         let Prepared {
             lease,
-            invocation,
+            mut invocation,
             secrets,
             scratch,
         } = self.prepare(ctx, &ctx.attempts.len().to_string()).await?;
+        invocation.stdin_after = stdin_after;
         let (state_tx, state_rx) = mpsc::unbounded_channel();
         let state_writer =
             tokio::spawn(report_states(self.clone(), ctx.resource.clone(), state_rx));
