@@ -176,8 +176,9 @@ async fn serve(
                 client: client.clone(),
                 lead_bucket: assets.lead.clone(),
                 lapse,
-                tick_every: Duration::from_millis(args.heartbeat_ms / 2)
-                    .max(Duration::from_millis(10)),
+                // A lapse is noticed at most a tick late.
+                tick_every: Duration::from_millis(args.heartbeat_ms / 5)
+                    .max(Duration::from_millis(5)),
                 standing: standing_tx,
             },
             shutdown.clone(),
