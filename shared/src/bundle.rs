@@ -8,6 +8,7 @@
 //! point below their own folder (relative, no `..`); hard links name a path
 //! inside the root; no device files or FIFOs; bounded size and entry count.
 
+use std::collections::HashMap;
 use std::fs;
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::path::{Component, Path, PathBuf};
@@ -141,6 +142,8 @@ fn walk<R: Read>(
     };
     let mut count = 0usize;
     let mut unpacked = 0u64;
+    // Every path seen so far, and whether it is a directory (given or implied).
+    let mut seen: HashMap<PathBuf, bool> = HashMap::new();
     for entry in entries {
         let mut entry = entry.map_err(|e| BundleError::NotTar(e.to_string()))?;
         count += 1;
@@ -159,6 +162,15 @@ fn walk<R: Read>(
         let path = relative_inside(&raw)
             .ok_or_else(|| refuse("its path is absolute or leaves the bundle root"))?;
         let kind = entry.header().entry_type();
+        if !matches!(
+            kind,
+            tar::EntryType::XHeader
+                | tar::EntryType::XGlobalHeader
+                | tar::EntryType::GNULongName
+                | tar::EntryType::GNULongLink
+        ) {
+            place(&mut seen, &path, kind == tar::EntryType::Directory).map_err(|r| refuse(&r))?;
+        }
         match kind {
             tar::EntryType::Regular | tar::EntryType::Continuous => {
                 unpacked += entry.size();
@@ -188,6 +200,16 @@ fn walk<R: Read>(
                 if relative_inside(&target).is_none() || !points_below(&target) {
                     return Err(refuse(&format!(
                         "hard link to {:?} leaves the bundle root",
+                        target.display()
+                    )));
+                }
+                // Spelled exactly as the file's own entry (no `.` parts).
+                let earlier_file = relative_inside(&target).is_some_and(|t| {
+                    t.as_os_str() == target.as_os_str() && found.regular_files.contains(&t)
+                });
+                if !earlier_file {
+                    return Err(refuse(&format!(
+                        "hard link to {:?}, which is not a regular file earlier in the bundle",
                         target.display()
                     )));
                 }
@@ -227,6 +249,37 @@ fn walk<R: Read>(
         return Err(BundleError::NotTar("it holds no entries".into()));
     }
     Ok(found)
+}
+
+/// Records `path` among the entries seen so far. Each path may appear once
+/// (a directory may repeat), and only directories may hold other entries,
+/// so that whatever passes also unpacks.
+fn place(seen: &mut HashMap<PathBuf, bool>, path: &Path, is_dir: bool) -> Result<(), String> {
+    if path.as_os_str().is_empty() {
+        return Ok(());
+    }
+    for ancestor in path.ancestors().skip(1) {
+        if ancestor.as_os_str().is_empty() {
+            break;
+        }
+        match seen.get(ancestor) {
+            Some(false) => {
+                return Err(format!(
+                    "it lies inside {}, which is not a directory",
+                    ancestor.display()
+                ))
+            }
+            Some(true) => {}
+            None => {
+                seen.insert(ancestor.to_path_buf(), true);
+            }
+        }
+    }
+    match seen.insert(path.to_path_buf(), is_dir) {
+        Some(true) if is_dir => Ok(()),
+        Some(_) => Err("the same path appears twice in the bundle".into()),
+        None => Ok(()),
+    }
 }
 
 /// The path with `.` components dropped, if it is relative and has no `..`.
@@ -501,6 +554,53 @@ mod tests {
     }
 
     #[test]
+    fn entries_that_would_not_unpack_are_refused() {
+        let link = |name: &'static str, kind, target: &'static str| Raw {
+            name,
+            kind,
+            link: target,
+            data: b"",
+        };
+        let cases = [
+            (vec![file("a", b"x"), file("a", b"y")], "appears twice"),
+            (vec![file("a", b"x"), file("a/b", b"y")], "not a directory"),
+            (
+                vec![link("s", tar::EntryType::Symlink, "bin"), file("s/x", b"y")],
+                "not a directory",
+            ),
+            (
+                vec![
+                    link("h", tar::EntryType::Link, "later"),
+                    file("later", b"x"),
+                ],
+                "not a regular file earlier",
+            ),
+            (
+                vec![link("h", tar::EntryType::Link, "module.json/.")],
+                "not a regular file earlier",
+            ),
+        ];
+        for (entries, expected) in cases {
+            let message = refused(&bundle(entries));
+            assert!(message.contains(expected), "{message}");
+        }
+        let fine = bundle(vec![
+            link("h", tar::EntryType::Link, "module.json"),
+            file("d/x", b"1"),
+            Raw {
+                name: "d",
+                kind: tar::EntryType::Directory,
+                link: "",
+                data: b"",
+            },
+        ]);
+        assert!(
+            inspect(fine.as_slice()).is_ok(),
+            "a link to an earlier file and a repeated directory pass"
+        );
+    }
+
+    #[test]
     fn packing_is_deterministic_and_round_trips() {
         let dir = tempfile::tempdir().expect("tempdir");
         fs::create_dir_all(dir.path().join("bin")).expect("mkdir");
@@ -627,9 +727,13 @@ mod tests {
                 let root = dir.path().join("root");
                 fs::create_dir(&root).expect("mkdir");
                 let unpacked = unpack(bytes.as_slice(), &root);
-                if unpacked.is_ok() {
-                    prop_assert!(accepted.is_ok(), "unpacked what inspect refused: {:?}", accepted.err());
-                }
+                prop_assert_eq!(
+                    accepted.is_ok(),
+                    unpacked.is_ok(),
+                    "inspect: {:?}, unpack: {:?}",
+                    accepted.err(),
+                    unpacked.err()
+                );
                 assert_contained(dir.path(), &root);
             }
 
