@@ -1,6 +1,6 @@
 //! One watch on the contexts bucket for the whole instance, handing each
-//! change to the requests waiting on that operation and to the per-client
-//! counts of unfinished operations. A request per consumer would cost a
+//! change to the requests waiting on that operation, to the per-client
+//! counts of unfinished operations and to the listing index. A request per consumer would cost a
 //! JetStream consumer per sync call and run into the server's consumer
 //! limit under load.
 
@@ -13,9 +13,10 @@ use futures::StreamExt;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
-use zerofoot_shared::protocol::{decode, ExecutionContext, OperationState};
+use zerofoot_shared::protocol::{decode, ExecutionContext};
 
 use crate::client_limits::ClientLimits;
+use crate::operation_index::{OperationIndex, Summary};
 
 type Waiters = HashMap<Uuid, Vec<mpsc::UnboundedSender<ExecutionContext>>>;
 
@@ -23,14 +24,16 @@ type Waiters = HashMap<Uuid, Vec<mpsc::UnboundedSender<ExecutionContext>>>;
 pub struct ContextWatch {
     waiters: Arc<Mutex<Waiters>>,
     limits: ClientLimits,
+    index: OperationIndex,
 }
 
-/// The part of a context the client counts need.
+/// The part of a context the client counts and the listing index need.
 #[derive(serde::Deserialize)]
-struct ClientAndState {
+struct Listed {
     #[serde(default)]
     client: Option<String>,
-    state: OperationState,
+    #[serde(flatten)]
+    summary: Summary,
 }
 
 /// Changes of one operation's context, for as long as this lives.
@@ -57,11 +60,16 @@ impl ContextWatch {
         Self {
             waiters: Arc::default(),
             limits,
+            index: OperationIndex::default(),
         }
     }
 
     pub fn limits(&self) -> &ClientLimits {
         &self.limits
+    }
+
+    pub fn index(&self) -> &OperationIndex {
+        &self.index
     }
 
     /// Registers interest in `op`; subscribe before writing so no change is missed.
@@ -85,6 +93,7 @@ impl ContextWatch {
     /// client counts include operations submitted before this instance started.
     pub async fn follow(self, bucket: kv::Store, cancel: CancellationToken) {
         loop {
+            self.index.set_current(false);
             match bucket.watch_with_history(">").await {
                 Ok(mut changes) => loop {
                     let entry = tokio::select! {
@@ -92,7 +101,12 @@ impl ContextWatch {
                         e = changes.next() => e,
                     };
                     match entry {
-                        Some(Ok(entry)) => self.dispatch(&entry),
+                        Some(Ok(entry)) => {
+                            self.dispatch(&entry);
+                            if entry.seen_current {
+                                self.index.set_current(true);
+                            }
+                        }
                         _ => break,
                     }
                 },
@@ -111,11 +125,13 @@ impl ContextWatch {
         };
         if entry.operation != kv::Operation::Put {
             self.limits.forget(&op);
+            self.index.remove(&op);
             return;
         }
-        if let Ok(seen) = serde_json::from_slice::<ClientAndState>(&entry.value) {
+        if let Ok(seen) = serde_json::from_slice::<Listed>(&entry.value) {
             self.limits
-                .observe(op, seen.client.as_deref(), seen.state.is_terminal());
+                .observe(op, seen.client.as_deref(), seen.summary.state.is_terminal());
+            self.index.put(op, seen.summary);
         }
         let waiters = self.waiters.lock().unwrap_or_else(|e| e.into_inner());
         let Some(list) = waiters.get(&op) else { return };

@@ -19,6 +19,7 @@ use zerofoot_shared::protocol::{
 
 use crate::auth::ApiClient;
 use crate::error::{ApiError, ApiJson};
+use crate::operation_index::Filter;
 use crate::startup::{AppState, Nats};
 
 /// Pauses between submissions that found no node at all (about 1.5 s in all).
@@ -447,16 +448,24 @@ pub async fn list(
                 )
             })?,
     };
-    let module = query.get("module");
-
+    let filter = Filter {
+        state: wanted_state,
+        kind: wanted_kind,
+        module: query.get("module").cloned(),
+    };
     let store = nats.assets.contexts.clone();
-    let keys: Vec<String> = store
-        .keys()
-        .await
-        .map_err(|e| ApiError::nats("cannot list the contexts bucket", e))?
-        .try_collect()
-        .await
-        .map_err(|e| ApiError::nats("cannot list the contexts bucket", e))?;
+    // The index names the newest matches; until the watch is current, every
+    // key is read.
+    let keys: Vec<String> = match nats.contexts.index().newest(&filter, limit) {
+        Some(ids) => ids.iter().map(Uuid::to_string).collect(),
+        None => store
+            .keys()
+            .await
+            .map_err(|e| ApiError::nats("cannot list the contexts bucket", e))?
+            .try_collect()
+            .await
+            .map_err(|e| ApiError::nats("cannot list the contexts bucket", e))?,
+    };
     let mut contexts: Vec<ExecutionContext> = futures::stream::iter(keys)
         .map(|key| {
             let store = store.clone();
@@ -468,10 +477,9 @@ pub async fn list(
                 .flatten()
                 .and_then(|b| decode::<ExecutionContext>(&b).ok())
         })
+        // A context may have changed since the index saw it.
         .filter(|ctx| {
-            let keep = wanted_state.is_none_or(|s| ctx.state == s)
-                && wanted_kind.is_none_or(|k| ctx.kind == k)
-                && module.is_none_or(|m| &ctx.module == m);
+            let keep = filter.matches(ctx.state, ctx.kind, &ctx.module);
             async move { keep }
         })
         .collect()
