@@ -49,6 +49,22 @@ pub fn router(state: AppState) -> Router {
         .with_state(state)
 }
 
+/// Every key of a bucket, e.g. to list or revisit all its records.
+pub async fn bucket_keys(
+    store: &async_nats::jetstream::kv::Store,
+    what: &str,
+) -> Result<Vec<String>, ApiError> {
+    use futures::TryStreamExt;
+    let fail = |e: &dyn std::fmt::Display| ApiError::nats(&format!("cannot list the {what}"), e);
+    store
+        .keys()
+        .await
+        .map_err(|e| fail(&e))?
+        .try_collect()
+        .await
+        .map_err(|e| fail(&e))
+}
+
 async fn not_found(uri: axum::http::Uri) -> ApiError {
     ApiError::not_found(
         "no_such_route",

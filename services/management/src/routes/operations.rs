@@ -8,7 +8,7 @@ use std::time::Duration;
 use async_nats::jetstream::kv;
 use axum::extract::{Extension, Path, Query, State};
 use axum::http::StatusCode;
-use futures::{StreamExt, TryStreamExt};
+use futures::StreamExt;
 use serde::Deserialize;
 use serde_json::{json, Value};
 use uuid::Uuid;
@@ -458,13 +458,7 @@ pub async fn list(
     // key is read.
     let keys: Vec<String> = match nats.contexts.index().newest(&filter, limit) {
         Some(ids) => ids.iter().map(Uuid::to_string).collect(),
-        None => store
-            .keys()
-            .await
-            .map_err(|e| ApiError::nats("cannot list the contexts bucket", e))?
-            .try_collect()
-            .await
-            .map_err(|e| ApiError::nats("cannot list the contexts bucket", e))?,
+        None => super::bucket_keys(&store, "contexts bucket").await?,
     };
     let mut contexts: Vec<ExecutionContext> = futures::stream::iter(keys)
         .map(|key| {

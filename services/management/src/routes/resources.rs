@@ -6,7 +6,6 @@ use std::collections::BTreeMap;
 use async_nats::jetstream::kv;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
-use futures::TryStreamExt;
 use serde::Deserialize;
 use serde_json::{json, Value};
 use zerofoot_shared::protocol::{decode, encode, ResourceRecord, ResourceView, PROTOCOL_VERSION};
@@ -151,13 +150,7 @@ pub async fn get(
 
 pub async fn list(State(state): State<AppState>) -> Result<ApiJson<Value>, ApiError> {
     let store = &state.nats()?.assets.resources;
-    let keys: Vec<String> = store
-        .keys()
-        .await
-        .map_err(|e| ApiError::nats("cannot list the resources bucket", e))?
-        .try_collect()
-        .await
-        .map_err(|e| ApiError::nats("cannot list the resources bucket", e))?;
+    let keys = super::bucket_keys(store, "resources bucket").await?;
     let mut resources = Vec::with_capacity(keys.len());
     for key in keys {
         if let Some((record, _)) = load(store, &key).await? {
@@ -188,13 +181,7 @@ pub async fn reseal(State(state): State<AppState>) -> Result<ApiJson<Value>, Api
         )
     })?;
     let store = &state.nats()?.assets.resources;
-    let keys: Vec<String> = store
-        .keys()
-        .await
-        .map_err(|e| ApiError::nats("cannot list the resources bucket", e))?
-        .try_collect()
-        .await
-        .map_err(|e| ApiError::nats("cannot list the resources bucket", e))?;
+    let keys = super::bucket_keys(store, "resources bucket").await?;
     let (mut resealed, mut current, mut without_secrets) = (0, 0, 0);
     let mut failed = Vec::new();
     for id in keys {
