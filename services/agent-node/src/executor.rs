@@ -217,7 +217,16 @@ impl Executor {
                 .contexts
                 .create(op.to_string(), encode(&ctx))
                 .await
-                .map_err(|e| conflict(format!("operation {op} is recorded already ({e})"))),
+                .map_err(|e| match e.kind() {
+                    kv::CreateErrorKind::AlreadyExists => {
+                        conflict(format!("operation {op} is recorded already"))
+                    }
+                    _ => RemoteError::new(
+                        503,
+                        "unavailable",
+                        format!("cannot record operation {op}: {e}"),
+                    ),
+                }),
         };
         // Dropping the sender when the write failed stops the driver unfed.
         let revision = written?;

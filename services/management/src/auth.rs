@@ -86,12 +86,12 @@ impl Tokens {
             if token.len() < 16 {
                 return Err(TokensError::Entry(index + 1));
             }
-            use sha2::Digest;
-            let digest = hex::encode(sha2::Sha256::digest(token.as_bytes()));
+            let digest = zerofoot_shared::bundle::digest(token.as_bytes());
+            let hex = digest.trim_start_matches("sha256:");
             tokens.push(Token {
                 role,
                 secret: token.as_bytes().to_vec(),
-                label: format!("{}-{}", role.name(), &digest[..12]),
+                label: format!("{}-{}", role.name(), &hex[..12]),
             });
         }
         Ok(Self(tokens))
