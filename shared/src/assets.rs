@@ -15,6 +15,12 @@ const UPLOAD_MAX_AGE: Duration = Duration::from_secs(3600);
 const LEAD_HISTORY: i64 = 64;
 /// `Nats-Msg-Id` deduplication window of the events stream.
 pub const EVENTS_DUPLICATE_WINDOW: Duration = Duration::from_secs(120);
+/// How long the marker of a purged context stays in the contexts bucket
+/// before the server drops it (per-message TTL, nats-server 2.11 or newer):
+/// long enough for every live watcher to see the delete. The contexts
+/// bucket is created with `allow_msg_ttl` for it (its delete marker TTL is
+/// set to the same; the bucket has no max age, so none is ever placed).
+pub const CONTEXT_MARKER_TTL: Duration = Duration::from_secs(3600);
 
 #[derive(Debug, thiserror::Error)]
 #[error("cannot open or create the JetStream asset {asset}: {message}; check that nats-server runs with JetStream enabled")]
@@ -70,7 +76,15 @@ impl Assets {
             storage: jetstream::stream::StorageType::File,
             ..Default::default()
         };
-        let contexts = open_kv(&js, kv_config(names.contexts_bucket(), 1), replicas).await?;
+        let contexts = open_kv(
+            &js,
+            kv::Config {
+                limit_markers: Some(CONTEXT_MARKER_TTL),
+                ..kv_config(names.contexts_bucket(), 1)
+            },
+            replicas,
+        )
+        .await?;
         let lead = open_kv(&js, kv_config(names.lead_bucket(), LEAD_HISTORY), replicas).await?;
         let resources = open_kv(&js, kv_config(names.resources_bucket(), 1), replicas).await?;
         let module_index =
@@ -150,7 +164,7 @@ async fn open_kv(
     let bucket = config.bucket.clone();
     let store = match js.get_key_value(&bucket).await {
         Ok(store) => store,
-        Err(_) => match js.create_key_value(config).await {
+        Err(_) => match create_kv(js, config).await {
             Ok(store) => store,
             // Another service created it between our get and create.
             Err(create_err) => js
@@ -163,6 +177,32 @@ async fn open_kv(
         check_stream(&mut stream, &bucket, replicas).await;
     }
     Ok(store)
+}
+
+/// Creates a bucket; on a server older than 2.11, which has no per-message
+/// TTL, without `limit_markers` (purge markers then stay).
+async fn create_kv(
+    js: &jetstream::Context,
+    config: kv::Config,
+) -> Result<kv::Store, jetstream::context::CreateKeyValueError> {
+    use jetstream::context::CreateKeyValueErrorKind;
+    match js.create_key_value(config.clone()).await {
+        Err(e)
+            if e.kind() == CreateKeyValueErrorKind::LimitMarkersNotSupported
+                && config.limit_markers.is_some() =>
+        {
+            tracing::warn!(
+                bucket = %config.bucket,
+                "nats-server is older than 2.11: the bucket is created without per-message TTLs"
+            );
+            js.create_key_value(kv::Config {
+                limit_markers: None,
+                ..config
+            })
+            .await
+        }
+        other => other,
+    }
 }
 
 async fn open_objects(

@@ -70,16 +70,25 @@ pub async fn last_position(events: &stream::Stream, subject: &str) -> Result<u64
     }
 }
 
+/// A log as read by [`read`].
+#[derive(Debug, Default)]
+pub struct LogRead {
+    /// `(stream sequence, entry)` in order; unreadable messages left out.
+    pub entries: Vec<(u64, LogEntry)>,
+    /// Stream sequence of the log's last message, readable or not (0: empty).
+    /// An owner appends after this, never after the last entry that parsed:
+    /// one junk message must not make every append look fenced.
+    pub end: u64,
+}
+
 /// Reads the log from stream sequence `from` (inclusive) to its end as it
-/// stands now: `(stream sequence, entry)` in order. Unreadable messages are
-/// skipped with a warning.
-pub async fn read(
-    events: &stream::Stream,
-    subject: &str,
-    from: u64,
-) -> Result<Vec<(u64, LogEntry)>, LogError> {
+/// stands now. Unreadable messages are skipped with a warning.
+pub async fn read(events: &stream::Stream, subject: &str, from: u64) -> Result<LogRead, LogError> {
     let end = last_position(events, subject).await?;
-    let mut out = Vec::new();
+    let mut out = LogRead {
+        entries: Vec::new(),
+        end,
+    };
     if end == 0 || end < from {
         return Ok(out);
     }
@@ -107,7 +116,7 @@ pub async fn read(
         };
         let position = message.info().map_err(nats)?.stream_sequence;
         match serde_json::from_slice::<LogEntry>(&message.payload) {
-            Ok(entry) => out.push((position, entry)),
+            Ok(entry) => out.entries.push((position, entry)),
             Err(e) => {
                 tracing::warn!(subject, position, error = %e, "skipping an unreadable event log message")
             }
@@ -117,6 +126,268 @@ pub async fn read(
         }
     }
     Ok(out)
+}
+
+/// What one message of a log says about where the events with a seq above
+/// some `after` start. Event seqs grow in log order, so the messages holding
+/// such events form the log's tail; [`StartSearch`] bisects for its head.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Probe {
+    /// Every event in this message, and so every earlier one, is at or
+    /// below `after`: the tail starts later.
+    Before,
+    /// This message holds an event above `after`, or is a takeover marker
+    /// after such an event (so everything after it is above `after`): the
+    /// tail starts here or earlier.
+    AtOrAfter,
+    /// Says nothing either way: unreadable (junk), an empty batch, or a
+    /// marker taken over at or below `after`. Carries no event, so reading
+    /// may start before it at no loss.
+    Undecided,
+}
+
+/// The pure decision of the search: what `entry` (`None`: the message did
+/// not parse as a [`LogEntry`]) says about events above `after`.
+pub fn probe(entry: Option<&LogEntry>, after: u64) -> Probe {
+    match entry {
+        Some(LogEntry::Events { events, .. }) => match events.iter().map(|e| e.seq).max() {
+            Some(last) if last > after => Probe::AtOrAfter,
+            Some(_) => Probe::Before,
+            None => Probe::Undecided,
+        },
+        // Every later event counts on from the marker's `after_seq`.
+        Some(LogEntry::Takeover { after_seq, .. }) if *after_seq > after => Probe::AtOrAfter,
+        // What the old owner wrote before the marker is not bounded by it
+        // for sure: decide on the messages around it instead.
+        Some(LogEntry::Takeover { .. }) | None => Probe::Undecided,
+    }
+}
+
+/// [`probe`] of a message's raw bytes; junk is [`Probe::Undecided`].
+pub fn probe_message(payload: &[u8], after: u64) -> Probe {
+    probe(
+        serde_json::from_slice::<LogEntry>(payload).ok().as_ref(),
+        after,
+    )
+}
+
+/// Most direct gets one search may spend before it settles for the start it
+/// has proven so far (still correct, only a longer read).
+const MAX_PROBES: u32 = 128;
+
+/// Bisection over stream sequences for the position to start reading a log
+/// at so that no event above some `after` is missed and few below it are
+/// read. Pure: the caller classifies messages with [`probe`], fetches "the first message of the log at or after
+/// position [`StartSearch::next_probe`]" and hands what it found to
+/// [`StartSearch::observe`] until `next_probe` says `None`.
+///
+/// Invariant: no message before `lo` holds an event above `after`, and no
+/// message from `hi` on holds only events at or below it. `lo` is therefore
+/// always a correct start; once `lo == hi` it is the best one (right after
+/// the last message that holds only earlier events).
+#[derive(Clone, Debug)]
+pub struct StartSearch {
+    lo: u64,
+    hi: u64,
+    probes_left: u32,
+    /// The position asked for last.
+    probing: u64,
+    /// A run of undecided messages found from a bisection point: `(point,
+    /// next position to look at)`.
+    run: Option<(u64, u64)>,
+}
+
+impl StartSearch {
+    /// A search among positions `first..=end` (`end`: the log's last
+    /// position when the search starts; 0 for an empty log).
+    pub fn new(first: u64, end: u64) -> Self {
+        let lo = first.max(1);
+        Self {
+            lo,
+            hi: end.saturating_add(1).max(lo),
+            probes_left: MAX_PROBES,
+            probing: lo,
+            run: None,
+        }
+    }
+
+    /// The position whose next message to fetch, or `None` when done.
+    pub fn next_probe(&mut self) -> Option<u64> {
+        if self.lo >= self.hi || self.probes_left == 0 {
+            return None;
+        }
+        self.probing = match self.run {
+            Some((_, next)) => next,
+            None => self.lo + (self.hi - self.lo) / 2,
+        };
+        Some(self.probing)
+    }
+
+    /// The first message at or after the probed position: its position and
+    /// what it says, or `None` if the log has none there.
+    pub fn observe(&mut self, found: Option<(u64, Probe)>) {
+        self.probes_left = self.probes_left.saturating_sub(1);
+        let point = self.run.map_or(self.probing, |(point, _)| point);
+        self.run = None;
+        match found {
+            // The server answered with a message before the one asked for:
+            // trust nothing more and keep the start proven so far.
+            Some((at, _)) if at < self.probing => self.probes_left = 0,
+            Some((at, probe)) if at < self.hi => match probe {
+                Probe::Before => self.lo = at + 1,
+                // Nothing but undecided messages (or none) lies between
+                // `point` and `at`: starting at `point` reads `at` first.
+                Probe::AtOrAfter => self.hi = point,
+                Probe::Undecided if at + 1 < self.hi => self.run = Some((point, at + 1)),
+                Probe::Undecided => self.hi = point,
+            },
+            // Nothing readable between `point` and the end searched.
+            _ => self.hi = point,
+        }
+    }
+
+    /// Where to start reading: exact once the search is done, and correct
+    /// (if earlier than needed) when it ran out of probes.
+    pub fn start(&self) -> u64 {
+        self.lo
+    }
+}
+
+/// The stream position to read `subject`'s log from to get every event
+/// with a seq above `after_seq`, found by bisection with direct gets (about
+/// log2 of the stream's length of them) instead of reading the log from its
+/// start. Past the log's end when it holds no such event yet.
+pub async fn start_position(
+    events: &stream::Stream,
+    subject: &str,
+    after_seq: u64,
+) -> Result<u64, LogError> {
+    let end = last_position(events, subject).await?;
+    search_start(events, subject, after_seq, end).await
+}
+
+async fn search_start(
+    events: &stream::Stream,
+    subject: &str,
+    after_seq: u64,
+    end: u64,
+) -> Result<u64, LogError> {
+    if after_seq == 0 {
+        return Ok(1);
+    }
+    let mut search = StartSearch::new(1, end);
+    while let Some(at) = search.next_probe() {
+        let found = match events.direct_get_next_for_subject(subject, Some(at)).await {
+            Ok(message) => Some((message.sequence, probe_message(&message.payload, after_seq))),
+            Err(e) if e.kind() == stream::DirectGetErrorKind::NotFound => None,
+            Err(e) => return Err(nats(e)),
+        };
+        search.observe(found);
+    }
+    Ok(search.start())
+}
+
+/// Messages one pull of a page or live read asks for: bounds what a reader
+/// holds in memory (a message carries up to a batch of events).
+pub const PULL_BATCH: i64 = 32;
+
+/// One page of a log, as read by [`read_page`].
+#[derive(Debug, Default)]
+pub struct Page {
+    /// Events with a seq above the page's `after_seq`, in order, at most `limit`.
+    pub events: Vec<Event>,
+    /// The log's last position when the read started (0: empty log).
+    pub end: u64,
+}
+
+/// Reads at most `limit` events with a seq above `after_seq`: finds where
+/// they start ([`start_position`]), reads from there with an ordered
+/// consumer and stops as soon as `limit` events are in or the log's end as
+/// it stood at the start is reached. Unreadable messages and markers are
+/// skipped.
+pub async fn read_page(
+    events: &stream::Stream,
+    subject: &str,
+    after_seq: u64,
+    limit: usize,
+) -> Result<Page, LogError> {
+    let end = last_position(events, subject).await?;
+    let mut page = Page {
+        events: Vec::new(),
+        end,
+    };
+    if end == 0 || limit == 0 {
+        return Ok(page);
+    }
+    let start = search_start(events, subject, after_seq, end).await?;
+    if start > end {
+        return Ok(page);
+    }
+    let consumer = events
+        .create_consumer(consumer::pull::OrderedConfig {
+            filter_subject: subject.to_string(),
+            deliver_policy: consumer::DeliverPolicy::ByStartSequence {
+                start_sequence: start,
+            },
+            max_batch: PULL_BATCH,
+            ..Default::default()
+        })
+        .await
+        .map_err(nats)?;
+    let name = consumer.cached_info().name.clone();
+    let read = read_into(&mut page, consumer, subject, after_seq, limit).await;
+    // The server would keep an idle consumer for 30 s; one page is done.
+    let _ = tokio::time::timeout(
+        std::time::Duration::from_secs(1),
+        events.delete_consumer(&name),
+    )
+    .await;
+    read.map(|()| page)
+}
+
+async fn read_into(
+    page: &mut Page,
+    consumer: consumer::Consumer<consumer::pull::OrderedConfig>,
+    subject: &str,
+    after_seq: u64,
+    limit: usize,
+) -> Result<(), LogError> {
+    let end = page.end;
+    let mut messages = consumer.messages().await.map_err(nats)?;
+    loop {
+        let next = tokio::time::timeout(std::time::Duration::from_secs(5), messages.next()).await;
+        let message = match next {
+            Ok(Some(message)) => message.map_err(nats)?,
+            Ok(None) => break,
+            Err(_) => {
+                return Err(LogError::Nats(format!(
+                    "reading {subject} stalled before position {end}"
+                )))
+            }
+        };
+        let info = message.info().map_err(nats)?;
+        let (position, pending) = (info.stream_sequence, info.pending);
+        match serde_json::from_slice::<LogEntry>(&message.payload) {
+            Ok(LogEntry::Events { events, .. }) => {
+                let wanted = limit - page.events.len();
+                page.events.extend(
+                    events
+                        .into_iter()
+                        .filter(|e| e.seq > after_seq)
+                        .take(wanted),
+                );
+            }
+            Ok(LogEntry::Takeover { .. }) => {}
+            Err(e) => {
+                tracing::warn!(subject, position, error = %e, "skipping an unreadable event log message")
+            }
+        }
+        // `pending == 0`: messages up to `end` expired meanwhile.
+        if page.events.len() >= limit || position >= end || pending == 0 {
+            break;
+        }
+    }
+    Ok(())
 }
 
 /// The events of a log read with [`read`], markers left out.
@@ -153,5 +424,194 @@ mod tests {
         let events: Vec<Event> = events_of(vec![(7, parsed), (8, marker)]).collect();
         assert_eq!(events.len(), 1);
         assert_eq!(events[0].key.as_deref(), Some("a"));
+    }
+
+    fn event(seq: u64) -> Event {
+        Event {
+            v: 1,
+            op: Uuid::nil(),
+            seq,
+            key: None,
+            data: Value::Null,
+            node: "n1".into(),
+            epoch: 1,
+            at: OffsetDateTime::UNIX_EPOCH,
+        }
+    }
+
+    fn batch(seqs: std::ops::RangeInclusive<u64>) -> Vec<u8> {
+        let entry = LogEntry::Events {
+            v: 1,
+            events: seqs.map(event).collect(),
+        };
+        serde_json::to_vec(&entry).expect("json")
+    }
+
+    fn marker(after_seq: u64) -> Vec<u8> {
+        let entry = LogEntry::Takeover {
+            v: 1,
+            op: Uuid::nil(),
+            node: "n2".into(),
+            epoch: 2,
+            after_seq,
+        };
+        serde_json::to_vec(&entry).expect("json")
+    }
+
+    #[test]
+    fn a_probe_decides_by_the_last_event_and_markers_only_forward() {
+        let events = |seqs| serde_json::from_slice::<LogEntry>(&batch(seqs)).ok();
+        assert_eq!(probe(events(1..=10).as_ref(), 10), Probe::Before);
+        assert_eq!(probe(events(1..=10).as_ref(), 9), Probe::AtOrAfter);
+        assert_eq!(probe(events(5..=10).as_ref(), 0), Probe::AtOrAfter);
+        let empty = LogEntry::Events {
+            v: 1,
+            events: Vec::new(),
+        };
+        assert_eq!(probe(Some(&empty), 3), Probe::Undecided);
+        assert_eq!(probe_message(&marker(20), 19), Probe::AtOrAfter);
+        assert_eq!(probe_message(&marker(20), 20), Probe::Undecided);
+        assert_eq!(probe_message(b"not json", 1), Probe::Undecided);
+        assert_eq!(
+            probe_message(br#"{"kind":"events","events":[{"seq":99}]}"#, 1),
+            Probe::Undecided,
+            "what does not parse as a LogEntry is junk, however it looks"
+        );
+    }
+
+    /// A log in memory: `(position, payload)` in position order.
+    fn search(log: &[(u64, Vec<u8>)], after: u64) -> (u64, u32) {
+        let end = log.last().map_or(0, |(p, _)| *p);
+        let mut search = StartSearch::new(1, end);
+        let mut probes = 0;
+        while let Some(at) = search.next_probe() {
+            probes += 1;
+            let found = log
+                .iter()
+                .find(|(p, _)| *p >= at)
+                .map(|(p, payload)| (*p, probe_message(payload, after)));
+            search.observe(found);
+        }
+        (search.start(), probes)
+    }
+
+    /// The reference: the position after the last message holding only
+    /// events at or below `after` (every other message may be read).
+    fn expected(log: &[(u64, Vec<u8>)], after: u64) -> u64 {
+        log.iter()
+            .filter(|(_, payload)| probe_message(payload, after) == Probe::Before)
+            .map(|(p, _)| p + 1)
+            .max()
+            .unwrap_or(1)
+    }
+
+    fn events_from(log: &[(u64, Vec<u8>)], start: u64, after: u64) -> Vec<u64> {
+        log.iter()
+            .filter(|(p, _)| *p >= start)
+            .filter_map(|(_, payload)| serde_json::from_slice::<LogEntry>(payload).ok())
+            .flat_map(|e| events_of(vec![(0, e)]))
+            .map(|e| e.seq)
+            .filter(|s| *s > after)
+            .collect()
+    }
+
+    #[test]
+    fn the_search_finds_the_first_message_after_a_seq_among_other_subjects() {
+        // Batches of 10 events at every third position (other operations'
+        // messages in between), 100 batches.
+        let log: Vec<(u64, Vec<u8>)> = (0..100u64)
+            .map(|i| (3 * i + 2, batch(i * 10 + 1..=i * 10 + 10)))
+            .collect();
+        for after in [0, 1, 9, 10, 11, 500, 995, 999, 1000, 5000] {
+            let (start, probes) = search(&log, after);
+            assert_eq!(start, expected(&log, after), "after {after}");
+            assert!(probes <= 10, "bisection, not a scan: {probes} probes");
+            let all: Vec<u64> = (after + 1..=1000).collect();
+            assert_eq!(events_from(&log, start, after), all, "after {after}");
+        }
+        assert_eq!(search(&log, 1000).0, 300, "past the end: nothing to read");
+        assert_eq!(search(&[], 5), (1, 0), "an empty log");
+    }
+
+    #[test]
+    fn junk_and_markers_never_hide_an_event() {
+        let mut log = Vec::new();
+        let mut position = 0;
+        let mut push = |log: &mut Vec<(u64, Vec<u8>)>, payload: Vec<u8>| {
+            position += 1;
+            log.push((position, payload));
+        };
+        for i in 0..40u64 {
+            push(&mut log, batch(i * 5 + 1..=i * 5 + 5));
+            if i % 7 == 3 {
+                push(&mut log, b"junk".to_vec());
+                push(&mut log, br#"{"kind":"nonsense"}"#.to_vec());
+            }
+            if i % 11 == 5 {
+                // A takeover after event i*5+5, and an old owner's late
+                // batch is impossible after it: the marker fences it.
+                push(&mut log, marker(i * 5 + 5));
+            }
+        }
+        // A run of junk at the very end, and a log made only of junk.
+        push(&mut log, b"{".to_vec());
+        push(&mut log, b"}".to_vec());
+        for after in 0..=205 {
+            let (start, _) = search(&log, after);
+            assert_eq!(
+                events_from(&log, start, after),
+                (after + 1..=200).collect::<Vec<u64>>(),
+                "after {after}, start {start}"
+            );
+            assert_eq!(start, expected(&log, after), "after {after}");
+        }
+        let junk: Vec<(u64, Vec<u8>)> = (1..=50).map(|p| (p, b"x".to_vec())).collect();
+        assert_eq!(search(&junk, 3).0, 1, "all junk: start anywhere");
+    }
+
+    #[test]
+    fn a_marker_above_the_seq_bounds_the_search() {
+        // The old owner wrote 11..=12 after its checkpoint, the new owner
+        // took over after 12 and goes on with 13.
+        let log = vec![
+            (1, batch(1..=10)),
+            (2, batch(11..=12)),
+            (3, marker(12)),
+            (4, batch(13..=20)),
+        ];
+        assert_eq!(search(&log, 10).0, 2);
+        assert_eq!(search(&log, 11).0, 2);
+        assert_eq!(search(&log, 12).0, 3, "right after the last earlier batch");
+        assert_eq!(search(&log, 13).0, 3, "the marker is read and skipped");
+        assert_eq!(search(&log, 14).0, 3);
+        assert_eq!(search(&log, 20).0, 5);
+    }
+
+    #[test]
+    fn a_search_out_of_probes_keeps_a_correct_start() {
+        let mut search = StartSearch::new(1, 1000);
+        search.probes_left = 2;
+        let mut probes = 0;
+        while let Some(at) = search.next_probe() {
+            probes += 1;
+            // Everything at or below 700 is before the seq searched for.
+            let probe = if at <= 700 {
+                Probe::Before
+            } else {
+                Probe::AtOrAfter
+            };
+            search.observe(Some((at, probe)));
+        }
+        assert_eq!(probes, 2);
+        assert!(search.start() <= 701, "never past the first wanted message");
+        let mut odd = StartSearch::new(10, 20);
+        let at = odd.next_probe().expect("a probe");
+        odd.observe(Some((at - 1, Probe::Before)));
+        assert_eq!(
+            odd.next_probe(),
+            None,
+            "a server answering backwards stops it"
+        );
+        assert_eq!(odd.start(), 10);
     }
 }

@@ -7,6 +7,7 @@
 //! - [`assets`]: JetStream buckets and streams with their settings, created
 //!   idempotently and checked for unsafe settings at start.
 //! - [`config`]: command-line flags shared by every binary.
+//! - [`context_store`]: typed load, create and compare-and-set of execution contexts.
 //! - [`nats`]: connecting with credentials, TLS, retry and backoff.
 //! - [`nats_auth`]: the NATS users of each service role and their permissions.
 //! - [`bundle`]: checking, packing and safely unpacking module bundles.
@@ -19,6 +20,7 @@
 pub mod assets;
 pub mod bundle;
 pub mod config;
+pub mod context_store;
 pub mod eventlog;
 pub mod modules;
 pub mod names;

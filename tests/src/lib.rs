@@ -15,6 +15,7 @@ use nix::unistd::Pid;
 use serde_json::Value;
 
 pub mod modules;
+pub mod proxy;
 
 /// Polls `probe` until it returns `Some`, or panics after `timeout` saying
 /// what was awaited and what the last probe saw.
@@ -50,6 +51,38 @@ pub async fn wait_process_gone(what: &str, pid: i32) {
         }
     })
     .await;
+}
+
+/// Drivers that log "<pid> <ms since epoch>" lines to a file, as fault
+/// tests' drivers do: pid → (first, last) beat in ms.
+pub fn beat_spans(file: &Path) -> std::collections::BTreeMap<i32, (u64, u64)> {
+    let text = std::fs::read_to_string(file).unwrap_or_default();
+    let mut spans = std::collections::BTreeMap::new();
+    for line in text.lines() {
+        let mut parts = line.split_whitespace();
+        let (Some(Ok(pid)), Some(Ok(ms))) = (
+            parts.next().map(str::parse::<i32>),
+            parts.next().map(str::parse::<u64>),
+        ) else {
+            continue;
+        };
+        let span = spans.entry(pid).or_insert((ms, ms));
+        span.0 = span.0.min(ms);
+        span.1 = span.1.max(ms);
+    }
+    spans
+}
+
+/// The longest time, in ms, two drivers of [`beat_spans`] beat at once.
+pub fn longest_overlap(spans: &std::collections::BTreeMap<i32, (u64, u64)>) -> u64 {
+    let all: Vec<(u64, u64)> = spans.values().copied().collect();
+    let mut worst = 0;
+    for (i, a) in all.iter().enumerate() {
+        for b in &all[i + 1..] {
+            worst = worst.max(a.1.min(b.1).saturating_sub(a.0.max(b.0)));
+        }
+    }
+    worst
 }
 
 /// A free TCP port on 127.0.0.1.

@@ -23,6 +23,17 @@ pub struct Cli {
 pub enum Command {
     /// Print the node's local mirror (contexts, resources, applied revisions) as JSON.
     Inspect(InspectArgs),
+    /// (Started by the node itself.) Kills the node's drivers when the node
+    /// dies or stops feeding it; see watchdog.rs.
+    #[command(hide = true)]
+    Watchdog(WatchdogArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct WatchdogArgs {
+    /// Silence from the node after which its drivers are killed.
+    #[arg(long)]
+    pub starve_ms: u64,
 }
 
 #[derive(Args, Debug)]

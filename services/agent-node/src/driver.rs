@@ -2,7 +2,11 @@
 //! environment, own process group, JSON on stdin, JSON lines on stdout,
 //! bounded output, a timeout, and the last 4 KiB of stderr for the error.
 //! Whatever way the driver ends, its whole process group is killed, so
-//! nothing it started outlives it.
+//! nothing it started outlives it; if the node itself dies or stalls, the
+//! watchdog (`watchdog.rs`) and the parent-death signal do it. Output goes
+//! to a bounded channel: a consumer that cannot keep up (JetStream slow to
+//! acknowledge) stops the reading, so the driver blocks on its full pipe
+//! instead of the node buffering without bound.
 
 use std::collections::VecDeque;
 use std::path::PathBuf;
@@ -65,6 +69,8 @@ pub struct Invocation {
     pub stdin_after: Option<tokio::sync::oneshot::Receiver<()>>,
     pub timeout: Option<Duration>,
     pub max_output: Option<u64>,
+    /// Told of the driver's process group while it runs.
+    pub watchdog: Option<crate::watchdog::Watchdog>,
 }
 
 /// The environment every driver starts with, besides the `ZF_*` variables.
@@ -82,14 +88,16 @@ pub fn base_env(scratch: &std::path::Path) -> Vec<(String, String)> {
     ]
 }
 
-/// Runs the driver to its end, handing every output line to `on_output` in
+/// Runs the driver to its end, sending every output line to `outputs` in
 /// order. `Ok` means exit status 0.
 pub async fn run(
     inv: Invocation,
     cancel: &CancellationToken,
-    mut on_output: impl FnMut(Output),
+    outputs: tokio::sync::mpsc::Sender<Output>,
 ) -> Result<(), DriverError> {
-    let mut child = tokio::process::Command::new(&inv.program)
+    let node_pid = std::process::id() as i32;
+    let mut command = tokio::process::Command::new(&inv.program);
+    command
         .arg(&inv.operation)
         .current_dir(&inv.scratch)
         .env_clear()
@@ -98,13 +106,30 @@ pub async fn run(
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .map_err(|e| DriverError::Spawn {
-            program: inv.program.display().to_string(),
-            message: e.to_string(),
-        })?;
+        .kill_on_drop(true);
+    // SAFETY: between fork and exec only async-signal-safe calls (prctl,
+    // getppid, _exit).
+    unsafe {
+        command.pre_exec(move || {
+            // Dies with the node's thread that forked it (a runtime worker,
+            // which lives as long as the node), even before the watchdog
+            // hears of it; and never starts if the node died meanwhile.
+            nix::sys::prctl::set_pdeathsig(Signal::SIGKILL).map_err(std::io::Error::from)?;
+            if nix::unistd::getppid().as_raw() != node_pid {
+                nix::libc::_exit(137);
+            }
+            Ok(())
+        });
+    }
+    let mut child = command.spawn().map_err(|e| DriverError::Spawn {
+        program: inv.program.display().to_string(),
+        message: e.to_string(),
+    })?;
     let group = child.id().map(|id| Pid::from_raw(id as i32));
+    let _watched = match (&inv.watchdog, group) {
+        (Some(watchdog), Some(group)) => Some(watchdog.watch(group.as_raw())),
+        _ => None,
+    };
     let kill_group = |signal: Signal| {
         if let Some(group) = group {
             let _ = killpg(group, signal);
@@ -186,7 +211,16 @@ pub async fn run(
                             break Err(DriverError::TooMuchOutput(inv.max_output.unwrap_or(0)));
                         }
                         if let Some(output) = parse_line(&bytes) {
-                            on_output(output);
+                            // Waiting here is the backpressure; a cancel
+                            // still gets through.
+                            tokio::select! {
+                                sent = outputs.send(output) => {
+                                    if sent.is_err() {
+                                        break Err(DriverError::Io("nobody reads the driver's output any more".into()));
+                                    }
+                                }
+                                _ = cancel.cancelled() => continue,
+                            }
                         }
                     }
                 }
@@ -323,11 +357,16 @@ mod tests {
             stdin_after: gate,
             timeout: Some(Duration::from_secs(10)),
             max_output: None,
+            watchdog: None,
         };
-        let mut result = None;
-        run(invocation, &CancellationToken::new(), |o| result = Some(o))
+        let (tx, mut rx) = tokio::sync::mpsc::channel(8);
+        run(invocation, &CancellationToken::new(), tx)
             .await
             .expect("driver ran");
+        let mut result = None;
+        while let Some(o) = rx.recv().await {
+            result = Some(o);
+        }
         result
     }
 

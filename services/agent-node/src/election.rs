@@ -136,6 +136,17 @@ impl Election {
         Action::StepDown { reason }
     }
 
+    /// This node's liveness check failed (NATS has not answered within the
+    /// fence budget): a lead steps down at once, before another node may
+    /// claim. A node that cannot act claims nothing (no tick is fed).
+    pub fn on_fenced(&mut self, now: Instant) -> Option<Action> {
+        let term = self.leading?;
+        Some(self.step_down(
+            now,
+            format!("NATS did not answer within the fence budget while leading term {term}"),
+        ))
+    }
+
     /// A clock tick; `connected` is the NATS connection state now.
     pub fn on_tick(&mut self, now: Instant, connected: bool) -> Option<Action> {
         let gap = now.saturating_duration_since(self.last_tick);
@@ -199,6 +210,7 @@ pub struct Shell {
     pub lapse: Duration,
     pub tick_every: Duration,
     pub standing: watch::Sender<Standing>,
+    pub liveness: crate::liveness::Liveness,
 }
 
 /// Runs the election until `cancel` fires, publishing this node's standing.
@@ -211,6 +223,7 @@ pub async fn run(shell: Shell, cancel: CancellationToken) {
         lapse,
         tick_every,
         standing,
+        liveness,
     } = shell;
     let mut election = Election::new(&me, lapse, Instant::now());
     let mut heartbeats = match client.subscribe(names.all_heartbeats()).await {
@@ -238,11 +251,16 @@ pub async fn run(shell: Shell, cancel: CancellationToken) {
         let action = tokio::select! {
             _ = cancel.cancelled() => return,
             _ = tick.tick() => {
-                let connected = client.connection_state() == async_nats::connection::State::Connected;
-                election.on_tick(Instant::now(), connected)
+                if liveness.may_act() {
+                    let connected = client.connection_state() == async_nats::connection::State::Connected;
+                    election.on_tick(Instant::now(), connected)
+                } else {
+                    election.on_fenced(Instant::now())
+                }
             }
             Some(msg) = heartbeats.next() => {
-                if let Ok(hb) = decode::<Heartbeat>(&msg.payload) {
+                // A node speaks only for itself.
+                if let Some(hb) = crate::membership::genuine_heartbeat(&names, &msg.subject, &msg.payload) {
                     election.on_heartbeat(&hb, Instant::now());
                 }
                 None
@@ -340,6 +358,19 @@ mod tests {
             registered_with: Vec::new(),
             started_at: zerofoot_shared::time::now(),
         }
+    }
+
+    #[test]
+    fn a_fenced_lead_steps_down_at_once() {
+        let t0 = Instant::now();
+        let mut e = Election::new("a", LAPSE, t0);
+        assert_eq!(e.on_fenced(t0), None, "nothing to give up");
+        e.claimed(1, 1, t0);
+        assert!(matches!(
+            e.on_fenced(t0 + Duration::from_millis(10)),
+            Some(Action::StepDown { .. })
+        ));
+        assert_eq!(e.standing().role, Role::Auxiliary);
     }
 
     #[test]

@@ -1,8 +1,6 @@
 //! Publishes this node's heartbeat every interval (SPEC §6). Core NATS, not
 //! JetStream: a heartbeat is only worth something when it is fresh.
 
-use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::Arc;
 use std::time::Duration;
 
 use time::OffsetDateTime;
@@ -25,7 +23,7 @@ pub struct Beat {
     pub lapse: Duration,
     pub started_at: OffsetDateTime,
     pub standing: watch::Receiver<Standing>,
-    pub running: Arc<AtomicU32>,
+    pub owners: crate::ownership::Owners,
     pub registered_with: crate::registrar::RegisteredWith,
 }
 
@@ -46,7 +44,7 @@ impl Beat {
                 node: self.node.clone(),
                 role: standing.role,
                 term: standing.term,
-                running: self.running.load(Ordering::Relaxed),
+                running: self.owners.running(),
                 version: zerofoot_shared::VERSION.to_string(),
                 interval_ms: self.interval.as_millis() as u64,
                 lapse_ms: self.lapse.as_millis() as u64,

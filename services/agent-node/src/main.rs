@@ -6,29 +6,45 @@ mod datadir;
 mod driver;
 mod election;
 mod eventlog;
-mod executor;
 mod heartbeat;
+mod liveness;
 mod membership;
 mod mirror;
 mod monitor;
 mod node;
+mod ownership;
+mod purge;
 mod registrar;
+mod rules;
+mod run;
 mod scheduler;
 mod store;
 mod sweeper;
+mod sync_op;
+mod watchdog;
 
 use clap::Parser;
 
-#[tokio::main]
-async fn main() -> std::process::ExitCode {
+fn main() -> std::process::ExitCode {
     let cli = config::Cli::parse();
+    if let Some(config::Command::Watchdog(args)) = &cli.command {
+        // No runtime, no logging setup: the watchdog must stay small.
+        return watchdog::run(std::time::Duration::from_millis(args.starve_ms));
+    }
     zerofoot_shared::telemetry::init();
     let result = match cli.command {
         Some(config::Command::Inspect(args)) => inspect(args),
-        None => {
-            let shutdown = zerofoot_shared::shutdown::on_signals();
-            node::run(cli.run, shutdown).await
-        }
+        Some(config::Command::Watchdog(_)) => Ok(()),
+        None => tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+            .map_err(anyhow::Error::from)
+            .and_then(|runtime| {
+                runtime.block_on(async {
+                    let shutdown = zerofoot_shared::shutdown::on_signals();
+                    node::run(cli.run, shutdown).await
+                })
+            }),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

@@ -1,5 +1,8 @@
 //! Which nodes are alive, judged by their heartbeats on this node's monotonic
-//! clock: a node is gone once no heartbeat came for its own lapse time.
+//! clock: a node is gone once no heartbeat came for its own lapse time. A
+//! heartbeat counts only for the node named in its subject
+//! (`zf.<cluster>.node.<id>.heartbeat`): one whose `node` field names another
+//! node is ignored, so no node can keep another alive.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -8,6 +11,13 @@ use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 use zerofoot_shared::names::Names;
 use zerofoot_shared::protocol::{decode, Heartbeat};
+
+/// The heartbeat `payload` carries, if it is one and speaks for the node its
+/// `subject` names; `None` for anything else.
+pub fn genuine_heartbeat(names: &Names, subject: &str, payload: &[u8]) -> Option<Heartbeat> {
+    let hb = decode::<Heartbeat>(payload).ok()?;
+    (subject == names.heartbeat(&hb.node)).then_some(hb)
+}
 
 #[derive(Clone)]
 pub struct Membership {
@@ -56,8 +66,11 @@ impl Membership {
             }
         };
         while let Some(msg) = zerofoot_shared::nats::next_or_cancelled(&mut sub, &cancel).await {
-            if let Ok(hb) = decode::<Heartbeat>(&msg.payload) {
-                self.record(&hb.node, Duration::from_millis(hb.lapse_ms));
+            match genuine_heartbeat(&names, msg.subject.as_str(), &msg.payload) {
+                Some(hb) => self.record(&hb.node, Duration::from_millis(hb.lapse_ms)),
+                None => {
+                    tracing::debug!(subject = %msg.subject, "ignoring a heartbeat that is unreadable or speaks for another node")
+                }
             }
         }
     }
@@ -76,5 +89,32 @@ mod tests {
         assert!(m.is_alive("other"));
         std::thread::sleep(Duration::from_millis(40));
         assert!(!m.is_alive("other"), "silent for longer than its lapse");
+    }
+
+    #[test]
+    fn a_heartbeat_counts_only_for_the_node_of_its_subject() {
+        let names = Names::new("t-1".parse().expect("cluster"));
+        let beat = |node: &str| {
+            zerofoot_shared::protocol::encode(&Heartbeat {
+                v: 1,
+                node: node.into(),
+                role: zerofoot_shared::protocol::Role::Auxiliary,
+                term: 0,
+                running: 0,
+                version: "0".into(),
+                interval_ms: 200,
+                lapse_ms: 1000,
+                registered_with: Vec::new(),
+                started_at: zerofoot_shared::time::now(),
+            })
+        };
+        let own = genuine_heartbeat(&names, &names.heartbeat("a"), &beat("a"));
+        assert_eq!(own.map(|hb| hb.node).as_deref(), Some("a"));
+        assert!(
+            genuine_heartbeat(&names, &names.heartbeat("b"), &beat("a")).is_none(),
+            "b's subject, a's name"
+        );
+        assert!(genuine_heartbeat(&names, "zf.other.node.a.heartbeat", &beat("a")).is_none());
+        assert!(genuine_heartbeat(&names, &names.heartbeat("a"), b"not json").is_none());
     }
 }

@@ -2,7 +2,16 @@
 //! applied when the stream still holds it, otherwise rebuilds from a full
 //! snapshot; then follows live changes, committing them in batches so the
 //! mirror keeps up with thousands of changes per second.
+//!
+//! A replay sees every change after the last revision applied, with one
+//! exception: the marker of a purged key is not kept forever (the lead
+//! purges finished contexts with a marker that expires, see `purge.rs`), so
+//! a mirror that was away longer than that would keep the key. Before each
+//! replay the mirror therefore lists the bucket's live keys (headers only)
+//! and drops every local key the bucket no longer has. A snapshot needs no
+//! such step: it holds only what exists.
 
+use std::collections::HashSet;
 use std::time::Duration;
 
 use async_nats::jetstream::kv;
@@ -10,13 +19,17 @@ use futures::{FutureExt, StreamExt};
 use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
 
-use crate::store::{Change, Mirrored, Store};
+use crate::store::{Change, Mirrored, Stamped, Store};
 
 /// Largest number of changes committed in one redb transaction.
 const MAX_BATCH: usize = 2048;
 /// How often a batch is committed with an fsync; the ones between skip it,
 /// which bounds what a crash makes the node replay.
 const DURABLE_EVERY: Duration = Duration::from_secs(1);
+/// A snapshot or key listing that delivers nothing for this long has lost
+/// messages it counted on (a purge marker expired on the way) and starts
+/// again; the new consumer counts right.
+const STALL: Duration = Duration::from_secs(5);
 
 /// Follows `bucket` into `store` until `cancel` fires; every applied change
 /// is also sent to `notify`, if given.
@@ -43,8 +56,8 @@ pub async fn follow(
     }
 }
 
-fn change_of(entry: &kv::Entry) -> Change {
-    match entry.operation {
+fn change_of(entry: &kv::Entry) -> Stamped {
+    let change = match entry.operation {
         kv::Operation::Put => Change::Put {
             key: entry.key.clone(),
             value: entry.value.clone(),
@@ -52,6 +65,70 @@ fn change_of(entry: &kv::Entry) -> Change {
         kv::Operation::Delete | kv::Operation::Purge => Change::Delete {
             key: entry.key.clone(),
         },
+    };
+    Stamped::new(change, entry.revision, entry.created)
+}
+
+/// Drops every local key the bucket no longer holds (its delete marker may
+/// have expired while this mirror was away), at the revision already
+/// applied. Returns the deletes it applied, or `None` when cancelled.
+async fn drop_vanished(
+    bucket: &kv::Store,
+    store: &Store,
+    what: Mirrored,
+    applied: u64,
+    cancel: &CancellationToken,
+) -> Result<Option<Vec<Stamped>>, String> {
+    let mut live = HashSet::new();
+    let mut keys = bucket.keys().await.map_err(|e| e.to_string())?;
+    loop {
+        let key = tokio::select! {
+            _ = cancel.cancelled() => return Ok(None),
+            k = tokio::time::timeout(STALL, keys.next()) => {
+                k.map_err(|_| format!("the key listing stalled for {STALL:?}"))?
+            }
+        };
+        match key {
+            Some(key) => {
+                live.insert(key.map_err(|e| e.to_string())?);
+            }
+            None => break,
+        }
+    }
+    let local = store
+        .run(move |s| s.keys(what))
+        .await
+        .map_err(|e| e.to_string())?;
+    let gone: Vec<Stamped> = local
+        .into_iter()
+        .filter(|key| !live.contains(key))
+        .map(|key| Stamped {
+            change: Change::Delete { key },
+            revision: applied,
+            stored_ms: 0,
+        })
+        .collect();
+    if gone.is_empty() {
+        return Ok(Some(gone));
+    }
+    tracing::info!(
+        table = what.name(),
+        keys = gone.len(),
+        "dropping entries the bucket no longer holds"
+    );
+    store
+        .run(move |s| s.apply(what, &gone, applied, true).map(|()| gone))
+        .await
+        .map(Some)
+        .map_err(|e| e.to_string())
+}
+
+fn announce(notify: Option<&broadcast::Sender<Change>>, batch: Vec<Stamped>) {
+    if let Some(notify) = notify {
+        for stamped in batch {
+            // Nobody listening is fine.
+            let _ = notify.send(stamped.change);
+        }
     }
 }
 
@@ -74,6 +151,10 @@ async fn follow_once(
     let replay =
         applied > 0 && applied + 1 >= state.first_sequence && applied <= state.last_sequence;
     let mut watch = if replay {
+        let Some(dropped) = drop_vanished(bucket, store, what, applied, cancel).await? else {
+            return Ok(());
+        };
+        announce(notify, dropped);
         tracing::info!(
             table = what.name(),
             from = applied + 1,
@@ -101,7 +182,9 @@ async fn follow_once(
             loop {
                 let entry = tokio::select! {
                     _ = cancel.cancelled() => return Ok(()),
-                    e = watch.next() => e,
+                    e = tokio::time::timeout(STALL, watch.next()) => {
+                        e.map_err(|_| format!("the snapshot stalled for {STALL:?}"))?
+                    }
                 };
                 let entry = entry.ok_or("watch ended")?.map_err(|e| e.to_string())?;
                 revision = revision.max(entry.revision);
@@ -152,12 +235,7 @@ async fn follow_once(
             .run(move |s| s.apply(what, &batch, revision, durable).map(|()| batch))
             .await
             .map_err(|e| e.to_string())?;
-        if let Some(notify) = notify {
-            for change in batch {
-                // Nobody listening is fine.
-                let _ = notify.send(change);
-            }
-        }
+        announce(notify, batch);
         if durable {
             last_durable = std::time::Instant::now();
         }

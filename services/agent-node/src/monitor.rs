@@ -1,140 +1,150 @@
-//! Runs one async operation (a monitor) on the lead, at the lead's term
+//! Runs one async operation (a monitor) that the lead owns at its term
 //! (SPEC §7): reads the log after the last checkpoint, appends the takeover
 //! marker that fences the previous owner, restarts the driver from the
 //! checkpoint, skips keyed events already in the log, appends events in
-//! batches, and writes each checkpoint (compare-and-set) only after every
-//! event before it is acknowledged. A driver that fails is restarted with
-//! backoff; five failures in a row fail the operation.
+//! batches bounded in count and bytes, and writes each checkpoint through
+//! the owner guard only after every event before it is acknowledged. A
+//! driver (or a takeover) that fails is retried with backoff; five failures
+//! in a row fail the operation with the reason.
 
 use std::collections::HashSet;
-use std::sync::atomic::Ordering;
-use std::time::Duration;
 
 use tokio::sync::mpsc;
-use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+use zerofoot_shared::assets::Assets;
 use zerofoot_shared::eventlog::{self, Event, LogEntry};
-use zerofoot_shared::protocol::{
-    mask_secrets, mask_str, CheckpointPosition, ExecutionContext, PROTOCOL_VERSION,
-};
+use zerofoot_shared::names::Names;
+use zerofoot_shared::protocol::{CheckpointPosition, Output, PROTOCOL_VERSION};
 
-use crate::driver::{self, Output};
+use crate::driver;
 use crate::eventlog::{AppendError, EventLog};
-use crate::executor::{remove_scratch, report_states, Executor, Prepared};
+use crate::ownership::{Outcome, OwnError, Owned, Owners};
+use crate::rules::{self, Backoff, Sequencer, StopWhy};
+use crate::run::{Run, Runner};
 
-/// Events in one append at most.
-const MAX_BATCH_EVENTS: usize = 1000;
-/// Driver failures in a row before the operation fails.
-const MAX_FAILURES: u32 = 5;
-const FIRST_BACKOFF: Duration = Duration::from_millis(100);
-const MAX_BACKOFF: Duration = Duration::from_secs(30);
-
-/// Why a monitor stopped on this node.
+/// Why a monitor stopped writing on this node.
 #[derive(Debug)]
 enum Stop {
-    /// Another owner took it: write nothing more.
+    /// Another owner took it, or this node is fenced: write nothing more.
     Fenced(String),
+    /// A user cancelled it: write `cancelled`.
+    Cancelled,
     /// This node stepped down or is shutting down: write nothing more.
     Released,
-    /// The monitor reached a final state, written.
-    Finished,
+}
+
+/// How one driver run ended.
+enum RunEnd {
+    Exited(Result<(), String>),
+    Stopped(Stop),
 }
 
 pub struct Monitor {
-    pub exec: Executor,
-    pub ctx: ExecutionContext,
-    pub revision: u64,
-    /// Cancelled when this node stops leading (or stops).
-    pub lead: CancellationToken,
-    /// Cancelled by a user's cancel request.
-    pub cancel: CancellationToken,
+    pub owned: Owned,
+    pub runner: Runner,
+    pub names: Names,
+    pub assets: Assets,
 }
 
+/// The log as this owner writes it.
 struct LogState {
     log: EventLog,
-    /// Last event seq in the log.
-    last_seq: u64,
-    /// Keys of events in the log after the current checkpoint.
-    keys_after_checkpoint: HashSet<String>,
+    seq: Sequencer,
+}
+
+/// Spawns the monitor of an operation the lead just took.
+pub fn start(owners: &Owners, monitor: Monitor, term: u64) {
+    let ctx = monitor.owned.ctx();
+    let span = tracing::info_span!("monitor", op = %ctx.id, module = %ctx.module, operation = %ctx.operation, node = %owners.node(), term);
+    owners.spawn(monitor.run().instrument(span));
 }
 
 impl Monitor {
     pub async fn run(mut self) {
-        let stop = self.drive().await;
-        match stop {
-            Stop::Fenced(why) => tracing::warn!(%why, "monitor fenced: another owner has it"),
-            Stop::Released => tracing::info!("monitor released (this node no longer leads)"),
-            Stop::Finished => tracing::info!(state = self.ctx.state.as_str(), "monitor finished"),
+        let outcome = match self.drive().await {
+            Ok(outcome) => outcome,
+            Err(Stop::Cancelled) => Outcome::Cancelled,
+            Err(Stop::Fenced(why)) => {
+                tracing::warn!(%why, "monitor fenced: another owner has it, or this node cannot act");
+                return;
+            }
+            Err(Stop::Released) => {
+                tracing::info!("monitor released (this node no longer leads, or is stopping)");
+                return;
+            }
+        };
+        match self.owned.finish(outcome).await {
+            Ok(state) => tracing::info!(state = state.as_str(), "monitor finished"),
+            Err(e) => tracing::warn!(error = %e, "monitor's final state not written"),
         }
     }
 
-    async fn drive(&mut self) -> Stop {
-        let mut state = match self.open_log().await {
-            Ok(state) => state,
-            Err(stop) => return stop,
-        };
-        let mut failures = 0u32;
-        let mut backoff = FIRST_BACKOFF;
+    /// Runs the driver until it ends for good; the outcome to write.
+    async fn drive(&mut self) -> Result<Outcome, Stop> {
+        let mut backoff = Backoff::default();
+        let mut state: Option<LogState> = None;
         let mut run = 0u32;
         loop {
+            self.stopped()?;
             run += 1;
-            let (outcome, checkpointed) = match self.run_driver(&mut state, run).await {
-                Ok(done) => done,
-                Err(stop) => return stop,
+            let (end, progressed) = match &mut state {
+                Some(log) => self.run_driver(log, run).await,
+                None => match self.open_log().await {
+                    Ok(log) => {
+                        let log = state.insert(log);
+                        self.run_driver(log, run).await
+                    }
+                    Err(error) => (RunEnd::Exited(Err(error)), false),
+                },
             };
-            if self.cancel.is_cancelled() && !self.lead.is_cancelled() {
-                self.ctx.cancel();
-                return self.finish().await;
-            }
-            match outcome {
-                Ok(()) => {
-                    self.ctx.complete(None);
-                    return self.finish().await;
-                }
-                Err(error) => {
-                    failures = if checkpointed { 1 } else { failures + 1 };
-                    tracing::warn!(failures, error = %error, "monitor driver failed");
-                    if failures >= MAX_FAILURES {
-                        self.ctx.fail(format!(
-                            "the driver failed {failures} times in a row; last: {error}"
-                        ));
-                        return self.finish().await;
-                    }
-                    if checkpointed {
-                        backoff = FIRST_BACKOFF;
-                    }
+            match end {
+                RunEnd::Stopped(stop) => return Err(stop),
+                RunEnd::Exited(Ok(())) => return Ok(Outcome::Complete(None)),
+                RunEnd::Exited(Err(error)) => {
+                    let Some(delay) = backoff.failed(progressed) else {
+                        return Ok(Outcome::Failed(format!(
+                            "the driver failed {} times in a row; last: {error}",
+                            backoff.failures()
+                        )));
+                    };
+                    tracing::warn!(failures = backoff.failures(), error = %error, "monitor driver failed");
                     tokio::select! {
-                        _ = self.lead.cancelled() => return Stop::Released,
-                        _ = self.cancel.cancelled() => {
-                            self.ctx.cancel();
-                            return self.finish().await;
-                        }
-                        _ = tokio::time::sleep(backoff) => {}
+                        _ = self.owned.stopper().token().cancelled() => {}
+                        _ = tokio::time::sleep(delay) => {}
                     }
-                    backoff = (backoff * 2).min(MAX_BACKOFF);
                 }
             }
         }
     }
 
-    /// Reads the log after the checkpoint and appends the takeover marker.
-    async fn open_log(&mut self) -> Result<LogState, Stop> {
-        let events = self.exec.assets.events.clone();
-        let subject = self.exec.names.op_events(&self.ctx.id.to_string());
-        let from = self
-            .ctx
-            .checkpoint_at
-            .map(|c| c.log_position + 1)
-            .unwrap_or(1);
-        let mut last_seq = self.ctx.checkpoint_at.map(|c| c.seq).unwrap_or(0);
+    /// `Err` once the run was stopped, saying how.
+    fn stopped(&self) -> Result<(), Stop> {
+        let stopper = self.owned.stopper();
+        if !stopper.is_stopped() {
+            return Ok(());
+        }
+        Err(match stopper.why() {
+            Some(StopWhy::Cancel) => Stop::Cancelled,
+            Some(why) => Stop::Fenced(format!("{why:?}")),
+            None => Stop::Released,
+        })
+    }
+
+    /// Reads the log after the checkpoint and appends the takeover marker
+    /// after the log's last message (readable or not).
+    async fn open_log(&mut self) -> Result<LogState, String> {
+        let ctx = self.owned.ctx();
+        let subject = self.names.op_events(&ctx.id.to_string());
+        let from = ctx.checkpoint_at.map(|c| c.log_position + 1).unwrap_or(1);
+        let checkpoint_seq = ctx.checkpoint_at.map(|c| c.seq).unwrap_or(0);
+        let mut last_error = String::new();
         for _ in 0..10 {
-            if self.lead.is_cancelled() {
-                return Err(Stop::Released);
-            }
-            let entries = eventlog::read(&events, &subject, from)
+            let read = eventlog::read(&self.assets.events, &subject, from)
                 .await
-                .map_err(|e| Stop::Fenced(format!("cannot read the log: {e}")))?;
+                .map_err(|e| e.to_string())?;
+            let mut last_seq = checkpoint_seq;
             let mut keys = HashSet::new();
-            for (_, entry) in &entries {
+            for (_, entry) in &read.entries {
                 match entry {
                     LogEntry::Events { events, .. } => {
                         for event in events {
@@ -147,28 +157,19 @@ impl Monitor {
                     LogEntry::Takeover { after_seq, .. } => last_seq = last_seq.max(*after_seq),
                 }
             }
-            // The marker must follow the log's last message, whoever wrote it.
-            let end = match entries.last() {
-                Some((position, _)) => *position,
-                None => eventlog::last_position(&events, &subject)
-                    .await
-                    .map_err(|e| Stop::Fenced(e.to_string()))?,
-            };
-            let mut log = EventLog::new(self.exec.assets.jetstream.clone(), subject.clone(), end);
+            let mut log = EventLog::new(self.assets.jetstream.clone(), subject.clone(), read.end);
+            let ctx = self.owned.ctx();
             let marker = LogEntry::Takeover {
                 v: PROTOCOL_VERSION,
-                op: self.ctx.id,
-                node: self.exec.node.clone(),
-                epoch: self.ctx.epoch,
+                op: ctx.id,
+                node: self.owned.node().to_string(),
+                epoch: ctx.epoch,
                 after_seq: last_seq,
             };
-            match log
-                .append(
-                    &marker,
-                    &format!("{}:{}:takeover", self.ctx.id, self.ctx.epoch),
-                )
-                .await
-            {
+            // Unique per take: a retake in the same term must not be
+            // answered with an older marker's position.
+            let msg_id = format!("{}:{}:takeover:{}", ctx.id, ctx.epoch, uuid::Uuid::new_v4());
+            match log.append(&marker, &msg_id).await {
                 Ok(_) => {
                     tracing::info!(
                         after_seq = last_seq,
@@ -177,89 +178,62 @@ impl Monitor {
                     );
                     return Ok(LogState {
                         log,
-                        last_seq,
-                        keys_after_checkpoint: keys,
+                        seq: Sequencer::resume(last_seq, keys),
                     });
                 }
                 // The previous owner wrote after our read: read again.
-                Err(AppendError::Fenced) => continue,
-                Err(e) => return Err(Stop::Fenced(e.to_string())),
+                Err(AppendError::Fenced) => {
+                    last_error = "the log kept changing under the takeover".into();
+                    continue;
+                }
+                Err(e) => return Err(format!("cannot write the takeover marker: {e}")),
             }
         }
-        Err(Stop::Fenced(
-            "the log kept changing under the takeover".into(),
-        ))
+        Err(last_error)
     }
 
-    /// One run of the driver. Returns its outcome and whether it wrote a checkpoint.
-    async fn run_driver(
-        &mut self,
-        state: &mut LogState,
-        run: u32,
-    ) -> Result<(Result<(), String>, bool), Stop> {
-        let run_name = format!("{}-{run}", self.ctx.epoch);
-        let Prepared {
-            lease,
-            invocation,
-            secrets,
-            scratch,
-        } = match self.exec.prepare(&self.ctx, &run_name).await {
+    /// One run of the driver; how it ended and whether it wrote a checkpoint.
+    async fn run_driver(&mut self, state: &mut LogState, run: u32) -> (RunEnd, bool) {
+        let run_name = format!("{}-{run}", self.owned.ctx().epoch);
+        let (prepared, invocation) = match self.runner.prepare(self.owned.ctx(), &run_name).await {
             Ok(p) => p,
-            Err(e) => return Ok((Err(e), false)),
+            Err(e) => return (RunEnd::Exited(Err(e.to_string())), false),
         };
-        let (tx, mut rx) = mpsc::unbounded_channel();
-        let driver_token = self.cancel.child_token();
-        let lead = self.lead.clone();
-        let kill_on_step_down = driver_token.clone();
-        let watcher = tokio::spawn(async move {
-            lead.cancelled().await;
-            kill_on_step_down.cancel();
-        });
+        let (tx, mut rx) = mpsc::channel(256);
+        let driver_token = self.owned.stopper().token().child_token();
         let token = driver_token.clone();
-        let driver = tokio::spawn(async move {
-            driver::run(invocation, &token, move |o| {
-                let _ = tx.send(o);
-            })
-            .await
-        });
-        self.exec.running.fetch_add(1, Ordering::Relaxed);
-
-        let (state_tx, state_rx) = mpsc::unbounded_channel();
-        let state_writer = tokio::spawn(report_states(
-            self.exec.clone(),
-            self.ctx.resource.clone(),
-            state_rx,
-        ));
-        let mut batch: Vec<Event> = Vec::new();
+        let driver = tokio::spawn(
+            async move { driver::run(invocation, &token, tx).await }.in_current_span(),
+        );
+        let (state_tx, state_rx) = mpsc::channel(16);
+        let state_writer = tokio::spawn(
+            self.runner
+                .clone()
+                .report_states(self.owned.ctx().resource.clone(), state_rx),
+        );
+        let mut batch = Batch::default();
         let mut checkpointed = false;
         let mut stop = None;
         while let Some(output) = rx.recv().await {
-            if self.lead.is_cancelled() {
-                stop = Some(Stop::Released);
+            if let Err(s) = self.stopped() {
+                stop = Some(s);
                 break;
             }
             match output {
-                Output::Event { mut data, key } => {
-                    if let Some(k) = &key {
-                        if state.keys_after_checkpoint.contains(k) {
-                            continue;
+                Output::Event { data, key } => {
+                    let event = self.event(&prepared, state, data, key);
+                    let Some((event, bytes)) = event else {
+                        continue;
+                    };
+                    if rules::batch_full(batch.events.len(), batch.bytes, bytes) {
+                        if let Err(s) = self.flush(state, &mut batch).await {
+                            stop = Some(s);
+                            break;
                         }
-                        state.keys_after_checkpoint.insert(k.clone());
                     }
-                    mask_secrets(&mut data, &secrets);
-                    state.last_seq += 1;
-                    batch.push(Event {
-                        v: PROTOCOL_VERSION,
-                        op: self.ctx.id,
-                        seq: state.last_seq,
-                        key,
-                        data,
-                        node: self.exec.node.clone(),
-                        epoch: self.ctx.epoch,
-                        at: zerofoot_shared::time::now(),
-                    });
-                    // Append when the driver has nothing more queued, or the batch is full.
-                    if batch.len() >= MAX_BATCH_EVENTS || rx.is_empty() {
+                    batch.push(event, bytes);
+                    // Append when the driver has nothing more queued.
+                    if rx.is_empty() {
                         if let Err(s) = self.flush(state, &mut batch).await {
                             stop = Some(s);
                             break;
@@ -271,32 +245,27 @@ impl Monitor {
                         stop = Some(s);
                         break;
                     }
-                    mask_secrets(&mut data, &secrets);
-                    self.ctx.checkpoint = Some(data);
-                    self.ctx.checkpoint_at = Some(CheckpointPosition {
-                        seq: state.last_seq,
+                    prepared.mask(&mut data);
+                    let at = CheckpointPosition {
+                        seq: state.seq.last_seq(),
                         log_position: state.log.last_position(),
-                    });
-                    self.ctx.updated_at = zerofoot_shared::time::now();
-                    match self.exec.write(&self.ctx, self.revision).await {
-                        Ok(revision) => {
-                            self.revision = revision;
-                            state.keys_after_checkpoint.clear();
+                    };
+                    match self.owned.checkpoint(data, at).await {
+                        Ok(()) => {
+                            state.seq.checkpointed();
                             checkpointed = true;
                         }
                         Err(e) => {
-                            stop = Some(Stop::Fenced(e.to_string()));
+                            stop = Some(self.stop_for(e));
                             break;
                         }
                     }
                 }
                 Output::ResourceState(mut data) => {
-                    mask_secrets(&mut data, &secrets);
-                    let _ = state_tx.send(data);
+                    prepared.mask(&mut data);
+                    let _ = state_tx.send(data).await;
                 }
-                Output::Log { level, msg } => {
-                    driver::log_line(&level, &mask_str(&msg, &secrets));
-                }
+                Output::Log { level, msg } => driver::log_line(&level, &prepared.mask_str(&msg)),
                 Output::Result(_) => {
                     tracing::debug!("an async operation wrote a result line; ignored")
                 }
@@ -310,37 +279,79 @@ impl Monitor {
         if stop.is_some() {
             driver_token.cancel();
         }
+        // Whatever is still queued is dropped: the driver is stopping.
+        drop(rx);
         let outcome = driver
             .await
             .unwrap_or_else(|e| Err(driver::DriverError::Io(e.to_string())));
-        watcher.abort();
-        self.exec.running.fetch_sub(1, Ordering::Relaxed);
         drop(state_tx);
         let _ = state_writer.await;
-        drop(lease);
-        remove_scratch(scratch).await;
-        if let Some(stop) = stop {
-            return Err(stop);
-        }
-        if self.lead.is_cancelled() {
-            return Err(Stop::Released);
-        }
-        Ok((
-            outcome.map_err(|e| mask_str(&e.to_string(), &secrets)),
-            checkpointed,
-        ))
+        let stop = stop.or_else(|| self.stopped().err());
+        let end = match stop {
+            Some(stop) => RunEnd::Stopped(stop),
+            None => RunEnd::Exited(outcome.map_err(|e| prepared.mask_str(&e.to_string()))),
+        };
+        (end, checkpointed)
     }
 
-    async fn flush(&self, state: &mut LogState, batch: &mut Vec<Event>) -> Result<(), Stop> {
-        if batch.is_empty() {
+    /// The event for a driver's `event` line, masked and numbered, with its
+    /// encoded size; `None` if its key is in the log already. An event too
+    /// large to append is replaced by an error event (same key and seq).
+    fn event(
+        &self,
+        run: &Run,
+        state: &mut LogState,
+        mut data: serde_json::Value,
+        key: Option<String>,
+    ) -> Option<(Event, usize)> {
+        let key = key.map(|k| run.mask_str(&k));
+        let seq = state.seq.next(key.as_deref())?;
+        run.mask(&mut data);
+        let ctx = self.owned.ctx();
+        let mut event = Event {
+            v: PROTOCOL_VERSION,
+            op: ctx.id,
+            seq,
+            key,
+            data,
+            node: self.owned.node().to_string(),
+            epoch: ctx.epoch,
+            at: zerofoot_shared::time::now(),
+        };
+        let mut bytes = encoded_len(&event);
+        if bytes > rules::MAX_EVENT_BYTES {
+            tracing::warn!(
+                seq,
+                bytes,
+                "the driver wrote an event larger than the limit; an error event stands in for it"
+            );
+            event.data = rules::oversized_event(bytes);
+            bytes = encoded_len(&event);
+        }
+        Some((event, bytes))
+    }
+
+    fn stop_for(&self, e: OwnError) -> Stop {
+        match (e, self.owned.stopper().why()) {
+            (_, Some(StopWhy::Cancel)) => Stop::Cancelled,
+            (e, _) => Stop::Fenced(e.to_string()),
+        }
+    }
+
+    async fn flush(&self, state: &mut LogState, batch: &mut Batch) -> Result<(), Stop> {
+        if batch.events.is_empty() {
             return Ok(());
         }
-        let first = batch[0].seq;
+        let first = batch.events[0].seq;
         let entry = LogEntry::Events {
             v: PROTOCOL_VERSION,
-            events: std::mem::take(batch),
+            events: std::mem::take(&mut batch.events),
         };
-        let msg_id = format!("{}:{}:{first}", self.ctx.id, self.ctx.epoch);
+        batch.bytes = 0;
+        let ctx = self.owned.ctx();
+        // Unique per take and batch: a retry of this append is a no-op, and
+        // no earlier take's batch can answer for it.
+        let msg_id = format!("{}:{}:{}:{first}", ctx.id, ctx.epoch, ctx.attempts.len());
         match state.log.append(&entry, &msg_id).await {
             Ok(_) => Ok(()),
             Err(AppendError::Fenced) => Err(Stop::Fenced(
@@ -349,15 +360,23 @@ impl Monitor {
             Err(e) => Err(Stop::Fenced(e.to_string())),
         }
     }
+}
 
-    /// Writes the final state (compare-and-set).
-    async fn finish(&mut self) -> Stop {
-        match self.exec.write(&self.ctx, self.revision).await {
-            Ok(revision) => {
-                self.revision = revision;
-                Stop::Finished
-            }
-            Err(e) => Stop::Fenced(e.to_string()),
-        }
+#[derive(Default)]
+struct Batch {
+    events: Vec<Event>,
+    bytes: usize,
+}
+
+impl Batch {
+    fn push(&mut self, event: Event, bytes: usize) {
+        self.events.push(event);
+        self.bytes += bytes + 1;
     }
+}
+
+fn encoded_len(event: &Event) -> usize {
+    serde_json::to_vec(event)
+        .map(|v| v.len())
+        .unwrap_or(usize::MAX / 2)
 }

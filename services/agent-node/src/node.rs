@@ -1,8 +1,9 @@
 //! Wires the parts of an agent node under one cancellation token: data dir,
-//! NATS, JetStream assets, redb mirror, module cache, heartbeats, the
-//! `op.submit` queue endpoint, and the sweeper.
+//! NATS, JetStream assets, redb mirror, module cache, the driver watchdog,
+//! the liveness check that fences the node, heartbeats, the election, the
+//! `op.submit` queue endpoint, the lead's scheduler and the sweeper. On
+//! shutdown every operation task is awaited (drivers get TERM, then KILL).
 
-use std::sync::atomic::AtomicU32;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -22,13 +23,17 @@ use zerofoot_shared::protocol::{
 use crate::cache::ModuleCache;
 use crate::config::RunArgs;
 use crate::datadir::DataDir;
-use crate::executor::Executor;
 use crate::heartbeat::{Beat, Standing};
+use crate::liveness::Liveness;
 use crate::membership::Membership;
+use crate::ownership::Owners;
+use crate::rules::{StopWhy, Why};
+use crate::run::Runner;
 use crate::store::{Mirrored, Store};
 
 /// How long shutdown may take once the drivers are told to stop (they get
-/// SIGTERM, then SIGKILL after 5 s).
+/// SIGTERM, then SIGKILL after 5 s); the watchdog kills whatever is left
+/// when the node exits.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(7);
 
 pub async fn run(args: RunArgs, shutdown: CancellationToken) -> anyhow::Result<()> {
@@ -70,6 +75,7 @@ async fn serve(
 
     let mut tasks = tokio::task::JoinSet::new();
     let (changes_tx, changes) = tokio::sync::broadcast::channel(4096);
+    let changes_tx_for_owners = changes_tx.clone();
     let (resource_changes_tx, resource_changes) = tokio::sync::broadcast::channel(1024);
     tasks.spawn(
         crate::mirror::follow(
@@ -112,31 +118,61 @@ async fn serve(
             .in_current_span(),
     );
 
-    let running = Arc::new(AtomicU32::new(0));
-    let executor = Executor {
+    let interval = Duration::from_millis(args.heartbeat_ms);
+    let watchdog = {
+        let program = std::env::current_exe()
+            .context("cannot find this program to start the driver watchdog")?;
+        crate::watchdog::Watchdog::start(&program, lapse + interval)?
+    };
+    let liveness = Liveness::new(lapse, interval);
+    tracing::info!(fence_budget = ?liveness.budget(), "this node fences itself when NATS has not answered for the fence budget");
+    tasks.spawn(
+        crate::liveness::run(
+            liveness.clone(),
+            assets.lead.clone(),
+            (interval / 2).max(Duration::from_millis(5)),
+            shutdown.clone(),
+        )
+        .in_current_span(),
+    );
+    let owners = Owners::new(
+        &node_id,
+        zerofoot_shared::context_store::ContextStore::new(assets.contexts.clone()),
+        liveness.clone(),
+    );
+    tasks.spawn(
+        fence_on_silence(liveness.clone(), owners.clone(), shutdown.clone()).in_current_span(),
+    );
+    tasks.spawn(
+        follow_contexts(
+            changes_tx_for_owners.subscribe(),
+            owners.clone(),
+            shutdown.clone(),
+        )
+        .in_current_span(),
+    );
+    let runner = Runner {
         node: node_id.clone(),
-        secrets_key: args.secrets.load()?,
+        assets: assets.clone(),
+        cache,
+        scratch_root: data_dir.root().join("scratch"),
         trusted: zerofoot_shared::signing::TrustedKeys::load(
             args.trusted_keys.as_deref(),
             args.trusted_keys_file.as_deref(),
         )?,
         verified: Arc::default(),
-        names: names.clone(),
-        assets: assets.clone(),
-        cache,
-        scratch_root: data_dir.root().join("scratch"),
-        running: running.clone(),
-        local: Arc::default(),
-        cancel: shutdown.clone(),
+        secrets_key: args.secrets.load()?,
+        watchdog: Some(watchdog),
     };
     tasks.spawn(
-        crate::sweeper::sweep_loop(
-            executor.clone(),
-            store.clone(),
+        crate::sweeper::Sweeper {
+            owners: owners.clone(),
+            runner: runner.clone(),
+            store: store.clone(),
             members,
             lapse,
-            shutdown.clone(),
-        )
+        }
+        .run(shutdown.clone())
         .in_current_span(),
     );
 
@@ -154,7 +190,10 @@ async fn serve(
         .add(names.op_submit())
         .await
         .map_err(|e| anyhow::anyhow!("cannot serve {}: {e}", names.op_submit()))?;
-    tasks.spawn(serve_submissions(submit, executor.clone(), shutdown.clone()).in_current_span());
+    tasks.spawn(
+        serve_submissions(submit, owners.clone(), runner.clone(), shutdown.clone())
+            .in_current_span(),
+    );
     let mirror = service
         .endpoint_builder()
         .name("mirror")
@@ -180,30 +219,32 @@ async fn serve(
                 tick_every: Duration::from_millis(args.heartbeat_ms / 5)
                     .max(Duration::from_millis(5)),
                 standing: standing_tx,
+                liveness,
             },
             shutdown.clone(),
         )
         .in_current_span(),
     );
     tasks.spawn(
-        crate::scheduler::run(
-            crate::scheduler::Scheduler {
-                exec: executor.clone(),
-                store: store.clone(),
-                standing: standing.clone(),
-                changes,
-                rescan_every: lapse,
-                retention: Duration::from_secs(args.context_retention_s),
-            },
-            shutdown.clone(),
-        )
+        crate::scheduler::Scheduler {
+            owners: owners.clone(),
+            runner,
+            names: names.clone(),
+            assets: assets.clone(),
+            store: store.clone(),
+            standing: standing.clone(),
+            changes,
+            rescan_every: lapse,
+            retention: Duration::from_secs(args.context_retention_s),
+        }
+        .run(shutdown.clone())
         .in_current_span(),
     );
     tasks.spawn(
         serve_cancels(
             client.clone(),
             names.op_cancel("*"),
-            executor.clone(),
+            owners.clone(),
             shutdown.clone(),
         )
         .in_current_span(),
@@ -213,11 +254,11 @@ async fn serve(
         client: client.clone(),
         subject: names.heartbeat(&node_id),
         node: node_id.clone(),
-        interval: Duration::from_millis(args.heartbeat_ms),
+        interval,
         lapse,
         started_at,
         standing,
-        running,
+        owners: owners.clone(),
         registered_with: registered_with.clone(),
     };
     tasks.spawn(beat.run(shutdown.clone()).in_current_span());
@@ -241,6 +282,7 @@ async fn serve(
     let stopped = tokio::time::timeout(SHUTDOWN_GRACE, async {
         let _ = service.stop().await;
         while tasks.join_next().await.is_some() {}
+        owners.wait().await;
         let _ = client.flush().await;
     })
     .await;
@@ -255,25 +297,26 @@ async fn serve(
 /// outcome goes to the context.
 async fn serve_submissions(
     mut endpoint: async_nats::service::endpoint::Endpoint,
-    exec: Executor,
+    owners: Owners,
+    runner: Runner,
     cancel: CancellationToken,
 ) {
     while let Some(request) = zerofoot_shared::nats::next_or_cancelled(&mut endpoint, &cancel).await
     {
-        let exec = exec.clone();
+        let (owners, runner, cancel) = (owners.clone(), runner.clone(), cancel.clone());
         tokio::spawn(
             async move {
                 let reply: Reply<SubmitAccepted> = match zerofoot_shared::protocol::decode::<
                     SubmitOperation,
                 >(&request.message.payload)
                 {
-                    Ok(submit) => exec
-                        .record_and_run(*submit.context)
+                    Ok(submit) => submit_one(&owners, &runner, *submit.context, &cancel)
                         .await
                         .map(|()| SubmitAccepted {
                             v: PROTOCOL_VERSION,
-                            node: exec.node.clone(),
+                            node: owners.node().to_string(),
                         })
+                        .map_err(|e| e.to_remote())
                         .into(),
                     Err(e) => Reply::Error(RemoteError::new(400, "invalid_request", e.to_string())),
                 };
@@ -284,12 +327,25 @@ async fn serve_submissions(
     }
 }
 
-/// `op.<id>.cancel`: the node running the operation cancels it and answers;
-/// the others stay silent.
+async fn submit_one(
+    owners: &Owners,
+    runner: &Runner,
+    ctx: zerofoot_shared::protocol::ExecutionContext,
+    cancel: &CancellationToken,
+) -> Result<(), crate::ownership::TakeError> {
+    let claim = owners
+        .claim(ctx.id, Why::Submitted, Some(ctx), cancel)
+        .await?;
+    crate::sync_op::start_claimed(owners, runner, claim).await
+}
+
+/// `op.<id>.cancel`: the node running the operation stops it and answers;
+/// the others stay silent. (Management records `cancelling` first; this is
+/// the fast path to the driver.)
 async fn serve_cancels(
     client: async_nats::Client,
     subject: String,
-    exec: Executor,
+    owners: Owners,
     cancel: CancellationToken,
 ) {
     let mut sub = match client.subscribe(subject).await {
@@ -307,14 +363,62 @@ async fn serve_cancels(
             .nth(3)
             .and_then(|id| id.parse::<uuid::Uuid>().ok());
         if let (Some(op), Some(reply)) = (op, msg.reply) {
-            if exec.cancel_local(&op) {
+            if owners.stop(&op, StopWhy::Cancel) {
                 tracing::info!(op = %op, "cancel requested: stopping the driver");
                 let ack = Reply::Ok(SubmitAccepted {
                     v: PROTOCOL_VERSION,
-                    node: exec.node.clone(),
+                    node: owners.node().to_string(),
                 });
                 let _ = client.publish(reply, encode(&ack)).await;
             }
+        }
+    }
+}
+
+/// Stops every local run while the node is fenced (NATS silent for the
+/// fence budget): no driver of this node runs beside another owner's.
+async fn fence_on_silence(liveness: Liveness, owners: Owners, cancel: CancellationToken) {
+    let mut fenced = liveness.subscribe();
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            changed = fenced.changed() => {
+                if changed.is_err() {
+                    return;
+                }
+                if *fenced.borrow_and_update() {
+                    let stopped = owners.stop_all(StopWhy::Fenced);
+                    tracing::error!(stopped, "fenced: every driver on this node was stopped; the operations are left to their next owners");
+                }
+            }
+        }
+    }
+}
+
+/// Tells the local runs about changes of their contexts (a cancel recorded,
+/// another owner), as this node's mirror sees them.
+async fn follow_contexts(
+    mut changes: tokio::sync::broadcast::Receiver<crate::store::Change>,
+    owners: Owners,
+    cancel: CancellationToken,
+) {
+    use tokio::sync::broadcast::error::RecvError;
+    loop {
+        let change = tokio::select! {
+            _ = cancel.cancelled() => return,
+            change = changes.recv() => change,
+        };
+        match change {
+            Ok(crate::store::Change::Put { value, .. }) => {
+                if let Ok(ctx) = zerofoot_shared::protocol::decode::<
+                    zerofoot_shared::protocol::ExecutionContext,
+                >(&value)
+                {
+                    owners.context_changed(&ctx);
+                }
+            }
+            Ok(crate::store::Change::Delete { .. }) | Err(RecvError::Lagged(_)) => {}
+            Err(RecvError::Closed) => return,
         }
     }
 }

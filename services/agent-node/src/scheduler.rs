@@ -1,25 +1,32 @@
 //! The lead's ownership of async operations (SPEC §6): on becoming lead at
-//! term T it reads its local mirror and takes every unfinished async
-//! operation not owned at T (recording the loss of the previous owner), then
-//! takes every new pending one as the mirror sees it. On stepping down every
-//! monitor stops at once.
+//! term T it takes every unfinished async operation not running here (the
+//! rules record the previous owner's loss), then every new pending one as
+//! the mirror sees it. On stepping down every monitor stops at once. It also
+//! purges finished contexts past their retention (only the lead does, so
+//! each is purged once).
 
 use std::time::Duration;
 
 use tokio::sync::{broadcast, watch};
 use tokio_util::sync::CancellationToken;
-use tracing::Instrument;
 use uuid::Uuid;
+use zerofoot_shared::assets::Assets;
+use zerofoot_shared::names::Names;
 use zerofoot_shared::protocol::{decode, ExecutionContext, OperationKind, OperationState, Role};
 
-use crate::executor::Executor;
 use crate::heartbeat::Standing;
-use crate::monitor::Monitor;
+use crate::monitor::{self, Monitor};
+use crate::ownership::{Owners, TakeError, Taken};
+use crate::rules::Why;
+use crate::run::Runner;
 use crate::store::{Change, Store};
 
 /// What the lead schedules with.
 pub struct Scheduler {
-    pub exec: Executor,
+    pub owners: Owners,
+    pub runner: Runner,
+    pub names: Names,
+    pub assets: Assets,
     pub store: Store,
     pub standing: watch::Receiver<Standing>,
     pub changes: broadcast::Receiver<Change>,
@@ -28,161 +35,113 @@ pub struct Scheduler {
     pub retention: Duration,
 }
 
-pub async fn run(scheduler: Scheduler, cancel: CancellationToken) {
-    let Scheduler {
-        exec,
-        store,
-        mut standing,
-        mut changes,
-        rescan_every,
-        retention,
-    } = scheduler;
-    let mut leading: Option<(u64, CancellationToken)> = None;
-    let mut rescan = tokio::time::interval(rescan_every);
-    let mut purge = tokio::time::interval(
-        (retention / 4).clamp(Duration::from_millis(200), Duration::from_secs(60)),
-    );
-    loop {
-        tokio::select! {
-            _ = cancel.cancelled() => return,
-            changed = standing.changed() => {
-                if changed.is_err() {
-                    return;
-                }
-                let now = *standing.borrow_and_update();
-                match (&leading, now.role) {
-                    (Some((term, token)), _) if now.role != Role::Lead || now.term != *term => {
-                        token.cancel();
-                        tracing::warn!(term, "no longer leading: monitors stopped");
-                        leading = None;
+/// The term this node leads and the token that stops its monitors.
+struct Leading {
+    term: u64,
+    token: CancellationToken,
+}
+
+impl Scheduler {
+    pub async fn run(mut self, cancel: CancellationToken) {
+        let mut leading: Option<Leading> = None;
+        // A purge round runs beside the scheduling, never blocking a take.
+        let mut purging: Option<tokio::task::JoinHandle<()>> = None;
+        let mut rescan = tokio::time::interval(self.rescan_every);
+        let mut purge = tokio::time::interval(
+            (self.retention / 4).clamp(Duration::from_millis(200), Duration::from_secs(60)),
+        );
+        loop {
+            tokio::select! {
+                _ = cancel.cancelled() => return,
+                changed = self.standing.changed() => {
+                    if changed.is_err() {
+                        return;
                     }
-                    _ => {}
+                    let now = *self.standing.borrow_and_update();
+                    if let Some(lead) = &leading {
+                        if now.role != Role::Lead || now.term != lead.term {
+                            lead.token.cancel();
+                            tracing::warn!(term = lead.term, "no longer leading: monitors stopped");
+                            leading = None;
+                        }
+                    }
+                    if now.role == Role::Lead && leading.is_none() {
+                        let lead = Leading { term: now.term, token: cancel.child_token() };
+                        tracing::info!(term = now.term, "leading: taking over unfinished monitors");
+                        self.take_all(&lead).await;
+                        leading = Some(lead);
+                    }
                 }
-                if now.role == Role::Lead && leading.is_none() {
-                    let token = cancel.child_token();
-                    leading = Some((now.term, token.clone()));
-                    tracing::info!(term = now.term, "leading: taking over unfinished monitors");
-                    take_all(&exec, &store, now.term, &token).await;
-                }
-            }
-            change = changes.recv() => match change {
-                Ok(Change::Put { value, .. }) => {
-                    if let Some((term, token)) = &leading {
-                        if let Ok(ctx) = decode::<ExecutionContext>(&value) {
+                change = self.changes.recv() => match change {
+                    Ok(Change::Put { value, .. }) => {
+                        if let (Some(lead), Ok(ctx)) = (&leading, decode::<ExecutionContext>(&value)) {
                             if ctx.kind == OperationKind::Async && ctx.state == OperationState::Pending {
-                                take(&exec, ctx.id, *term, token).await;
+                                self.take(ctx.id, lead).await;
                             }
                         }
                     }
-                }
-                Ok(Change::Delete { .. }) => {}
-                Err(broadcast::error::RecvError::Lagged(_)) => {
-                    if let Some((term, token)) = &leading {
-                        take_all(&exec, &store, *term, token).await;
+                    Ok(Change::Delete { .. }) => {}
+                    Err(broadcast::error::RecvError::Lagged(_)) => {
+                        if let Some(lead) = &leading {
+                            self.take_all(lead).await;
+                        }
+                    }
+                    Err(broadcast::error::RecvError::Closed) => return,
+                },
+                _ = purge.tick() => {
+                    let idle = purging.as_ref().is_none_or(|round| round.is_finished());
+                    if leading.is_some() && idle {
+                        let (assets, store, retention) = (self.assets.clone(), self.store.clone(), self.retention);
+                        purging = Some(tokio::spawn(async move {
+                            crate::purge::purge_finished(&assets, &store, retention).await;
+                        }));
                     }
                 }
-                Err(broadcast::error::RecvError::Closed) => return,
-            },
-            _ = purge.tick() => {
-                if leading.is_some() {
-                    purge_finished(&exec, &store, retention).await;
-                }
-            }
-            // A safety net for anything a notification missed.
-            _ = rescan.tick() => {
-                if let Some((term, token)) = &leading {
-                    take_all(&exec, &store, *term, token).await;
+                // A safety net for anything a notification missed.
+                _ = rescan.tick() => {
+                    if let Some(lead) = &leading {
+                        self.take_all(lead).await;
+                    }
                 }
             }
         }
     }
-}
 
-async fn take_all(exec: &Executor, store: &Store, term: u64, lead: &CancellationToken) {
-    let contexts = match store.run(|s| s.contexts()).await {
-        Ok(c) => c,
-        Err(e) => {
-            tracing::error!(error = %e, "cannot read the local mirror to take over monitors");
-            return;
-        }
-    };
-    for ctx in contexts {
-        let unfinished = ctx.kind == OperationKind::Async && !ctx.state.is_terminal();
-        let ours = ctx.owner.as_deref() == Some(exec.node.as_str())
-            && ctx.epoch == term
-            && exec.is_running_here(&ctx.id);
-        if unfinished && !ours {
-            take(exec, ctx.id, term, lead).await;
-        }
-    }
-}
-
-/// Takes one async operation at `term` (compare-and-set on the fresh KV
-/// entry) and starts its monitor.
-async fn take(exec: &Executor, op: Uuid, term: u64, lead: &CancellationToken) {
-    if lead.is_cancelled() || exec.is_running_here(&op) {
-        return;
-    }
-    let Ok(Some((mut ctx, revision))) = exec.read(&op).await else {
-        return;
-    };
-    if ctx.kind != OperationKind::Async || ctx.state.is_terminal() {
-        return;
-    }
-    if ctx.epoch > term {
-        return;
-    }
-    if ctx.state == OperationState::Running {
-        // Another owner, an older term, or this node before a restart.
-        ctx.owner_lost();
-    }
-    ctx.take(&exec.node, term);
-    let cancel = lead.child_token();
-    if !exec.claim_local(op, cancel.clone()) {
-        return;
-    }
-    let revision = match exec.write(&ctx, revision).await {
-        Ok(revision) => revision,
-        Err(e) => {
-            exec.release_local(&op);
-            tracing::debug!(op = %op, error = %e, "monitor not taken");
-            return;
-        }
-    };
-    let monitor = Monitor {
-        exec: exec.clone(),
-        ctx: ctx.clone(),
-        revision,
-        lead: lead.clone(),
-        cancel,
-    };
-    let exec = exec.clone();
-    let span = tracing::info_span!("monitor", op = %op, module = %ctx.module, operation = %ctx.operation, term);
-    tokio::spawn(
-        async move {
-            monitor.run().await;
-            exec.release_local(&op);
-        }
-        .instrument(span),
-    );
-}
-
-/// Purges finished contexts older than the retention period. Only the lead
-/// does it, so the cluster purges each once.
-async fn purge_finished(exec: &Executor, store: &Store, retention: Duration) {
-    let Ok(contexts) = store.run(|s| s.contexts()).await else {
-        return;
-    };
-    let horizon = zerofoot_shared::time::now() - retention;
-    for ctx in contexts
-        .into_iter()
-        .filter(|c| c.state.is_terminal() && c.updated_at < horizon)
-    {
-        match exec.assets.contexts.purge(ctx.id.to_string()).await {
-            Ok(()) => {
-                tracing::info!(op = %ctx.id, state = ctx.state.as_str(), "purged a finished operation past its retention")
+    /// Takes every unfinished monitor that does not run here.
+    async fn take_all(&self, lead: &Leading) {
+        let contexts = match self.store.run(|s| s.unfinished_contexts()).await {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot read the local mirror to take over monitors");
+                return;
             }
-            Err(e) => tracing::warn!(op = %ctx.id, error = %e, "cannot purge a finished operation"),
+        };
+        for ctx in contexts {
+            if ctx.kind == OperationKind::Async && !self.owners.runs_here(&ctx.id) {
+                self.take(ctx.id, lead).await;
+            }
+        }
+    }
+
+    /// Takes one async operation at the lead's term and starts its monitor.
+    async fn take(&self, op: Uuid, lead: &Leading) {
+        if lead.token.is_cancelled() {
+            return;
+        }
+        let why = Why::Lead { term: lead.term };
+        match self.owners.take(op, why, &lead.token).await {
+            Ok(Taken::Run(owned)) => {
+                let monitor = Monitor {
+                    owned: *owned,
+                    runner: self.runner.clone(),
+                    names: self.names.clone(),
+                    assets: self.assets.clone(),
+                };
+                monitor::start(&self.owners, monitor, lead.term);
+            }
+            Ok(Taken::Closed) => {}
+            Err(TakeError::RunsHere(_) | TakeError::Refused(_)) => {}
+            Err(e) => tracing::debug!(op = %op, error = %e, "monitor not taken"),
         }
     }
 }

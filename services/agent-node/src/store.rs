@@ -2,17 +2,44 @@
 //! of the resource inventory, each with the last KV revision applied, so that
 //! a restart replays only what it missed. Methods are blocking; async callers
 //! go through [`Store::run`].
+//!
+//! Two indexes over the contexts table are kept in the same transaction as
+//! the table itself, so they can never disagree with it:
+//!
+//! - `unfinished`: the id of every context whose state is not terminal
+//!   ([`OperationState::is_terminal`]); the scheduler and the sweeper read
+//!   only these ([`Store::unfinished_contexts`]).
+//! - `finished`: every terminal context by the time the server stored its
+//!   last write (the KV entry's own timestamp, never a node's clock) and its
+//!   revision, so a purge round reads only the contexts past their retention
+//!   ([`Store::finished_before`]).
+//!
+//! A file written before the indexes existed gets them built when it is
+//! opened (see [`Store::open`]).
 
 use std::path::Path;
 use std::sync::Arc;
 
-use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
-use serde::Serialize;
-use zerofoot_shared::protocol::{decode, ExecutionContext, ResourceRecord};
+use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
+use serde::{Deserialize, Serialize};
+use time::OffsetDateTime;
+use zerofoot_shared::protocol::{decode, ExecutionContext, OperationState, ResourceRecord};
 
 const CONTEXTS: TableDefinition<&str, &[u8]> = TableDefinition::new("contexts");
 const RESOURCES: TableDefinition<&str, &[u8]> = TableDefinition::new("resources");
 const REVISIONS: TableDefinition<&str, u64> = TableDefinition::new("revisions");
+/// Ids of the contexts that are not finished.
+const UNFINISHED: TableDefinition<&str, ()> = TableDefinition::new("contexts_unfinished");
+/// Finished contexts: (server time of the last write in ms since the epoch,
+/// id) -> KV revision of that write.
+const FINISHED: TableDefinition<(u64, &str), u64> = TableDefinition::new("contexts_finished");
+/// Finished contexts: id -> the time part of their key in [`FINISHED`].
+const FINISHED_AT: TableDefinition<&str, u64> = TableDefinition::new("contexts_finished_at");
+/// Versions of the derived tables; a missing or older one is rebuilt on open.
+const SCHEMA: TableDefinition<&str, u64> = TableDefinition::new("schema");
+const CONTEXT_INDEXES: &str = "context_indexes";
+/// The version of the context indexes this build keeps.
+const CONTEXT_INDEXES_VERSION: u64 = 1;
 
 /// Which KV bucket a table mirrors.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -43,6 +70,41 @@ pub enum Change {
     Delete { key: String },
 }
 
+/// A change as the server stored it: its KV revision and the server's
+/// timestamp of the message (`kv::Entry::created`).
+#[derive(Debug, Clone)]
+pub struct Stamped {
+    pub change: Change,
+    pub revision: u64,
+    /// Server time of the write, in milliseconds since the Unix epoch.
+    pub stored_ms: u64,
+}
+
+impl Stamped {
+    pub fn new(change: Change, revision: u64, stored_at: OffsetDateTime) -> Self {
+        Self {
+            change,
+            revision,
+            stored_ms: unix_ms(stored_at),
+        }
+    }
+}
+
+/// Milliseconds since the Unix epoch; 0 for anything before it.
+pub fn unix_ms(at: OffsetDateTime) -> u64 {
+    u64::try_from(at.unix_timestamp_nanos() / 1_000_000).unwrap_or(0)
+}
+
+/// A finished context as the `finished` index holds it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Finished {
+    pub id: String,
+    /// KV revision of its last write (0: unknown, indexed from an old file).
+    pub revision: u64,
+    /// Server time of its last write, in ms since the epoch.
+    pub stored_ms: u64,
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error("redb error: {0}")]
@@ -66,11 +128,109 @@ pub struct MirrorDump {
     pub contexts_revision: u64,
     pub resources_revision: u64,
     pub contexts: Vec<ExecutionContext>,
+    /// How many contexts the `unfinished` and `finished` indexes hold.
+    pub unfinished_indexed: u64,
+    pub finished_indexed: u64,
     /// Resources as stored, secrets left out.
     pub resources: Vec<zerofoot_shared::protocol::ResourceView>,
 }
 
+/// The part of a context the indexes need.
+#[derive(Deserialize)]
+struct Indexed {
+    #[serde(default = "protocol_v1")]
+    v: u32,
+    state: OperationState,
+    #[serde(with = "time::serde::rfc3339")]
+    updated_at: OffsetDateTime,
+}
+
+fn protocol_v1() -> u32 {
+    zerofoot_shared::protocol::PROTOCOL_VERSION
+}
+
+/// How a stored context is indexed; `None` when it cannot be read (it is
+/// then in neither index: nothing acts on a context it cannot read).
+fn classify(value: &[u8]) -> Option<Indexed> {
+    serde_json::from_slice::<Indexed>(value)
+        .ok()
+        .filter(|c| c.v == zerofoot_shared::protocol::PROTOCOL_VERSION)
+}
+
+/// The index tables, open in one write transaction.
+struct Indexes<'t> {
+    unfinished: redb::Table<'t, &'static str, ()>,
+    finished: redb::Table<'t, (u64, &'static str), u64>,
+    finished_at: redb::Table<'t, &'static str, u64>,
+}
+
+impl<'t> Indexes<'t> {
+    fn open(tx: &'t redb::WriteTransaction) -> Result<Self, StoreError> {
+        Ok(Self {
+            unfinished: tx.open_table(UNFINISHED).map_err(redb_err)?,
+            finished: tx.open_table(FINISHED).map_err(redb_err)?,
+            finished_at: tx.open_table(FINISHED_AT).map_err(redb_err)?,
+        })
+    }
+
+    fn clear(&mut self) -> Result<(), StoreError> {
+        self.unfinished.retain(|_, _| false).map_err(redb_err)?;
+        self.finished.retain(|_, _| false).map_err(redb_err)?;
+        self.finished_at.retain(|_, _| false).map_err(redb_err)?;
+        Ok(())
+    }
+
+    /// Forgets `key` in every index.
+    fn remove(&mut self, key: &str) -> Result<(), StoreError> {
+        self.unfinished.remove(key).map_err(redb_err)?;
+        let at = self
+            .finished_at
+            .remove(key)
+            .map_err(redb_err)?
+            .map(|v| v.value());
+        if let Some(at) = at {
+            self.finished.remove((at, key)).map_err(redb_err)?;
+        }
+        Ok(())
+    }
+
+    /// Indexes `key` as stored now with `value`. `stored_ms` and `revision`
+    /// describe the write; `None` (an old file being migrated) falls back to
+    /// the context's own `updated_at` and an unknown revision.
+    fn put(
+        &mut self,
+        key: &str,
+        value: &[u8],
+        stamp: Option<(u64, u64)>,
+    ) -> Result<(), StoreError> {
+        self.remove(key)?;
+        let Some(ctx) = classify(value) else {
+            tracing::warn!(
+                key,
+                "a mirrored context is unreadable: left out of the indexes"
+            );
+            return Ok(());
+        };
+        if !ctx.state.is_terminal() {
+            self.unfinished.insert(key, ()).map_err(redb_err)?;
+            return Ok(());
+        }
+        let (stored_ms, revision) = stamp.unwrap_or((unix_ms(ctx.updated_at), 0));
+        self.finished
+            .insert((stored_ms, key), revision)
+            .map_err(redb_err)?;
+        self.finished_at.insert(key, stored_ms).map_err(redb_err)?;
+        Ok(())
+    }
+}
+
 impl Store {
+    /// Opens (or creates) the file. A file without the context indexes, or
+    /// with an older version of them, gets them built from the contexts table
+    /// here; its contexts revision is then reset so that the mirror rebuilds
+    /// from a snapshot, which stamps every finished context with the server's
+    /// time of its last write (until then the context's own `updated_at`
+    /// stands in).
     pub fn open(path: &Path) -> Result<Self, StoreError> {
         let db = Database::create(path).map_err(|e| match e {
             redb::DatabaseError::DatabaseAlreadyOpen => StoreError::Locked,
@@ -78,9 +238,37 @@ impl Store {
         })?;
         let tx = db.begin_write().map_err(redb_err)?;
         {
-            tx.open_table(CONTEXTS).map_err(redb_err)?;
+            let contexts = tx.open_table(CONTEXTS).map_err(redb_err)?;
             tx.open_table(RESOURCES).map_err(redb_err)?;
-            tx.open_table(REVISIONS).map_err(redb_err)?;
+            let mut revisions = tx.open_table(REVISIONS).map_err(redb_err)?;
+            let mut schema = tx.open_table(SCHEMA).map_err(redb_err)?;
+            let mut indexes = Indexes::open(&tx)?;
+            let version = schema
+                .get(CONTEXT_INDEXES)
+                .map_err(redb_err)?
+                .map(|v| v.value())
+                .unwrap_or(0);
+            if version < CONTEXT_INDEXES_VERSION {
+                indexes.clear()?;
+                let mut count = 0u64;
+                for row in contexts.iter().map_err(redb_err)? {
+                    let (key, value) = row.map_err(redb_err)?;
+                    indexes.put(key.value(), value.value(), None)?;
+                    count += 1;
+                }
+                schema
+                    .insert(CONTEXT_INDEXES, CONTEXT_INDEXES_VERSION)
+                    .map_err(redb_err)?;
+                if count > 0 {
+                    revisions
+                        .insert(Mirrored::Contexts.name(), 0)
+                        .map_err(redb_err)?;
+                    tracing::info!(
+                        contexts = count,
+                        "built the context indexes of an older redb file; the mirror rebuilds from a snapshot"
+                    );
+                }
+            }
         }
         tx.commit().map_err(redb_err)?;
         Ok(Self { db: Arc::new(db) })
@@ -107,14 +295,15 @@ impl Store {
             .unwrap_or(0))
     }
 
-    /// Applies changes and records `revision`, in one transaction. A
-    /// transaction that is not `durable` skips the fsync: after a crash the
-    /// table and its revision go back together to the last durable commit,
-    /// and the mirror replays from there.
+    /// Applies changes and records `revision`, in one transaction (the
+    /// context indexes included). A transaction that is not `durable` skips
+    /// the fsync: after a crash the table, its indexes and its revision go
+    /// back together to the last durable commit, and the mirror replays
+    /// from there.
     pub fn apply(
         &self,
         what: Mirrored,
-        changes: &[Change],
+        changes: &[Stamped],
         revision: u64,
         durable: bool,
     ) -> Result<(), StoreError> {
@@ -123,40 +312,74 @@ impl Store {
             tx.set_durability(redb::Durability::None)
                 .map_err(redb_err)?;
         }
-        {
-            let mut table = tx.open_table(what.table()).map_err(redb_err)?;
-            for change in changes {
-                match change {
-                    Change::Put { key, value } => {
-                        table
-                            .insert(key.as_str(), value.as_ref())
-                            .map_err(redb_err)?;
-                    }
-                    Change::Delete { key } => {
-                        table.remove(key.as_str()).map_err(redb_err)?;
-                    }
-                }
-            }
-            let mut revisions = tx.open_table(REVISIONS).map_err(redb_err)?;
-            revisions.insert(what.name(), revision).map_err(redb_err)?;
-        }
+        Self::write(&tx, what, changes, revision, false)?;
         tx.commit().map_err(redb_err)
     }
 
-    /// Replaces the whole table with a snapshot, in one transaction.
+    /// Replaces the whole table with a snapshot, in one transaction: a crash
+    /// leaves either the old table or the new one, each with its revision.
     pub fn replace(
         &self,
         what: Mirrored,
-        changes: &[Change],
+        changes: &[Stamped],
         revision: u64,
     ) -> Result<(), StoreError> {
         let tx = self.db.begin_write().map_err(redb_err)?;
-        {
-            let mut table = tx.open_table(what.table()).map_err(redb_err)?;
+        Self::write(&tx, what, changes, revision, true)?;
+        tx.commit().map_err(redb_err)
+    }
+
+    fn write(
+        tx: &redb::WriteTransaction,
+        what: Mirrored,
+        changes: &[Stamped],
+        revision: u64,
+        clear_first: bool,
+    ) -> Result<(), StoreError> {
+        let mut table = tx.open_table(what.table()).map_err(redb_err)?;
+        let mut indexes = match what {
+            Mirrored::Contexts => Some(Indexes::open(tx)?),
+            Mirrored::Resources => None,
+        };
+        if clear_first {
             table.retain(|_, _| false).map_err(redb_err)?;
+            if let Some(indexes) = indexes.as_mut() {
+                indexes.clear()?;
+            }
         }
-        tx.commit().map_err(redb_err)?;
-        self.apply(what, changes, revision, true)
+        for stamped in changes {
+            match &stamped.change {
+                Change::Put { key, value } => {
+                    table
+                        .insert(key.as_str(), value.as_ref())
+                        .map_err(redb_err)?;
+                    if let Some(indexes) = indexes.as_mut() {
+                        indexes.put(key, value, Some((stamped.stored_ms, stamped.revision)))?;
+                    }
+                }
+                Change::Delete { key } => {
+                    table.remove(key.as_str()).map_err(redb_err)?;
+                    if let Some(indexes) = indexes.as_mut() {
+                        indexes.remove(key)?;
+                    }
+                }
+            }
+        }
+        let mut revisions = tx.open_table(REVISIONS).map_err(redb_err)?;
+        revisions.insert(what.name(), revision).map_err(redb_err)?;
+        Ok(())
+    }
+
+    /// Every key of the table.
+    pub fn keys(&self, what: Mirrored) -> Result<Vec<String>, StoreError> {
+        let tx = self.db.begin_read().map_err(redb_err)?;
+        let table = tx.open_table(what.table()).map_err(redb_err)?;
+        let mut out = Vec::new();
+        for row in table.iter().map_err(redb_err)? {
+            let (key, _) = row.map_err(redb_err)?;
+            out.push(key.value().to_string());
+        }
+        Ok(out)
     }
 
     fn all<T: serde::de::DeserializeOwned + zerofoot_shared::protocol::Versioned>(
@@ -178,8 +401,81 @@ impl Store {
         Ok(out)
     }
 
+    /// Every mirrored context. Work that looks for unfinished contexts reads
+    /// [`Store::unfinished_contexts`] instead.
     pub fn contexts(&self) -> Result<Vec<ExecutionContext>, StoreError> {
         self.all(Mirrored::Contexts)
+    }
+
+    /// The contexts whose state is not terminal, read through the
+    /// `unfinished` index (the finished ones are never touched).
+    pub fn unfinished_contexts(&self) -> Result<Vec<ExecutionContext>, StoreError> {
+        let tx = self.db.begin_read().map_err(redb_err)?;
+        let ids = tx.open_table(UNFINISHED).map_err(redb_err)?;
+        let contexts = tx.open_table(CONTEXTS).map_err(redb_err)?;
+        let mut out = Vec::new();
+        for row in ids.iter().map_err(redb_err)? {
+            let (key, _) = row.map_err(redb_err)?;
+            let key = key.value();
+            let Some(value) = contexts.get(key).map_err(redb_err)? else {
+                // Cannot happen: both are written in one transaction.
+                tracing::warn!(key, "an indexed context is missing from the mirror");
+                continue;
+            };
+            match decode::<ExecutionContext>(value.value()) {
+                Ok(ctx) => out.push(ctx),
+                Err(e) => tracing::warn!(key, error = %e, "skipping an unreadable context"),
+            }
+        }
+        Ok(out)
+    }
+
+    /// Up to `limit` finished contexts whose last write the server stored
+    /// before `before_ms` (ms since the epoch, server time), oldest first,
+    /// starting after `after` (the last one of a previous call) if given.
+    /// Reads only those, whatever the size of the table.
+    pub fn finished_before(
+        &self,
+        before_ms: u64,
+        after: Option<&Finished>,
+        limit: usize,
+    ) -> Result<Vec<Finished>, StoreError> {
+        use std::ops::Bound;
+        let tx = self.db.begin_read().map_err(redb_err)?;
+        let finished = tx.open_table(FINISHED).map_err(redb_err)?;
+        let start = match after {
+            Some(f) => Bound::Excluded((f.stored_ms, f.id.as_str())),
+            None => Bound::Unbounded,
+        };
+        let end = Bound::Excluded((before_ms, ""));
+        if after.is_some_and(|f| f.stored_ms >= before_ms) {
+            return Ok(Vec::new());
+        }
+        let mut out = Vec::new();
+        for row in finished.range((start, end)).map_err(redb_err)? {
+            if out.len() >= limit {
+                break;
+            }
+            let (key, revision) = row.map_err(redb_err)?;
+            let (stored_ms, id) = key.value();
+            out.push(Finished {
+                id: id.to_string(),
+                revision: revision.value(),
+                stored_ms,
+            });
+        }
+        Ok(out)
+    }
+
+    /// How many contexts each index holds: (unfinished, finished).
+    pub fn index_sizes(&self) -> Result<(u64, u64), StoreError> {
+        let tx = self.db.begin_read().map_err(redb_err)?;
+        let unfinished = tx.open_table(UNFINISHED).map_err(redb_err)?;
+        let finished = tx.open_table(FINISHED).map_err(redb_err)?;
+        Ok((
+            unfinished.len().map_err(redb_err)?,
+            finished.len().map_err(redb_err)?,
+        ))
     }
 
     pub fn resources(&self) -> Result<Vec<ResourceRecord>, StoreError> {
@@ -187,10 +483,13 @@ impl Store {
     }
 
     pub fn dump(&self) -> Result<MirrorDump, StoreError> {
+        let (unfinished_indexed, finished_indexed) = self.index_sizes()?;
         Ok(MirrorDump {
             contexts_revision: self.revision(Mirrored::Contexts)?,
             resources_revision: self.revision(Mirrored::Resources)?,
             contexts: self.contexts()?,
+            unfinished_indexed,
+            finished_indexed,
             resources: self.resources()?.iter().map(Into::into).collect(),
         })
     }
@@ -199,6 +498,71 @@ impl Store {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use zerofoot_shared::protocol::{NewOperation, OperationKind};
+
+    fn stamp(change: Change, revision: u64, stored_ms: u64) -> Stamped {
+        Stamped {
+            change,
+            revision,
+            stored_ms,
+        }
+    }
+
+    fn put(k: &str) -> Change {
+        Change::Put {
+            key: k.into(),
+            value: bytes::Bytes::from_static(b"{}"),
+        }
+    }
+
+    fn ctx(state: OperationState) -> ExecutionContext {
+        let mut ctx = ExecutionContext::new(NewOperation {
+            module: "shell".into(),
+            version: "1.0.0".into(),
+            digest: "sha256:00".into(),
+            operation: "run".into(),
+            kind: OperationKind::Sync,
+            resource: None,
+            params: serde_json::json!({}),
+            timeout_ms: 1000,
+            retries: 1,
+            client: None,
+        });
+        ctx.state = state;
+        ctx
+    }
+
+    fn put_ctx(ctx: &ExecutionContext) -> Change {
+        Change::Put {
+            key: ctx.id.to_string(),
+            value: zerofoot_shared::protocol::encode(ctx),
+        }
+    }
+
+    fn unfinished_ids(store: &Store) -> Vec<String> {
+        let mut ids: Vec<String> = store
+            .unfinished_contexts()
+            .expect("unfinished")
+            .iter()
+            .map(|c| c.id.to_string())
+            .collect();
+        ids.sort();
+        ids
+    }
+
+    fn finished_ids(store: &Store) -> Vec<String> {
+        store
+            .finished_before(u64::MAX, None, usize::MAX)
+            .expect("finished")
+            .into_iter()
+            .map(|f| f.id)
+            .collect()
+    }
+
+    fn sorted(mut ids: Vec<String>) -> Vec<String> {
+        ids.sort();
+        ids
+    }
 
     #[test]
     fn changes_and_revisions_persist_together() {
@@ -206,17 +570,18 @@ mod tests {
         let path = dir.path().join("node.redb");
         {
             let store = Store::open(&path).expect("open");
-            let put = |k: &str| Change::Put {
-                key: k.into(),
-                value: bytes::Bytes::from_static(b"{}"),
-            };
             store
-                .apply(Mirrored::Contexts, &[put("a"), put("b")], 7, false)
+                .apply(
+                    Mirrored::Contexts,
+                    &[stamp(put("a"), 6, 1), stamp(put("b"), 7, 1)],
+                    7,
+                    false,
+                )
                 .expect("apply");
             store
                 .apply(
                     Mirrored::Contexts,
-                    &[Change::Delete { key: "a".into() }],
+                    &[stamp(Change::Delete { key: "a".into() }, 9, 2)],
                     9,
                     true,
                 )
@@ -226,7 +591,238 @@ mod tests {
         let store = Store::open(&path).expect("reopen");
         assert_eq!(store.revision(Mirrored::Contexts).expect("rev"), 9);
         assert_eq!(store.revision(Mirrored::Resources).expect("rev"), 0);
+        assert_eq!(store.keys(Mirrored::Contexts).expect("keys"), ["b"]);
         store.replace(Mirrored::Contexts, &[], 12).expect("replace");
         assert_eq!(store.revision(Mirrored::Contexts).expect("rev"), 12);
+        assert!(store.keys(Mirrored::Contexts).expect("keys").is_empty());
+    }
+
+    #[test]
+    fn the_indexes_follow_puts_state_changes_and_deletes() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::open(&dir.path().join("node.redb")).expect("open");
+        let mut a = ctx(OperationState::Pending);
+        let b = ctx(OperationState::Running);
+        let c = ctx(OperationState::Complete);
+        let d = ctx(OperationState::Cancelling);
+        store
+            .apply(
+                Mirrored::Contexts,
+                &[
+                    stamp(put_ctx(&a), 1, 100),
+                    stamp(put_ctx(&b), 2, 100),
+                    stamp(put_ctx(&c), 3, 200),
+                    stamp(put_ctx(&d), 4, 200),
+                    // Unreadable: in neither index.
+                    stamp(put("junk"), 5, 200),
+                ],
+                5,
+                true,
+            )
+            .expect("apply");
+        assert_eq!(
+            unfinished_ids(&store),
+            sorted(vec![a.id.to_string(), b.id.to_string(), d.id.to_string()]),
+            "cancelling is not finished"
+        );
+        assert_eq!(finished_ids(&store), [c.id.to_string()]);
+
+        // a finishes: it leaves the unfinished index, stamped with the server time.
+        a.complete(None);
+        store
+            .apply(Mirrored::Contexts, &[stamp(put_ctx(&a), 6, 150)], 6, false)
+            .expect("apply");
+        assert_eq!(
+            unfinished_ids(&store),
+            sorted(vec![b.id.to_string(), d.id.to_string()])
+        );
+        assert_eq!(
+            store.finished_before(u64::MAX, None, 10).expect("finished"),
+            [
+                Finished {
+                    id: a.id.to_string(),
+                    revision: 6,
+                    stored_ms: 150
+                },
+                Finished {
+                    id: c.id.to_string(),
+                    revision: 3,
+                    stored_ms: 200
+                },
+            ],
+            "oldest first"
+        );
+        assert_eq!(
+            store
+                .finished_before(200, None, 10)
+                .expect("finished")
+                .len(),
+            1,
+            "strictly before"
+        );
+        assert_eq!(
+            store
+                .finished_before(u64::MAX, None, 1)
+                .expect("finished")
+                .len(),
+            1
+        );
+
+        // A finished context written again is re-stamped, never listed twice.
+        store
+            .apply(Mirrored::Contexts, &[stamp(put_ctx(&a), 7, 300)], 7, false)
+            .expect("apply");
+        assert_eq!(finished_ids(&store), [c.id.to_string(), a.id.to_string()]);
+        // Paging: after the first, the second; after the last, nothing.
+        let first = store.finished_before(u64::MAX, None, 1).expect("finished");
+        let second = store
+            .finished_before(u64::MAX, first.first(), 1)
+            .expect("finished");
+        assert_eq!(second.len(), 1);
+        assert_eq!(second[0].id, a.id.to_string());
+        assert!(store
+            .finished_before(u64::MAX, second.first(), 1)
+            .expect("finished")
+            .is_empty());
+        assert!(
+            store
+                .finished_before(250, first.first(), 10)
+                .expect("finished")
+                .is_empty(),
+            "a is past the cutoff"
+        );
+        assert!(store
+            .finished_before(100, second.first(), 10)
+            .expect("finished")
+            .is_empty());
+
+        // Deletes leave both indexes.
+        store
+            .apply(
+                Mirrored::Contexts,
+                &[
+                    stamp(
+                        Change::Delete {
+                            key: a.id.to_string(),
+                        },
+                        8,
+                        400,
+                    ),
+                    stamp(
+                        Change::Delete {
+                            key: b.id.to_string(),
+                        },
+                        9,
+                        400,
+                    ),
+                    stamp(Change::Delete { key: "junk".into() }, 10, 400),
+                ],
+                10,
+                false,
+            )
+            .expect("apply");
+        assert_eq!(unfinished_ids(&store), [d.id.to_string()]);
+        assert_eq!(finished_ids(&store), [c.id.to_string()]);
+        assert_eq!(store.index_sizes().expect("sizes"), (1, 1));
+    }
+
+    #[test]
+    fn a_snapshot_replaces_the_indexes_with_the_table() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::open(&dir.path().join("node.redb")).expect("open");
+        let old_running = ctx(OperationState::Running);
+        let old_done = ctx(OperationState::Failed);
+        store
+            .apply(
+                Mirrored::Contexts,
+                &[
+                    stamp(put_ctx(&old_running), 1, 10),
+                    stamp(put_ctx(&old_done), 2, 10),
+                ],
+                2,
+                true,
+            )
+            .expect("apply");
+        let new_pending = ctx(OperationState::Pending);
+        let new_done = ctx(OperationState::Cancelled);
+        store
+            .replace(
+                Mirrored::Contexts,
+                &[
+                    stamp(put_ctx(&new_pending), 40, 20),
+                    stamp(put_ctx(&new_done), 41, 20),
+                    // A snapshot also carries the markers of purged keys.
+                    stamp(
+                        Change::Delete {
+                            key: old_done.id.to_string(),
+                        },
+                        42,
+                        20,
+                    ),
+                ],
+                42,
+            )
+            .expect("replace");
+        assert_eq!(unfinished_ids(&store), [new_pending.id.to_string()]);
+        assert_eq!(finished_ids(&store), [new_done.id.to_string()]);
+        assert_eq!(store.revision(Mirrored::Contexts).expect("rev"), 42);
+        // The resources table has no indexes and leaves them alone.
+        store
+            .replace(Mirrored::Resources, &[stamp(put("r1"), 3, 30)], 3)
+            .expect("replace");
+        assert_eq!(store.index_sizes().expect("sizes"), (1, 1));
+    }
+
+    #[test]
+    fn an_old_file_gets_its_indexes_on_open() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("node.redb");
+        let running = ctx(OperationState::Running);
+        let mut done = ctx(OperationState::Complete);
+        done.updated_at = OffsetDateTime::from_unix_timestamp(1_700_000_000).expect("time");
+        {
+            // A file as an older build wrote it: tables, no indexes.
+            let db = Database::create(&path).expect("create");
+            let tx = db.begin_write().expect("tx");
+            {
+                let mut contexts = tx.open_table(CONTEXTS).expect("contexts");
+                for c in [&running, &done] {
+                    let value = zerofoot_shared::protocol::encode(c);
+                    contexts
+                        .insert(c.id.to_string().as_str(), value.as_ref())
+                        .expect("insert");
+                }
+                let mut revisions = tx.open_table(REVISIONS).expect("revisions");
+                revisions.insert("contexts", 77).expect("insert");
+                revisions.insert("resources", 5).expect("insert");
+            }
+            tx.commit().expect("commit");
+        }
+        {
+            let store = Store::open(&path).expect("open");
+            assert_eq!(unfinished_ids(&store), [running.id.to_string()]);
+            assert_eq!(
+                store.finished_before(u64::MAX, None, 10).expect("finished"),
+                [Finished {
+                    id: done.id.to_string(),
+                    revision: 0,
+                    stored_ms: 1_700_000_000_000
+                }],
+                "stamped with its own updated_at until the snapshot"
+            );
+            assert_eq!(
+                store.revision(Mirrored::Contexts).expect("rev"),
+                0,
+                "the mirror rebuilds from a snapshot"
+            );
+            assert_eq!(store.revision(Mirrored::Resources).expect("rev"), 5);
+            store
+                .apply(Mirrored::Contexts, &[], 80, true)
+                .expect("apply");
+        }
+        // Built once: a later open keeps the revision and the indexes.
+        let store = Store::open(&path).expect("reopen");
+        assert_eq!(store.revision(Mirrored::Contexts).expect("rev"), 80);
+        assert_eq!(store.index_sizes().expect("sizes"), (1, 1));
     }
 }

@@ -1,7 +1,8 @@
 //! Makes sure no sync operation is left behind: one whose owner stopped
-//! beating (or is this node before a restart) is taken over, one left pending
-//! longer than the lapse time (its submission got lost) is taken. Every node
-//! sweeps; compare-and-set on the context makes exactly one of them win.
+//! beating (or is this node, without a local run) is taken over, one left
+//! pending longer than the lapse (its submission got lost) is taken. Every
+//! node sweeps the unfinished contexts of its mirror; compare-and-set makes
+//! exactly one of them win.
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -10,63 +11,72 @@ use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 use zerofoot_shared::protocol::{OperationKind, OperationState};
 
-use crate::executor::{Executor, Taking};
 use crate::membership::Membership;
+use crate::ownership::{Owners, Taken};
+use crate::rules::Why;
+use crate::run::Runner;
 use crate::store::Store;
 
-pub async fn sweep_loop(
-    exec: Executor,
-    store: Store,
-    members: Membership,
-    lapse: Duration,
-    cancel: CancellationToken,
-) {
-    let mut first_seen_pending: HashMap<Uuid, Instant> = HashMap::new();
-    let period = (lapse / 2).max(Duration::from_millis(20));
-    loop {
-        tokio::select! {
-            _ = cancel.cancelled() => return,
-            _ = tokio::time::sleep(period) => {}
-        }
-        if !members.settled() {
-            continue;
-        }
-        let contexts = match store.run(|s| s.contexts()).await {
-            Ok(c) => c,
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot read the local mirror");
+pub struct Sweeper {
+    pub owners: Owners,
+    pub runner: Runner,
+    pub store: Store,
+    pub members: Membership,
+    pub lapse: Duration,
+}
+
+impl Sweeper {
+    pub async fn run(self, cancel: CancellationToken) {
+        let mut first_seen_pending: HashMap<Uuid, Instant> = HashMap::new();
+        let period = (self.lapse / 2).max(Duration::from_millis(20));
+        loop {
+            tokio::select! {
+                _ = cancel.cancelled() => return,
+                _ = tokio::time::sleep(period) => {}
+            }
+            if !self.members.settled() {
                 continue;
             }
-        };
-        let mut still_pending = HashMap::new();
-        for ctx in contexts {
-            if ctx.kind != OperationKind::Sync {
-                continue;
-            }
-            let take = match ctx.state {
-                OperationState::Running => {
-                    let owner = ctx.owner.as_deref().unwrap_or("");
-                    let orphaned = if owner == exec.node {
-                        !exec.is_running_here(&ctx.id)
-                    } else {
-                        !members.is_alive(owner)
-                    };
-                    orphaned.then(|| Taking::FromLostOwner(owner.to_string()))
+            let contexts = match self.store.run(|s| s.unfinished_contexts()).await {
+                Ok(c) => c,
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot read the local mirror");
+                    continue;
                 }
-                OperationState::Pending => {
-                    let since = *first_seen_pending.get(&ctx.id).unwrap_or(&Instant::now());
-                    still_pending.insert(ctx.id, since);
-                    (since.elapsed() > lapse).then_some(Taking::Pending)
-                }
-                _ => None,
             };
-            if let Some(how) = take {
+            let mut still_pending = HashMap::new();
+            for ctx in contexts {
+                if ctx.kind != OperationKind::Sync {
+                    continue;
+                }
+                let why = match ctx.state {
+                    OperationState::Running | OperationState::Cancelling => {
+                        let owner = ctx.owner.as_deref().unwrap_or("");
+                        let orphaned = if owner == self.owners.node() {
+                            !self.owners.runs_here(&ctx.id)
+                        } else {
+                            !self.members.is_alive(owner)
+                        };
+                        orphaned.then(|| Why::LostOwner(owner.to_string()))
+                    }
+                    OperationState::Pending => {
+                        let since = *first_seen_pending.get(&ctx.id).unwrap_or(&Instant::now());
+                        still_pending.insert(ctx.id, since);
+                        (since.elapsed() > self.lapse).then_some(Why::Pending)
+                    }
+                    _ => None,
+                };
+                let Some(why) = why else { continue };
                 // Losing the race to another node is the normal case.
-                if let Err(e) = exec.take_and_run(ctx.id, how).await {
-                    tracing::debug!(op = %ctx.id, error = %e, "not taken");
+                match self.owners.take(ctx.id, why, &cancel).await {
+                    Ok(Taken::Run(owned)) => {
+                        crate::sync_op::start_owned(&self.owners, &self.runner, *owned)
+                    }
+                    Ok(Taken::Closed) => {}
+                    Err(e) => tracing::debug!(op = %ctx.id, error = %e, "not taken"),
                 }
             }
+            first_seen_pending = still_pending;
         }
-        first_seen_pending = still_pending;
     }
 }

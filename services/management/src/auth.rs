@@ -2,7 +2,10 @@
 //! also runs and cancels operations; `admin` also manages modules and
 //! resources. `/healthz` stays open. Tokens are compared in constant time and
 //! never logged. With no token configured the service only listens on a
-//! loopback address.
+//! loopback address, and only answers requests addressed to a loopback name
+//! (`Host: localhost`, `127.x.x.x`, `[::1]`): a web page the user opens must
+//! not reach the API through DNS rebinding (a name of the attacker's that
+//! resolves to 127.0.0.1 would carry that name in `Host`).
 
 use std::path::Path;
 
@@ -153,12 +156,74 @@ fn required(method: &Method, path: &str) -> Option<Role> {
     })
 }
 
+/// Whether `host` (a `Host` header value or URI authority: name or
+/// address, with or without a port) names this machine's loopback.
+fn is_loopback_host(host: &str) -> bool {
+    let host = host.trim();
+    let name = if let Some(rest) = host.strip_prefix('[') {
+        // [v6] or [v6]:port
+        match rest.split_once(']') {
+            Some((inside, after))
+                if after.is_empty() || after.strip_prefix(':').is_some_and(valid_port) =>
+            {
+                return inside.parse::<std::net::Ipv6Addr>().is_ok_and(|ip| {
+                    ip.is_loopback() || ip.to_ipv4_mapped().is_some_and(|v4| v4.is_loopback())
+                });
+            }
+            _ => return false,
+        }
+    } else {
+        match host.rsplit_once(':') {
+            Some((name, port)) if valid_port(port) => name,
+            Some(_) => return false,
+            None => host,
+        }
+    };
+    let name = name.strip_suffix('.').unwrap_or(name).to_ascii_lowercase();
+    if let Ok(ip) = name.parse::<std::net::Ipv4Addr>() {
+        return ip.is_loopback();
+    }
+    name == "localhost"
+}
+
+fn valid_port(text: &str) -> bool {
+    !text.is_empty() && text.bytes().all(|b| b.is_ascii_digit()) && text.parse::<u16>().is_ok()
+}
+
+/// The name a request was addressed to: `Host`, else the URI's authority
+/// (absolute-form, HTTP/2); `None` for an HTTP/1.0 request without one.
+fn addressed_to(request: &Request) -> Option<String> {
+    match request.headers().get(header::HOST) {
+        Some(value) => Some(String::from_utf8_lossy(value.as_bytes()).into_owned()),
+        None => request.uri().authority().map(|a| a.as_str().to_string()),
+    }
+}
+
+fn refuse_host(host: &str) -> Response {
+    let shown: String = host.chars().take(100).collect();
+    ApiError::new(
+        StatusCode::FORBIDDEN,
+        "host_not_allowed",
+        format!(
+            "this management instance runs without API tokens, so it only answers requests addressed to a loopback name (localhost, 127.0.0.1, [::1]), not Host {shown:?}: this keeps web pages from reaching it through DNS rebinding. Use http://127.0.0.1:<port>/ or http://localhost:<port>/ (a reverse proxy must pass such a Host), or configure API tokens (--api-tokens / ZF_API_TOKENS or --tokens-file) to serve other names"
+        ),
+    )
+    .into_response()
+}
+
 pub async fn authorize(
     State(state): State<AppState>,
     mut request: Request,
     next: Next,
 ) -> Response {
     let tokens = state.tokens();
+    if tokens.is_empty() {
+        if let Some(host) = addressed_to(&request) {
+            if !is_loopback_host(&host) {
+                return refuse_host(&host);
+            }
+        }
+    }
     let Some(needed) = required(request.method(), request.uri().path()) else {
         return next.run(request).await;
     };
@@ -227,6 +292,44 @@ mod tests {
         assert!(Tokens::parse("root:aaaaaaaaaaaaaaaa").is_err());
         assert!(Tokens::parse("admin:short").is_err());
         assert!(!format!("{tokens:?}").contains("aaaa"), "never shown");
+    }
+
+    #[test]
+    fn only_loopback_names_pass_without_tokens() {
+        for host in [
+            "localhost",
+            "LOCALHOST:8080",
+            "localhost.",
+            "127.0.0.1",
+            "127.0.0.1:8080",
+            "127.8.9.10:1",
+            "[::1]",
+            "[::1]:8080",
+            "[::ffff:127.0.0.1]:8080",
+        ] {
+            assert!(is_loopback_host(host), "{host} is loopback");
+        }
+        for host in [
+            "evil.example",
+            "evil.example:8080",
+            "localhost.evil.example",
+            "evillocalhost",
+            "api.localhost",
+            "128.0.0.1",
+            "0.0.0.0:8080",
+            "10.0.0.1",
+            "[::2]",
+            "[::1]x",
+            "[::1]8080",
+            "localhost:+80",
+            "[::1]:99999",
+            "localhost:port",
+            "::1",
+            "2130706433",
+            "",
+        ] {
+            assert!(!is_loopback_host(host), "{host} is not loopback");
+        }
     }
 
     #[test]

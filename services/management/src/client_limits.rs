@@ -1,10 +1,15 @@
-//! How many unfinished operations each API client has, so that one client
-//! cannot fill the cluster (`--max-operations-per-client`).
+//! Per-client limits, so that one API client cannot fill the cluster or
+//! this instance: how many unfinished operations each client has
+//! (`--max-operations-per-client`), and how many live event streams it holds
+//! open here (`--max-event-streams-per-client`).
 //!
-//! The counts follow the contexts bucket (every management instance sees
-//! every client's operations, whichever instance took them), plus the
-//! submissions this instance is recording right now. Two instances admitting
-//! the same client at the same instant can overshoot by one each.
+//! The operation counts follow the contexts bucket (every management
+//! instance sees every client's operations, whichever instance took them),
+//! plus the submissions this instance is recording right now. Two instances
+//! admitting the same client at the same instant can overshoot by one each.
+//! Operations count as unfinished until their state is terminal, so a
+//! `cancelling` one still counts. Event streams are counted per instance:
+//! each holds a connection and a consumer of this process.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
@@ -124,9 +129,109 @@ impl Drop for Admission {
     }
 }
 
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("client {client} already has {open} live event streams open on this management instance, the limit; close one (SSE streams end when the client disconnects), page with GET /v1/operations/{{id}}/events?after=&limit= instead, or raise the limit with --max-event-streams-per-client / ZF_MAX_EVENT_STREAMS_PER_CLIENT")]
+pub struct StreamsFull {
+    pub client: String,
+    pub open: usize,
+}
+
+/// Live event streams per client on this instance.
+#[derive(Clone)]
+pub struct StreamSlots {
+    limit: usize,
+    open: Arc<Mutex<HashMap<String, usize>>>,
+}
+
+impl StreamSlots {
+    pub fn new(limit: usize) -> Self {
+        Self {
+            limit,
+            open: Arc::default(),
+        }
+    }
+
+    fn open(&self) -> std::sync::MutexGuard<'_, HashMap<String, usize>> {
+        self.open.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// One more stream of `client`, held until the slot drops, or why not.
+    pub fn take(&self, client: &str) -> Result<StreamSlot, StreamsFull> {
+        let mut open = self.open();
+        let count = open.entry(client.to_string()).or_default();
+        if *count >= self.limit {
+            return Err(StreamsFull {
+                client: client.to_string(),
+                open: *count,
+            });
+        }
+        *count += 1;
+        Ok(StreamSlot {
+            slots: self.clone(),
+            client: client.to_string(),
+        })
+    }
+
+    #[cfg(test)]
+    fn open_of(&self, client: &str) -> usize {
+        self.open().get(client).copied().unwrap_or(0)
+    }
+}
+
+/// A live event stream's place; dropped with the stream, it frees the place.
+pub struct StreamSlot {
+    slots: StreamSlots,
+    client: String,
+}
+
+impl Drop for StreamSlot {
+    fn drop(&mut self) {
+        let mut open = self.slots.open();
+        if let Some(count) = open.get_mut(&self.client) {
+            *count = count.saturating_sub(1);
+            if *count == 0 {
+                open.remove(&self.client);
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_client_holds_its_streams_until_they_drop() {
+        let slots = StreamSlots::new(2);
+        let first = slots.take("a").expect("first");
+        let second = slots.take("a").expect("second");
+        let full = slots.take("a").err().expect("third is refused");
+        assert_eq!(full.open, 2);
+        let message = full.to_string();
+        assert!(
+            message.contains("--max-event-streams-per-client")
+                && message.contains("ZF_MAX_EVENT_STREAMS_PER_CLIENT"),
+            "{message}"
+        );
+        let other = slots.take("b").expect("other clients are not affected");
+        drop(first);
+        let third = slots.take("a").expect("a dropped stream frees its slot");
+        drop((second, third, other));
+        assert_eq!(slots.open_of("a"), 0);
+        assert!(slots.open().is_empty(), "no client left behind");
+    }
+
+    #[test]
+    fn a_cancelling_operation_still_counts() {
+        use zerofoot_shared::protocol::OperationState;
+        let limits = ClientLimits::new(1);
+        let op = Uuid::new_v4();
+        let cancelling = OperationState::Cancelling;
+        limits.observe(op, Some("a"), cancelling.is_terminal());
+        assert!(limits.admit("a").is_err(), "cancelling is unfinished");
+        limits.observe(op, Some("a"), OperationState::Cancelled.is_terminal());
+        assert!(limits.admit("a").is_ok());
+    }
 
     #[test]
     fn a_client_gets_its_limit_and_no_more() {

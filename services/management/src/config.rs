@@ -45,6 +45,11 @@ pub struct Config {
     #[arg(long, env = "ZF_MAX_OPERATIONS_PER_CLIENT", default_value_t = 2000, value_parser = clap::value_parser!(u64).range(1..))]
     pub max_operations_per_client: u64,
 
+    /// Live event streams (SSE) one API client (one token; all of loopback
+    /// without tokens) may hold open on this instance; more are refused with 429.
+    #[arg(long, env = "ZF_MAX_EVENT_STREAMS_PER_CLIENT", default_value_t = 32, value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_event_streams_per_client: u64,
+
     /// Largest module bundle accepted by POST /v1/modules, in bytes.
     #[arg(long, env = "ZF_MAX_BUNDLE_BYTES", default_value_t = 64 * 1024 * 1024)]
     pub max_bundle_bytes: u64,

@@ -116,4 +116,27 @@ mod tests {
         index.remove(&a);
         assert_eq!(index.newest(&shell_done, 10), Some(vec![]));
     }
+
+    #[test]
+    fn cancelling_is_listed_and_filtered_as_its_own_state() {
+        let index = OperationIndex::default();
+        index.set_current(true);
+        let op = Uuid::new_v4();
+        let seen: Summary = serde_json::from_value(serde_json::json!({
+            "state": "cancelling", "kind": "async", "module": "counter",
+            "created_at": "2026-01-01T00:00:00Z"
+        }))
+        .expect("a cancelling context reads as a summary");
+        index.put(op, seen);
+        index.put(
+            Uuid::new_v4(),
+            summary(OperationState::Running, "counter", 1),
+        );
+        let cancelling = Filter {
+            state: "cancelling".parse().ok(),
+            ..Default::default()
+        };
+        assert_eq!(index.newest(&cancelling, 10), Some(vec![op]));
+        assert!(!OperationState::Cancelling.is_terminal(), "unfinished");
+    }
 }

@@ -41,6 +41,7 @@ struct Inner {
     names: Names,
     nats: OnceLock<Nats>,
     view: ClusterView,
+    stream_slots: crate::client_limits::StreamSlots,
 }
 
 impl AppState {
@@ -55,6 +56,8 @@ impl AppState {
             .clone()
             .unwrap_or_else(|| format!("mgmt-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]));
         let names = config.nats.names();
+        let stream_slots =
+            crate::client_limits::StreamSlots::new(config.max_event_streams_per_client as usize);
         Self {
             inner: Arc::new(Inner {
                 secrets_key,
@@ -65,6 +68,7 @@ impl AppState {
                 names,
                 nats: OnceLock::new(),
                 view: ClusterView::default(),
+                stream_slots,
             }),
         }
     }
@@ -100,6 +104,10 @@ impl AppState {
     }
     pub fn config(&self) -> &Config {
         &self.inner.config
+    }
+    /// Live event streams per client on this instance.
+    pub fn stream_slots(&self) -> &crate::client_limits::StreamSlots {
+        &self.inner.stream_slots
     }
 }
 
@@ -215,12 +223,15 @@ async fn connect(state: AppState, settings: ConnectSettings, shutdown: Cancellat
     tracing::info!("ready");
 }
 
-/// `zf.<cluster>.mgmt.<id>.register`: a node's registration and inventory.
+/// `zf.<cluster>.mgmt.<id>.register`: a node's registration and inventory,
+/// a whole inventory coming in chunks (see [`ClusterView::register`]). A
+/// chunk out of order is refused (409), and the node registers again.
 async fn serve_registrations(
     mut endpoint: async_nats::service::endpoint::Endpoint,
     state: AppState,
     shutdown: CancellationToken,
 ) {
+    use crate::cluster_view::RegisterOutcome;
     use zerofoot_shared::protocol::{
         decode, encode, Registered, Registration, RemoteError, Reply, PROTOCOL_VERSION,
     };
@@ -229,14 +240,26 @@ async fn serve_registrations(
     {
         let reply: Reply<Registered> = match decode::<Registration>(&request.message.payload) {
             Ok(registration) => {
-                if registration.full {
-                    tracing::info!(node = %registration.node, resources = registration.resources.len(), "node registered");
+                let node = registration.node.clone();
+                match state.view().register(registration) {
+                    Ok(outcome) => {
+                        if let RegisterOutcome::Complete { resources } = outcome {
+                            tracing::info!(%node, resources, "node registered");
+                        }
+                        Reply::Ok(Registered {
+                            v: PROTOCOL_VERSION,
+                            management: state.id().to_string(),
+                        })
+                    }
+                    Err(e) => {
+                        tracing::debug!(%node, error = %e, "registration chunk refused");
+                        Reply::Error(RemoteError::new(
+                            409,
+                            "registration_out_of_order",
+                            e.to_string(),
+                        ))
+                    }
                 }
-                state.view().register(registration);
-                Reply::Ok(Registered {
-                    v: PROTOCOL_VERSION,
-                    management: state.id().to_string(),
-                })
             }
             Err(e) => Reply::Error(RemoteError::new(400, "invalid_registration", e.to_string())),
         };

@@ -14,6 +14,9 @@ use super::{v1, OperationKind};
 pub enum OperationState {
     Pending,
     Running,
+    /// A cancel was asked for and acknowledged; whichever node owns the
+    /// operation next stops its driver and writes `cancelled`.
+    Cancelling,
     Complete,
     Failed,
     Cancelled,
@@ -28,6 +31,7 @@ impl OperationState {
         match self {
             Self::Pending => "pending",
             Self::Running => "running",
+            Self::Cancelling => "cancelling",
             Self::Complete => "complete",
             Self::Failed => "failed",
             Self::Cancelled => "cancelled",
@@ -41,12 +45,13 @@ impl std::str::FromStr for OperationState {
         Ok(match s {
             "pending" => Self::Pending,
             "running" => Self::Running,
+            "cancelling" => Self::Cancelling,
             "complete" => Self::Complete,
             "failed" => Self::Failed,
             "cancelled" => Self::Cancelled,
             other => {
                 return Err(format!(
-                    "unknown state {other:?}: use pending, running, complete, failed or cancelled"
+                    "unknown state {other:?}: use pending, running, cancelling, complete, failed or cancelled"
                 ))
             }
         })
@@ -201,11 +206,29 @@ impl ExecutionContext {
         self.state = OperationState::Cancelled;
     }
 
+    /// Records a cancel request: a pending operation is cancelled at once,
+    /// a running one turns `cancelling` and its owner (this one, or the next
+    /// after a failover) stops the driver and writes `cancelled`.
+    pub fn request_cancel(&mut self) {
+        match self.state {
+            OperationState::Running => {
+                self.state = OperationState::Cancelling;
+                self.updated_at = crate::time::now();
+            }
+            state if state.is_terminal() => {}
+            _ => self.cancel(),
+        }
+    }
+
     /// The owner is gone. A sync operation with retries left is pending again;
     /// one without fails, saying so.
     pub fn owner_lost(&mut self) {
         self.close_attempt(AttemptOutcome::Lost);
         self.owner = None;
+        if self.state == OperationState::Cancelling {
+            self.state = OperationState::Cancelled;
+            return;
+        }
         let lost = self
             .attempts
             .iter()
@@ -277,6 +300,21 @@ mod tests {
         ctx.complete(Some(serde_json::json!(7)));
         assert_eq!(ctx.state, OperationState::Complete);
         assert_eq!(ctx.attempts[1].outcome, AttemptOutcome::Complete);
+        assert_eq!(ctx.attempts[0].outcome, AttemptOutcome::Lost);
+    }
+
+    #[test]
+    fn a_cancel_request_survives_the_owner() {
+        let mut ctx = sync_op(3);
+        ctx.request_cancel();
+        assert_eq!(ctx.state, OperationState::Cancelled, "pending: at once");
+        let mut ctx = sync_op(3);
+        ctx.take("a", 0);
+        ctx.request_cancel();
+        assert_eq!(ctx.state, OperationState::Cancelling);
+        assert_eq!(ctx.owner.as_deref(), Some("a"), "the owner stops it");
+        ctx.owner_lost();
+        assert_eq!(ctx.state, OperationState::Cancelled, "never retried");
         assert_eq!(ctx.attempts[0].outcome, AttemptOutcome::Lost);
     }
 

@@ -3,6 +3,7 @@
 //! know rather than guess.
 
 mod context;
+mod driver_input;
 mod driver_output;
 mod heartbeat;
 mod manifest;
@@ -12,6 +13,7 @@ mod resource;
 pub use context::{
     Attempt, AttemptOutcome, CheckpointPosition, ExecutionContext, NewOperation, OperationState,
 };
+pub use driver_input::{DriverInput, DriverResource};
 pub use driver_output::{parse_line, Output};
 pub use heartbeat::{Heartbeat, LeadClaim, Role};
 pub use manifest::{
@@ -85,6 +87,15 @@ pub struct SubmitAccepted {
 /// management instance, with the inventory it keeps (resources' configuration
 /// and state, never secrets). `full` says whether `resources` is the whole
 /// inventory or only what changed since the last registration.
+///
+/// A whole inventory is sent in chunks (so that no message nears the
+/// server's `max_payload`), each with a [`RegistrationChunk`]: the first has
+/// `full: true`, the others `full: false`. Management builds the new
+/// inventory aside and shows it only once every chunk arrived, in order.
+/// A message without `chunk` is a whole registration or a change on its own
+/// (what nodes sent before chunks existed); an instance that does not know
+/// `chunk` ignores it and applies the chunks as a registration followed by
+/// changes, which ends with the same inventory.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 pub struct Registration {
     #[serde(default = "v1")]
@@ -95,6 +106,18 @@ pub struct Registration {
     /// Resources deleted since the last registration.
     #[serde(default)]
     pub removed: Vec<String>,
+    /// Which part of a chunked whole inventory this is.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub chunk: Option<RegistrationChunk>,
+}
+
+/// One chunk of a whole inventory: `seq` counts from 0 to `total - 1`; every
+/// chunk of one registration carries the same `registration` id.
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct RegistrationChunk {
+    pub registration: uuid::Uuid,
+    pub seq: u32,
+    pub total: u32,
 }
 
 /// Answer to [`Registration`].

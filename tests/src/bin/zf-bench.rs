@@ -687,6 +687,133 @@ async fn many_monitors(sizes: &Sizes, figures: &mut Vec<Figure>) {
     });
 }
 
+/// One operation's log of `events` events (batches of 1000, appended with
+/// plain JetStream publishes, as an owner's batches look), then a page of
+/// the last 1000 read through the API again and again: its latency next to
+/// a raw direct get of the log's last message, and management's memory
+/// around it. A page is found by bisection and read from there, so neither
+/// grows with the log.
+async fn large_log(quick: bool, figures: &mut Vec<Figure>) {
+    let events: u64 = if quick { 100_000 } else { 1_000_000 };
+    let (batch, requests) = (1000u64, 50usize);
+    let cluster = Cluster::start(0).await;
+    cluster
+        .publish(bundle(
+            "idle",
+            "1.0.0",
+            json!({"hold": {"kind": "async"}}),
+            IDLE,
+        ))
+        .await;
+    cluster.wait_module("idle", "1.0.0").await;
+    // No node: the context stays pending and nobody else writes the log.
+    let (status, ctx) = cluster
+        .post_json(
+            "/v1/operations",
+            &json!({"module": "idle", "operation": "hold"}),
+        )
+        .await;
+    assert_eq!(status, 202, "{ctx}");
+    let op = ctx["id"].as_str().expect("id").to_string();
+    let subject = format!("zf.{}.evt.{op}", cluster.cluster);
+    let js = async_nats::jetstream::new(cluster.nats.client().await);
+    let t = Instant::now();
+    let mut acks = Vec::with_capacity(64);
+    for first in (1..=events).step_by(batch as usize) {
+        let batch: Vec<serde_json::Value> = (first..first + batch)
+            .map(|seq| {
+                json!({"v": 1, "op": op, "seq": seq, "key": seq.to_string(), "data": {"n": seq},
+                       "node": "node-bench", "epoch": 1, "at": "2026-01-01T00:00:00Z"})
+            })
+            .collect();
+        let entry = json!({"kind": "events", "v": 1, "events": batch});
+        acks.push(
+            js.publish(subject.clone(), entry.to_string().into())
+                .await
+                .expect("publish a batch"),
+        );
+        if acks.len() == 64 {
+            for ack in acks.drain(..) {
+                ack.await.expect("ack");
+            }
+        }
+    }
+    for ack in acks.drain(..) {
+        ack.await.expect("ack");
+    }
+    let written = t.elapsed();
+
+    let stream = js
+        .get_stream(format!("ZF_{}_EVENTS", cluster.cluster.to_uppercase()))
+        .await
+        .expect("events stream");
+    let mut raw = Vec::new();
+    for _ in 0..requests {
+        let t = Instant::now();
+        let last = stream
+            .direct_get_last_for_subject(subject.as_str())
+            .await
+            .expect("raw direct get");
+        raw.push(t.elapsed());
+        assert!(!last.payload.is_empty());
+    }
+
+    let after = events - batch;
+    let url = cluster.url(&format!(
+        "/v1/operations/{op}/events?after={after}&limit={batch}"
+    ));
+    let pid = cluster.management[0].process.pid();
+    let before = rss_kib(pid);
+    let mut pages = Vec::new();
+    for _ in 0..requests {
+        let t = Instant::now();
+        let response = cluster.http.get(&url).send().await.expect("GET a page");
+        let status = response.status();
+        let body = response.bytes().await.expect("page body");
+        pages.push(t.elapsed());
+        let page: serde_json::Value = serde_json::from_slice(&body).expect("page JSON");
+        assert_eq!(status, 200, "{page}");
+        let seqs: Vec<u64> = page["events"]
+            .as_array()
+            .expect("events")
+            .iter()
+            .filter_map(|e| e["seq"].as_u64())
+            .collect();
+        assert_eq!(seqs, (after + 1..=events).collect::<Vec<u64>>());
+    }
+    let rss_after = rss_kib(pid);
+    let (raw_ms, page_ms) = (sorted_ms(&raw), sorted_ms(&pages));
+    for (label, p) in [("p50", 50.0), ("p99", 99.0)] {
+        let (value, baseline) = (percentile(&page_ms, p), percentile(&raw_ms, p));
+        figures.push(Figure {
+            figure: format!(
+                "page of the last {batch} events of a {events}-event log (written in {:.1} s), {requests} GETs, {label}",
+                written.as_secs_f64()
+            ),
+            value,
+            unit: "ms",
+            baseline: Some(baseline),
+            baseline_what: Some(format!("raw direct get of the log's last message, {label}")),
+            ratio: Some(value / baseline),
+            target: "-",
+            meets_target: None,
+        });
+    }
+    figures.push(Figure {
+        figure: format!(
+            "management RSS around {requests} pages of a {events}-event log: {:.1} MiB before",
+            before as f64 / 1024.0
+        ),
+        value: rss_after as f64 / 1024.0,
+        unit: "MiB",
+        baseline: Some(before as f64 / 1024.0),
+        baseline_what: Some("RSS before the first page".into()),
+        ratio: Some(rss_after as f64 / before.max(1) as f64),
+        target: "-",
+        meets_target: None,
+    });
+}
+
 fn render(figures: &[Figure]) -> String {
     let mut out = String::from("| figure | value | raw baseline (same run) | ratio | target | meets |\n| --- | --- | --- | --- | --- | --- |\n");
     for f in figures {
@@ -760,6 +887,9 @@ async fn main() {
     }
     if wanted("monitors") {
         many_monitors(&sizes, &mut figures).await;
+    }
+    if wanted("large-log") {
+        large_log(quick, &mut figures).await;
     }
     let table = render(&figures);
     println!("{table}");

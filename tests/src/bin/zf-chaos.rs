@@ -2,11 +2,15 @@
 //! local cluster (nats-server, repository, two management instances, three
 //! nodes) runs keyed monitors and a stream of sync operations while faults
 //! hit it at random intervals: SIGKILL and SIGSTOP/SIGCONT of the lead, of
-//! auxiliary nodes, of management instances and of the repository, and
-//! restarts of nats-server. Afterwards it checks that every keyed monitor
-//! delivered its events exactly once and in order, that every sync operation
-//! was answered or recorded failed, and that exactly one node leads. The seed
-//! fixes the fault schedule. Exits non-zero on any violation.
+//! auxiliary nodes, of management instances and of the repository, silent
+//! partitions of a node from NATS (each node talks to NATS through its own
+//! proxy, which stops forwarding without closing anything), and restarts of
+//! nats-server. Afterwards it checks that every keyed monitor delivered its
+//! events exactly once and in order, that no monitor ran in two drivers at
+//! once for longer than a lapse (the drivers log their own pid and time),
+//! that every sync operation was answered or recorded failed, and that
+//! exactly one node leads. The seed fixes the fault schedule. Exits non-zero
+//! on any violation.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -15,13 +19,18 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::Signal;
 use serde_json::{json, Value};
 use zerofoot_tests::modules::bundle;
-use zerofoot_tests::{get_json, Cluster, NodeFlags};
+use zerofoot_tests::proxy::SilentProxy;
+use zerofoot_tests::{beat_spans, get_json, longest_overlap, Cluster, NodeFlags};
+
+const LAPSE_MS: u64 = 500;
 
 const COUNTER: &str = r#"#!/bin/sh
 input=$(cat)
 n=$(printf '%s' "$input" | jq -r '.checkpoint.n // 0')
 total=$(printf '%s' "$input" | jq -r '.params.total')
+beats=$(printf '%s' "$input" | jq -r '.params.beats')
 while [ "$n" -lt "$total" ]; do
+  echo "$$ $(date +%s%3N)" >> "$beats"
   n=$((n + 1))
   echo "{\"type\":\"event\",\"key\":\"$n\",\"data\":{\"n\":$n}}"
   [ $((n % 10)) -eq 0 ] && echo "{\"type\":\"checkpoint\",\"data\":{\"n\":$n}}"
@@ -84,14 +93,18 @@ async fn main() -> std::process::ExitCode {
 
     let mut cluster = Cluster::start(0).await;
     cluster.start_management();
-    let fast = NodeFlags(vec![
-        "--heartbeat-ms".into(),
-        "100".into(),
-        "--lapse-ms".into(),
-        "500".into(),
-    ]);
+    let mut proxies = Vec::new();
     for _ in 0..3 {
-        cluster.add_node(&fast);
+        let proxy = SilentProxy::start(cluster.nats.port).await;
+        cluster.add_node(&NodeFlags(vec![
+            "--heartbeat-ms".into(),
+            "100".into(),
+            "--lapse-ms".into(),
+            LAPSE_MS.to_string(),
+            "--nats-url".into(),
+            proxy.url(),
+        ]));
+        proxies.push(proxy);
     }
     cluster.wait_healthy().await;
     cluster
@@ -115,15 +128,16 @@ async fn main() -> std::process::ExitCode {
     // Keyed monitors that outlast the faults.
     let total = duration.as_secs() * 20 + 200;
     let mut monitors = Vec::new();
-    for _ in 0..3 {
+    for i in 0..3 {
+        let beats = cluster.dir.path().join(format!("beats-{i}"));
         let (status, ctx) = cluster
             .post_json(
                 "/v1/operations",
-                &json!({"module": "counter", "operation": "count", "params": {"total": total}}),
+                &json!({"module": "counter", "operation": "count", "params": {"total": total, "beats": beats}}),
             )
             .await;
         assert_eq!(status, 202, "monitor start: {ctx}");
-        monitors.push(ctx["id"].as_str().unwrap_or_default().to_string());
+        monitors.push((ctx["id"].as_str().unwrap_or_default().to_string(), beats));
     }
 
     // A stream of sync operations through whichever instance answers.
@@ -181,7 +195,7 @@ async fn main() -> std::process::ExitCode {
         let lead_index = lead
             .as_ref()
             .and_then(|id| (0..cluster.nodes.len()).find(|i| &cluster.node_id(*i) == id));
-        let fault = rng.below(6);
+        let fault = rng.below(7);
         let outage = rng.millis(500, 2500);
         let description = match (fault, lead_index) {
             (0, Some(i)) => {
@@ -212,6 +226,21 @@ async fn main() -> std::process::ExitCode {
                     cluster.nodes[aux].signal(Signal::SIGCONT);
                     format!("SIGSTOP auxiliary node-{aux} for {outage:?}")
                 }
+            }
+            (6, _) => {
+                let i = match (lead_index, rng.below(2)) {
+                    (Some(i), 0) => i,
+                    _ => rng.below(cluster.nodes.len() as u64) as usize,
+                };
+                let role = if Some(i) == lead_index {
+                    "lead"
+                } else {
+                    "auxiliary"
+                };
+                proxies[i].set_silent(true);
+                tokio::time::sleep(outage).await;
+                proxies[i].set_silent(false);
+                format!("silent partition of {role} node-{i} from NATS for {outage:?}")
             }
             (3, _) => {
                 let m = rng.below(cluster.management.len() as u64) as usize;
@@ -254,7 +283,15 @@ async fn main() -> std::process::ExitCode {
     let mut violations: Vec<String> = Vec::new();
     // Monitors: complete, every event exactly once and in order.
     let mut events_total = 0usize;
-    for op in &monitors {
+    let mut worst_overlap = 0u64;
+    for (op, beats) in &monitors {
+        let overlap = longest_overlap(&beat_spans(beats));
+        worst_overlap = worst_overlap.max(overlap);
+        if overlap > LAPSE_MS {
+            violations.push(format!(
+                "monitor {op}: two drivers ran at once for {overlap} ms (lapse {LAPSE_MS} ms)"
+            ));
+        }
         let deadline = Instant::now() + Duration::from_secs(180);
         let mut state = String::new();
         while Instant::now() < deadline {
@@ -323,7 +360,7 @@ async fn main() -> std::process::ExitCode {
     println!("chaos: faults injected: {}", faults.len());
     println!("chaos: sync operations accepted: {} (complete {complete}, failed {failed}); submissions refused while parts were down: {}", ids.len(), refused.load(Ordering::Relaxed));
     println!(
-        "chaos: monitors: {}, events checked: {events_total}",
+        "chaos: monitors: {}, events checked: {events_total}, longest two-driver overlap: {worst_overlap} ms",
         monitors.len()
     );
     println!("chaos: violations: {}", violations.len());

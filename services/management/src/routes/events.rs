@@ -1,20 +1,26 @@
 //! `GET /v1/operations/{id}/events`: an async operation's events, read in
-//! order from its log in JetStream (takeover markers left out), as JSON
-//! (`?after=&limit=`) or, with `Accept: text/event-stream`, as a live SSE
-//! stream whose ids are event seqs and which resumes after `Last-Event-ID`.
+//! order from its log in JetStream (takeover markers and unreadable messages
+//! left out), as JSON (`?after=&limit=`) or, with `Accept: text/event-stream`,
+//! as a live SSE stream whose ids are event seqs and which resumes after
+//! `Last-Event-ID`. Both find where to start by bisecting the log
+//! ([`eventlog::start_position`]), so a page or a resume near the end of a
+//! long log costs about the same as one near its start; a page stops reading
+//! once it is full. Live streams are capped per API client
+//! (`--max-event-streams-per-client`), each holding its slot until it ends.
 
 use std::collections::HashMap;
 use std::convert::Infallible;
 
 use async_nats::jetstream::consumer;
-use axum::extract::{Path, Query, State};
-use axum::http::HeaderMap;
+use axum::extract::{Extension, Path, Query, State};
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use futures::{future, stream, StreamExt};
 use serde_json::json;
 use zerofoot_shared::eventlog::{self, LogEntry};
 
+use crate::auth::ApiClient;
 use crate::error::{ApiError, ApiJson};
 use crate::startup::AppState;
 
@@ -39,6 +45,7 @@ pub async fn events(
     State(state): State<AppState>,
     Path(id): Path<String>,
     Query(query): Query<HashMap<String, String>>,
+    Extension(client): Extension<ApiClient>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let op = super::operations::parse_id(&id)?;
@@ -56,12 +63,25 @@ pub async fn events(
     let after = resume.or(number(&query, "after")?).unwrap_or(0);
 
     if wants_stream {
+        let slot = state.stream_slots().take(&client.0).map_err(|e| {
+            ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "too_many_event_streams",
+                e.to_string(),
+            )
+        })?;
+        let start = eventlog::start_position(&nats.assets.events, &subject, after)
+            .await
+            .map_err(|e| ApiError::nats("cannot read the event log", e))?;
         let consumer = nats
             .assets
             .events
             .create_consumer(consumer::pull::OrderedConfig {
                 filter_subject: subject,
-                deliver_policy: consumer::DeliverPolicy::All,
+                deliver_policy: consumer::DeliverPolicy::ByStartSequence {
+                    start_sequence: start,
+                },
+                max_batch: eventlog::PULL_BATCH,
                 ..Default::default()
             })
             .await
@@ -85,7 +105,10 @@ pub async fn events(
                 stream::iter(eventlog::events_of(vec![(0, entry)]).collect::<Vec<_>>())
             })
             .filter(move |event| future::ready(event.seq > after))
-            .map(|event| {
+            // The slot goes with the stream: freed when it ends or the
+            // client disconnects and the response body is dropped.
+            .map(move |event| {
+                let _held = &slot;
                 let sse = SseEvent::default().id(event.seq.to_string()).event("event");
                 Ok::<_, Infallible>(
                     sse.json_data(&event)
@@ -107,12 +130,8 @@ pub async fn events(
             ))
         }
     };
-    let entries = eventlog::read(&nats.assets.events, &subject, 1)
+    let page = eventlog::read_page(&nats.assets.events, &subject, after, limit)
         .await
         .map_err(|e| ApiError::nats("cannot read the event log", e))?;
-    let events: Vec<_> = eventlog::events_of(entries)
-        .filter(|e| e.seq > after)
-        .take(limit)
-        .collect();
-    Ok(ApiJson(json!({"events": events})).into_response())
+    Ok(ApiJson(json!({"events": page.events})).into_response())
 }

@@ -363,16 +363,24 @@ pub async fn show(
     Ok(ApiJson(ctx))
 }
 
-/// Cancel: a pending operation is cancelled here; a running one by its
-/// owner, which kills the driver's process group. With no owner answering,
-/// the context is cancelled by compare-and-set, which fences the owner.
+/// Compare-and-set tries of a cancel before it gives up with 409 `busy`.
+const CANCEL_ATTEMPTS: usize = 5;
+/// How long the best-effort nudge to the owner may take.
+const CANCEL_NUDGE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Cancel, recorded before it is acknowledged: a pending operation is
+/// `cancelled` at once; a running one turns `cancelling` in the contexts
+/// bucket (compare-and-set, retried on conflict), and whichever node owns it,
+/// now or after a failover, stops the driver and writes `cancelled`. Only
+/// then does the call answer 202, so a cancel survives the owner's death.
+/// Asking the owner on `op.<id>.cancel` afterwards only makes it quicker.
 pub async fn cancel(
     State(state): State<AppState>,
     Path(id): Path<String>,
 ) -> Result<(StatusCode, ApiJson<ExecutionContext>), ApiError> {
     let id = parse_id(&id)?;
     let nats = state.nats()?;
-    for _ in 0..5 {
+    for _ in 0..CANCEL_ATTEMPTS {
         let (mut ctx, revision) = load(nats, &id).await?;
         if ctx.state.is_terminal() {
             return Err(ApiError::new(
@@ -381,30 +389,28 @@ pub async fn cancel(
                 format!("operation {id} is already {}", ctx.state.as_str()),
             ));
         }
-        if ctx.state == OperationState::Running {
-            let asked = tokio::time::timeout(
-                Duration::from_secs(2),
-                nats.client.request(
-                    state.names().op_cancel(&id.to_string()),
-                    bytes::Bytes::new(),
-                ),
-            )
-            .await;
-            if matches!(asked, Ok(Ok(_))) {
-                tracing::info!(op = %id, "cancel handed to the owner");
-                return Ok((StatusCode::ACCEPTED, ApiJson(ctx)));
-            }
+        if ctx.state == OperationState::Cancelling {
+            // Asked before; the record stands. Nudge the owner again.
+            nudge_owner(&state, nats, &ctx);
+            return Ok((StatusCode::ACCEPTED, ApiJson(ctx)));
         }
-        ctx.cancel();
-        if nats
+        ctx.request_cancel();
+        match nats
             .assets
             .contexts
             .update(id.to_string(), encode(&ctx), revision)
             .await
-            .is_ok()
         {
-            tracing::info!(op = %id, "operation cancelled");
-            return Ok((StatusCode::ACCEPTED, ApiJson(ctx)));
+            Ok(_) => {
+                tracing::info!(op = %id, state = ctx.state.as_str(), "cancel recorded");
+                if ctx.state == OperationState::Cancelling {
+                    nudge_owner(&state, nats, &ctx);
+                }
+                return Ok((StatusCode::ACCEPTED, ApiJson(ctx)));
+            }
+            // Someone wrote meanwhile (the owner, a takeover): read again.
+            Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => continue,
+            Err(e) => return Err(ApiError::nats("cannot record the cancel", e)),
         }
     }
     Err(ApiError::new(
@@ -412,6 +418,34 @@ pub async fn cancel(
         "busy",
         format!("operation {id} kept changing while being cancelled; try again"),
     ))
+}
+
+/// Best effort, after the cancel is recorded: tells the owner on
+/// `op.<id>.cancel` so it need not wait to notice `cancelling` itself. Its
+/// answer is not needed; the request ends with the service or the timeout.
+fn nudge_owner(state: &AppState, nats: &Nats, ctx: &ExecutionContext) {
+    let client = nats.client.clone();
+    let subject = state.names().op_cancel(&ctx.id.to_string());
+    let shutdown = state.shutdown().clone();
+    let op = ctx.id;
+    tokio::spawn(async move {
+        let asked = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            asked = tokio::time::timeout(
+                CANCEL_NUDGE_TIMEOUT,
+                client.request(subject, bytes::Bytes::new()),
+            ) => asked,
+        };
+        match asked {
+            Ok(Ok(_)) => tracing::debug!(%op, "owner told of the cancel"),
+            Ok(Err(e)) => {
+                tracing::debug!(%op, error = %e, "owner not told of the cancel; it will see the record")
+            }
+            Err(_) => {
+                tracing::debug!(%op, "owner did not answer the cancel in time; it will see the record")
+            }
+        }
+    });
 }
 
 pub async fn list(
