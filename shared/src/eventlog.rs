@@ -287,10 +287,6 @@ async fn search_start(
     Ok(search.start())
 }
 
-/// Messages one pull of a page or live read asks for: bounds what a reader
-/// holds in memory (a message carries up to a batch of events).
-pub const PULL_BATCH: i64 = 32;
-
 /// One page of a log, as read by [`read_page`].
 #[derive(Debug, Default)]
 pub struct Page {
@@ -329,7 +325,6 @@ pub async fn read_page(
             deliver_policy: consumer::DeliverPolicy::ByStartSequence {
                 start_sequence: start,
             },
-            max_batch: PULL_BATCH,
             ..Default::default()
         })
         .await

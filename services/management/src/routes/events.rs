@@ -81,7 +81,6 @@ pub async fn events(
                 deliver_policy: consumer::DeliverPolicy::ByStartSequence {
                     start_sequence: start,
                 },
-                max_batch: eventlog::PULL_BATCH,
                 ..Default::default()
             })
             .await
