@@ -63,11 +63,9 @@ fn nats(e: impl std::fmt::Display) -> LogError {
 
 /// Stream sequence of the log's last message, 0 for an empty log.
 pub async fn last_position(events: &stream::Stream, subject: &str) -> Result<u64, LogError> {
-    match events.direct_get_last_for_subject(subject).await {
-        Ok(message) => Ok(message.sequence),
-        Err(e) if e.kind() == stream::DirectGetErrorKind::NotFound => Ok(0),
-        Err(e) => Err(nats(e)),
-    }
+    Ok(last_message(events, subject)
+        .await?
+        .map_or(0, |m| m.sequence))
 }
 
 /// A log as read by [`read`].
@@ -130,16 +128,17 @@ pub async fn read(events: &stream::Stream, subject: &str, from: u64) -> Result<L
 
 /// What one message of a log says about where the events with a seq above
 /// some `after` start. Event seqs grow in log order, so the messages holding
-/// such events form the log's tail; [`StartSearch`] bisects for its head.
+/// such events form the log's tail; [`StartSearch`] looks for its head.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Probe {
     /// Every event in this message, and so every earlier one, is at or
-    /// below `after`: the tail starts later.
-    Before,
-    /// This message holds an event above `after`, or is a takeover marker
-    /// after such an event (so everything after it is above `after`): the
-    /// tail starts here or earlier.
-    AtOrAfter,
+    /// below `after`; `last` is the message's last seq.
+    Before { last: u64 },
+    /// This message holds an event above `after` (`first` is its first
+    /// seq), or is a takeover marker after such an event (`first` is then
+    /// `after_seq + 1`, which every later event is at or above): the tail
+    /// starts here or earlier.
+    AtOrAfter { first: u64 },
     /// Says nothing either way: unreadable (junk), an empty batch, or a
     /// marker taken over at or below `after`. Carries no event, so reading
     /// may start before it at no loss.
@@ -150,13 +149,18 @@ pub enum Probe {
 /// not parse as a [`LogEntry`]) says about events above `after`.
 pub fn probe(entry: Option<&LogEntry>, after: u64) -> Probe {
     match entry {
-        Some(LogEntry::Events { events, .. }) => match events.iter().map(|e| e.seq).max() {
-            Some(last) if last > after => Probe::AtOrAfter,
-            Some(_) => Probe::Before,
-            None => Probe::Undecided,
-        },
+        Some(LogEntry::Events { events, .. }) => {
+            let first = events.iter().map(|e| e.seq).min();
+            match (first, events.iter().map(|e| e.seq).max()) {
+                (Some(first), Some(last)) if last > after => Probe::AtOrAfter { first },
+                (_, Some(last)) => Probe::Before { last },
+                _ => Probe::Undecided,
+            }
+        }
         // Every later event counts on from the marker's `after_seq`.
-        Some(LogEntry::Takeover { after_seq, .. }) if *after_seq > after => Probe::AtOrAfter,
+        Some(LogEntry::Takeover { after_seq, .. }) if *after_seq > after => Probe::AtOrAfter {
+            first: after_seq.saturating_add(1),
+        },
         // What the old owner wrote before the marker is not bounded by it
         // for sure: decide on the messages around it instead.
         Some(LogEntry::Takeover { .. }) | None => Probe::Undecided,
@@ -175,40 +179,69 @@ pub fn probe_message(payload: &[u8], after: u64) -> Probe {
 /// has proven so far (still correct, only a longer read).
 const MAX_PROBES: u32 = 128;
 
-/// Bisection over stream sequences for the position to start reading a log
-/// at so that no event above some `after` is missed and few below it are
-/// read. Pure: the caller classifies messages with [`probe`], fetches "the first message of the log at or after
-/// position [`StartSearch::next_probe`]" and hands what it found to
+/// The search for the position to start reading a log at so that no event
+/// above some `after` is missed and no message holding only earlier events
+/// is read. Pure: the caller classifies messages with [`probe`], fetches
+/// "the first message of the log at or after position
+/// [`StartSearch::next_probe`]" and hands what it found to
 /// [`StartSearch::observe`] until `next_probe` says `None`.
+///
+/// Probes alternate between interpolation (seqs count on without gaps, so
+/// the seqs seen at both ends of the range place `after` well) and
+/// bisection (which bounds the probes at about twice log2 of the range
+/// whatever the layout); the log's last message, which every read fetches
+/// anyway, can be handed in first ([`StartSearch::seed`]) so a read near the
+/// end needs few probes or none.
 ///
 /// Invariant: no message before `lo` holds an event above `after`, and no
 /// message from `hi` on holds only events at or below it. `lo` is therefore
-/// always a correct start; once `lo == hi` it is the best one (right after
-/// the last message that holds only earlier events).
+/// always a correct start; once `lo == hi` it is a tight one.
 #[derive(Clone, Debug)]
 pub struct StartSearch {
+    after: u64,
     lo: u64,
     hi: u64,
+    /// The last seq of the message just before `lo` (0: none seen).
+    lo_seq: u64,
+    /// A seq at or below every event from `hi` on, when one was seen.
+    hi_seq: Option<u64>,
     probes_left: u32,
+    bisect_next: bool,
     /// The position asked for last.
     probing: u64,
-    /// A run of undecided messages found from a bisection point: `(point,
+    /// A run of undecided messages found from a probed point: `(point,
     /// next position to look at)`.
     run: Option<(u64, u64)>,
 }
 
 impl StartSearch {
-    /// A search among positions `first..=end` (`end`: the log's last
-    /// position when the search starts; 0 for an empty log).
-    pub fn new(first: u64, end: u64) -> Self {
+    /// A search for events above `after` among positions `first..=end`
+    /// (`end`: the log's last position when the search starts; 0 for an
+    /// empty log).
+    pub fn new(after: u64, first: u64, end: u64) -> Self {
         let lo = first.max(1);
         Self {
+            after,
             lo,
             hi: end.saturating_add(1).max(lo),
+            lo_seq: 0,
+            hi_seq: None,
             probes_left: MAX_PROBES,
+            bisect_next: false,
             probing: lo,
             run: None,
         }
+    }
+
+    /// Hands in a message already at hand (e.g. the log's last one) as if
+    /// it had been probed at its own position.
+    pub fn seed(&mut self, position: u64, probe: Probe) {
+        if position < self.lo || position >= self.hi {
+            return;
+        }
+        self.run = None;
+        self.probing = position;
+        self.observe(Some((position, probe)));
     }
 
     /// The position whose next message to fetch, or `None` when done.
@@ -218,9 +251,35 @@ impl StartSearch {
         }
         self.probing = match self.run {
             Some((_, next)) => next,
-            None => self.lo + (self.hi - self.lo) / 2,
+            None => {
+                let bisect = self.bisect_next;
+                self.bisect_next = !bisect;
+                match self.interpolated() {
+                    Some(guess) if !bisect => guess,
+                    _ => self.lo + (self.hi - self.lo) / 2,
+                }
+            }
         };
         Some(self.probing)
+    }
+
+    /// Where seq `after + 1` should lie if seqs spread evenly between the
+    /// message before `lo` and the one at `hi`.
+    fn interpolated(&self) -> Option<u64> {
+        if self.lo_seq == self.after {
+            // The message before `lo` ends right before the tail: the next
+            // message is its head.
+            return Some(self.lo);
+        }
+        let high = self.hi_seq?;
+        let (from, span) = (self.lo - 1, u128::from(self.hi - (self.lo - 1)));
+        let wanted = u128::from((self.after + 1).checked_sub(self.lo_seq)?);
+        let seqs = u128::from(high.checked_sub(self.lo_seq)?);
+        if seqs == 0 {
+            return None;
+        }
+        let offset = u64::try_from(span * wanted / seqs).ok()?;
+        Some(from.saturating_add(offset).clamp(self.lo, self.hi - 1))
     }
 
     /// The first message at or after the probed position: its position and
@@ -234,10 +293,21 @@ impl StartSearch {
             // trust nothing more and keep the start proven so far.
             Some((at, _)) if at < self.probing => self.probes_left = 0,
             Some((at, probe)) if at < self.hi => match probe {
-                Probe::Before => self.lo = at + 1,
-                // Nothing but undecided messages (or none) lies between
-                // `point` and `at`: starting at `point` reads `at` first.
-                Probe::AtOrAfter => self.hi = point,
+                Probe::Before { last } => {
+                    self.lo = at + 1;
+                    self.lo_seq = self.lo_seq.max(last);
+                }
+                // The head itself: every message before it holds seqs
+                // below `first`, so at or below `after`; only undecided
+                // messages (or none) lie between `point` and it.
+                Probe::AtOrAfter { first } if first <= self.after.saturating_add(1) => {
+                    self.lo = point;
+                    self.hi = point;
+                }
+                Probe::AtOrAfter { first } => {
+                    self.hi = point;
+                    self.hi_seq = Some(first);
+                }
                 Probe::Undecided if at + 1 < self.hi => self.run = Some((point, at + 1)),
                 Probe::Undecided => self.hi = point,
             },
@@ -246,36 +316,56 @@ impl StartSearch {
         }
     }
 
-    /// Where to start reading: exact once the search is done, and correct
+    /// Where to start reading: tight once the search is done, and correct
     /// (if earlier than needed) when it ran out of probes.
     pub fn start(&self) -> u64 {
         self.lo
     }
 }
 
+/// The log's last message, `None` for an empty log.
+async fn last_message(
+    events: &stream::Stream,
+    subject: &str,
+) -> Result<Option<async_nats::jetstream::message::StreamMessage>, LogError> {
+    match events.direct_get_last_for_subject(subject).await {
+        Ok(message) => Ok(Some(message)),
+        Err(e) if e.kind() == stream::DirectGetErrorKind::NotFound => Ok(None),
+        Err(e) => Err(nats(e)),
+    }
+}
+
 /// The stream position to read `subject`'s log from to get every event
-/// with a seq above `after_seq`, found by bisection with direct gets (about
-/// log2 of the stream's length of them) instead of reading the log from its
-/// start. Past the log's end when it holds no such event yet.
+/// with a seq above `after_seq`, found with a few direct gets ([`StartSearch`])
+/// instead of reading the log from its start. Past the log's end when it
+/// holds no such event yet.
 pub async fn start_position(
     events: &stream::Stream,
     subject: &str,
     after_seq: u64,
 ) -> Result<u64, LogError> {
-    let end = last_position(events, subject).await?;
-    search_start(events, subject, after_seq, end).await
+    let last = last_message(events, subject).await?;
+    Ok(search_start(events, subject, after_seq, last.as_ref())
+        .await?
+        .0)
 }
 
+/// The start for `after_seq` and the log's end, given its last message.
 async fn search_start(
     events: &stream::Stream,
     subject: &str,
     after_seq: u64,
-    end: u64,
-) -> Result<u64, LogError> {
+    last: Option<&async_nats::jetstream::message::StreamMessage>,
+) -> Result<(u64, u64), LogError> {
+    let Some(last) = last else {
+        return Ok((1, 0));
+    };
+    let end = last.sequence;
     if after_seq == 0 {
-        return Ok(1);
+        return Ok((1, end));
     }
-    let mut search = StartSearch::new(1, end);
+    let mut search = StartSearch::new(after_seq, 1, end);
+    search.seed(end, probe_message(&last.payload, after_seq));
     while let Some(at) = search.next_probe() {
         let found = match events.direct_get_next_for_subject(subject, Some(at)).await {
             Ok(message) => Some((message.sequence, probe_message(&message.payload, after_seq))),
@@ -284,8 +374,14 @@ async fn search_start(
         };
         search.observe(found);
     }
-    Ok(search.start())
+    Ok((search.start(), end))
 }
+
+/// Messages a page reads with direct gets before it starts a consumer for
+/// the rest: a page of large batches (up to 1000 events a message) needs no
+/// consumer at all, and one of small batches gets a consumer whose default
+/// pulls (500 messages) then bring small messages.
+const DIRECT_READS: usize = 8;
 
 /// One page of a log, as read by [`read_page`].
 #[derive(Debug, Default)]
@@ -297,33 +393,60 @@ pub struct Page {
 }
 
 /// Reads at most `limit` events with a seq above `after_seq`: finds where
-/// they start ([`start_position`]), reads from there with an ordered
-/// consumer and stops as soon as `limit` events are in or the log's end as
-/// it stood at the start is reached. Unreadable messages and markers are
-/// skipped.
+/// they start ([`start_position`]), reads from there (the first messages with
+/// direct gets, the rest with an ordered consumer) and stops as soon as
+/// `limit` events are in or the log's end as it stood at the start is
+/// reached. Unreadable messages and markers are skipped.
 pub async fn read_page(
     events: &stream::Stream,
     subject: &str,
     after_seq: u64,
     limit: usize,
 ) -> Result<Page, LogError> {
-    let end = last_position(events, subject).await?;
+    let last = last_message(events, subject).await?;
+    let (start, end) = search_start(events, subject, after_seq, last.as_ref()).await?;
     let mut page = Page {
         events: Vec::new(),
         end,
     };
-    if end == 0 || limit == 0 {
-        return Ok(page);
+    let mut position = start;
+    for _ in 0..DIRECT_READS {
+        if page.events.len() >= limit || position > end {
+            return Ok(page);
+        }
+        let message = match &last {
+            // The search fetched the last message already.
+            Some(last) if last.sequence == position => last.clone(),
+            _ => match events
+                .direct_get_next_for_subject(subject, Some(position))
+                .await
+            {
+                Ok(message) => message,
+                Err(e) if e.kind() == stream::DirectGetErrorKind::NotFound => return Ok(page),
+                Err(e) => return Err(nats(e)),
+            },
+        };
+        if message.sequence > end {
+            return Ok(page);
+        }
+        take(
+            &mut page,
+            subject,
+            message.sequence,
+            &message.payload,
+            after_seq,
+            limit,
+        );
+        position = message.sequence + 1;
     }
-    let start = search_start(events, subject, after_seq, end).await?;
-    if start > end {
+    if page.events.len() >= limit || position > end {
         return Ok(page);
     }
     let consumer = events
         .create_consumer(consumer::pull::OrderedConfig {
             filter_subject: subject.to_string(),
             deliver_policy: consumer::DeliverPolicy::ByStartSequence {
-                start_sequence: start,
+                start_sequence: position,
             },
             ..Default::default()
         })
@@ -331,13 +454,39 @@ pub async fn read_page(
         .map_err(nats)?;
     let name = consumer.cached_info().name.clone();
     let read = read_into(&mut page, consumer, subject, after_seq, limit).await;
-    // The server would keep an idle consumer for 30 s; one page is done.
+    // The server would keep an idle consumer for 30 s; this page is done.
     let _ = tokio::time::timeout(
         std::time::Duration::from_secs(1),
         events.delete_consumer(&name),
     )
     .await;
     read.map(|()| page)
+}
+
+/// Adds the events above `after_seq` of one message to `page`, up to `limit`.
+fn take(
+    page: &mut Page,
+    subject: &str,
+    position: u64,
+    payload: &[u8],
+    after_seq: u64,
+    limit: usize,
+) {
+    match serde_json::from_slice::<LogEntry>(payload) {
+        Ok(LogEntry::Events { events, .. }) => {
+            let wanted = limit.saturating_sub(page.events.len());
+            page.events.extend(
+                events
+                    .into_iter()
+                    .filter(|e| e.seq > after_seq)
+                    .take(wanted),
+            );
+        }
+        Ok(LogEntry::Takeover { .. }) => {}
+        Err(e) => {
+            tracing::warn!(subject, position, error = %e, "skipping an unreadable event log message")
+        }
+    }
 }
 
 async fn read_into(
@@ -362,21 +511,10 @@ async fn read_into(
         };
         let info = message.info().map_err(nats)?;
         let (position, pending) = (info.stream_sequence, info.pending);
-        match serde_json::from_slice::<LogEntry>(&message.payload) {
-            Ok(LogEntry::Events { events, .. }) => {
-                let wanted = limit - page.events.len();
-                page.events.extend(
-                    events
-                        .into_iter()
-                        .filter(|e| e.seq > after_seq)
-                        .take(wanted),
-                );
-            }
-            Ok(LogEntry::Takeover { .. }) => {}
-            Err(e) => {
-                tracing::warn!(subject, position, error = %e, "skipping an unreadable event log message")
-            }
+        if position > end {
+            break;
         }
+        take(page, subject, position, &message.payload, after_seq, limit);
         // `pending == 0`: messages up to `end` expired meanwhile.
         if page.events.len() >= limit || position >= end || pending == 0 {
             break;
@@ -456,15 +594,28 @@ mod tests {
     #[test]
     fn a_probe_decides_by_the_last_event_and_markers_only_forward() {
         let events = |seqs| serde_json::from_slice::<LogEntry>(&batch(seqs)).ok();
-        assert_eq!(probe(events(1..=10).as_ref(), 10), Probe::Before);
-        assert_eq!(probe(events(1..=10).as_ref(), 9), Probe::AtOrAfter);
-        assert_eq!(probe(events(5..=10).as_ref(), 0), Probe::AtOrAfter);
+        assert_eq!(
+            probe(events(1..=10).as_ref(), 10),
+            Probe::Before { last: 10 }
+        );
+        assert_eq!(
+            probe(events(1..=10).as_ref(), 9),
+            Probe::AtOrAfter { first: 1 }
+        );
+        assert_eq!(
+            probe(events(5..=10).as_ref(), 0),
+            Probe::AtOrAfter { first: 5 }
+        );
         let empty = LogEntry::Events {
             v: 1,
             events: Vec::new(),
         };
         assert_eq!(probe(Some(&empty), 3), Probe::Undecided);
-        assert_eq!(probe_message(&marker(20), 19), Probe::AtOrAfter);
+        assert_eq!(
+            probe_message(&marker(20), 19),
+            Probe::AtOrAfter { first: 21 },
+            "a marker is never the head itself"
+        );
         assert_eq!(probe_message(&marker(20), 20), Probe::Undecided);
         assert_eq!(probe_message(b"not json", 1), Probe::Undecided);
         assert_eq!(
@@ -474,10 +625,15 @@ mod tests {
         );
     }
 
-    /// A log in memory: `(position, payload)` in position order.
+    /// Runs a search over a log in memory (`(position, payload)` in
+    /// position order), seeded with its last message as the reads do:
+    /// the start and the probes spent.
     fn search(log: &[(u64, Vec<u8>)], after: u64) -> (u64, u32) {
         let end = log.last().map_or(0, |(p, _)| *p);
-        let mut search = StartSearch::new(1, end);
+        let mut search = StartSearch::new(after, 1, end);
+        if let Some((position, payload)) = log.last() {
+            search.seed(*position, probe_message(payload, after));
+        }
         let mut probes = 0;
         while let Some(at) = search.next_probe() {
             probes += 1;
@@ -490,14 +646,21 @@ mod tests {
         (search.start(), probes)
     }
 
-    /// The reference: the position after the last message holding only
-    /// events at or below `after` (every other message may be read).
-    fn expected(log: &[(u64, Vec<u8>)], after: u64) -> u64 {
-        log.iter()
-            .filter(|(_, payload)| probe_message(payload, after) == Probe::Before)
-            .map(|(p, _)| p + 1)
-            .max()
-            .unwrap_or(1)
+    /// The start is right: reading from it yields exactly the events above
+    /// `after`, and reads no message that holds only earlier events.
+    fn check(log: &[(u64, Vec<u8>)], after: u64, start: u64) {
+        let last = events_from(log, 0, 0).last().copied().unwrap_or(0);
+        assert_eq!(
+            events_from(log, start, after),
+            (after + 1..=last).collect::<Vec<u64>>(),
+            "after {after}, start {start}"
+        );
+        let wasted = log
+            .iter()
+            .filter(|(p, _)| *p >= start)
+            .filter(|(_, payload)| matches!(probe_message(payload, after), Probe::Before { .. }))
+            .count();
+        assert_eq!(wasted, 0, "after {after}, start {start}: reads too early");
     }
 
     fn events_from(log: &[(u64, Vec<u8>)], start: u64, after: u64) -> Vec<u64> {
@@ -511,7 +674,7 @@ mod tests {
     }
 
     #[test]
-    fn the_search_finds_the_first_message_after_a_seq_among_other_subjects() {
+    fn the_search_finds_the_head_among_other_subjects_in_few_probes() {
         // Batches of 10 events at every third position (other operations'
         // messages in between), 100 batches.
         let log: Vec<(u64, Vec<u8>)> = (0..100u64)
@@ -519,13 +682,29 @@ mod tests {
             .collect();
         for after in [0, 1, 9, 10, 11, 500, 995, 999, 1000, 5000] {
             let (start, probes) = search(&log, after);
-            assert_eq!(start, expected(&log, after), "after {after}");
-            assert!(probes <= 10, "bisection, not a scan: {probes} probes");
-            let all: Vec<u64> = (after + 1..=1000).collect();
-            assert_eq!(events_from(&log, start, after), all, "after {after}");
+            check(&log, after, start);
+            assert!(probes <= 4, "after {after}: {probes} probes");
         }
+        assert_eq!(search(&log, 990), (299, 0), "the last batch: no probe");
         assert_eq!(search(&log, 1000).0, 300, "past the end: nothing to read");
         assert_eq!(search(&[], 5), (1, 0), "an empty log");
+    }
+
+    #[test]
+    fn uneven_batches_cost_about_log2_probes_at_worst() {
+        // One huge batch, then thousands of single events, with gaps in
+        // the positions: interpolation guesses badly, bisection bounds it.
+        let mut log = vec![(1, batch(1..=5_000))];
+        let mut position = 1;
+        for seq in 5_001..=9_000u64 {
+            position += seq % 5 + 1;
+            log.push((position, batch(seq..=seq)));
+        }
+        for after in [1, 2_500, 4_999, 5_000, 5_001, 7_345, 8_999, 9_000] {
+            let (start, probes) = search(&log, after);
+            check(&log, after, start);
+            assert!(probes <= 40, "after {after}: {probes} probes");
+        }
     }
 
     #[test]
@@ -543,22 +722,17 @@ mod tests {
                 push(&mut log, br#"{"kind":"nonsense"}"#.to_vec());
             }
             if i % 11 == 5 {
-                // A takeover after event i*5+5, and an old owner's late
-                // batch is impossible after it: the marker fences it.
+                // A takeover after event i*5+5; fencing keeps the old
+                // owner's batches before it.
                 push(&mut log, marker(i * 5 + 5));
             }
         }
-        // A run of junk at the very end, and a log made only of junk.
+        // A run of junk at the very end.
         push(&mut log, b"{".to_vec());
         push(&mut log, b"}".to_vec());
         for after in 0..=205 {
             let (start, _) = search(&log, after);
-            assert_eq!(
-                events_from(&log, start, after),
-                (after + 1..=200).collect::<Vec<u64>>(),
-                "after {after}, start {start}"
-            );
-            assert_eq!(start, expected(&log, after), "after {after}");
+            check(&log, after, start);
         }
         let junk: Vec<(u64, Vec<u8>)> = (1..=50).map(|p| (p, b"x".to_vec())).collect();
         assert_eq!(search(&junk, 3).0, 1, "all junk: start anywhere");
@@ -574,34 +748,39 @@ mod tests {
             (3, marker(12)),
             (4, batch(13..=20)),
         ];
+        for after in 0..=21 {
+            let (start, _) = search(&log, after);
+            check(&log, after, start);
+        }
         assert_eq!(search(&log, 10).0, 2);
         assert_eq!(search(&log, 11).0, 2);
-        assert_eq!(search(&log, 12).0, 3, "right after the last earlier batch");
-        assert_eq!(search(&log, 13).0, 3, "the marker is read and skipped");
-        assert_eq!(search(&log, 14).0, 3);
+        assert!(
+            [3, 4].contains(&search(&log, 12).0),
+            "the marker may be read"
+        );
         assert_eq!(search(&log, 20).0, 5);
     }
 
     #[test]
     fn a_search_out_of_probes_keeps_a_correct_start() {
-        let mut search = StartSearch::new(1, 1000);
+        let mut search = StartSearch::new(700, 1, 1000);
         search.probes_left = 2;
         let mut probes = 0;
         while let Some(at) = search.next_probe() {
             probes += 1;
-            // Everything at or below 700 is before the seq searched for.
+            // One event per position, seq = position, reported a bit off.
             let probe = if at <= 700 {
-                Probe::Before
+                Probe::Before { last: at }
             } else {
-                Probe::AtOrAfter
+                Probe::AtOrAfter { first: at + 1 }
             };
             search.observe(Some((at, probe)));
         }
         assert_eq!(probes, 2);
         assert!(search.start() <= 701, "never past the first wanted message");
-        let mut odd = StartSearch::new(10, 20);
+        let mut odd = StartSearch::new(5, 10, 20);
         let at = odd.next_probe().expect("a probe");
-        odd.observe(Some((at - 1, Probe::Before)));
+        odd.observe(Some((at - 1, Probe::Before { last: 1 })));
         assert_eq!(
             odd.next_probe(),
             None,
