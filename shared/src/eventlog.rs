@@ -102,15 +102,8 @@ pub async fn read(events: &stream::Stream, subject: &str, from: u64) -> Result<L
         .map_err(nats)?;
     let mut messages = consumer.messages().await.map_err(nats)?;
     loop {
-        let next = tokio::time::timeout(std::time::Duration::from_secs(5), messages.next()).await;
-        let message = match next {
-            Ok(Some(message)) => message.map_err(nats)?,
-            Ok(None) => break,
-            Err(_) => {
-                return Err(LogError::Nats(format!(
-                    "reading {subject} stalled before position {end}"
-                )))
-            }
+        let Some(message) = next_message(&mut messages, subject, end).await? else {
+            break;
         };
         let position = message.info().map_err(nats)?.stream_sequence;
         match serde_json::from_slice::<LogEntry>(&message.payload) {
@@ -499,15 +492,8 @@ async fn read_into(
     let end = page.end;
     let mut messages = consumer.messages().await.map_err(nats)?;
     loop {
-        let next = tokio::time::timeout(std::time::Duration::from_secs(5), messages.next()).await;
-        let message = match next {
-            Ok(Some(message)) => message.map_err(nats)?,
-            Ok(None) => break,
-            Err(_) => {
-                return Err(LogError::Nats(format!(
-                    "reading {subject} stalled before position {end}"
-                )))
-            }
+        let Some(message) = next_message(&mut messages, subject, end).await? else {
+            break;
         };
         let info = message.info().map_err(nats)?;
         let (position, pending) = (info.stream_sequence, info.pending);
@@ -521,6 +507,22 @@ async fn read_into(
         }
     }
     Ok(())
+}
+
+/// The next message of an ordered read, `None` when the stream ends; an
+/// error when none came for 5 s before the log's `end` was reached.
+async fn next_message(
+    messages: &mut consumer::pull::Ordered,
+    subject: &str,
+    end: u64,
+) -> Result<Option<async_nats::jetstream::Message>, LogError> {
+    match tokio::time::timeout(std::time::Duration::from_secs(5), messages.next()).await {
+        Ok(Some(message)) => message.map(Some).map_err(nats),
+        Ok(None) => Ok(None),
+        Err(_) => Err(LogError::Nats(format!(
+            "reading {subject} stalled before position {end}"
+        ))),
+    }
 }
 
 /// The events of a log read with [`read`], markers left out.

@@ -99,6 +99,17 @@ async fn publish_modules(cluster: &Cluster) {
     cluster.wait_module("burst", "1.0.0").await;
 }
 
+/// Two fast nodes, the first of them leading, with the test modules.
+async fn two_nodes_led_by_the_first() -> (Cluster, String) {
+    let mut cluster = Cluster::start(0).await;
+    cluster.add_node(&NodeFlags(fast()));
+    let first = lead(&cluster, None).await;
+    cluster.add_node(&NodeFlags(fast()));
+    cluster.wait_nodes_up(2).await;
+    publish_modules(&cluster).await;
+    (cluster, first)
+}
+
 async fn submit(cluster: &Cluster, module: &str, operation: &str, params: Value) -> String {
     let (status, ctx) = cluster
         .post_json(
@@ -255,12 +266,7 @@ async fn a_killed_node_takes_its_drivers_along() {
 
 #[tokio::test]
 async fn a_paused_lead_does_not_run_beside_its_successor() {
-    let mut cluster = Cluster::start(0).await;
-    cluster.add_node(&NodeFlags(fast()));
-    let first = lead(&cluster, None).await;
-    cluster.add_node(&NodeFlags(fast()));
-    cluster.wait_nodes_up(2).await;
-    publish_modules(&cluster).await;
+    let (cluster, first) = two_nodes_led_by_the_first().await;
     let file = cluster.dir.path().join("beats");
     let op = submit(&cluster, "beater", "beat", json!({"file": file})).await;
     let old = first_driver(&file).await;
@@ -367,12 +373,7 @@ async fn all_events(cluster: &Cluster, op: &str) -> Vec<Value> {
 
 #[tokio::test]
 async fn junk_in_an_operations_log_does_not_stop_its_takeover() {
-    let mut cluster = Cluster::start(0).await;
-    cluster.add_node(&NodeFlags(fast()));
-    let first = lead(&cluster, None).await;
-    cluster.add_node(&NodeFlags(fast()));
-    cluster.wait_nodes_up(2).await;
-    publish_modules(&cluster).await;
+    let (mut cluster, first) = two_nodes_led_by_the_first().await;
     let op = submit(&cluster, "counter", "count", json!({"total": 150})).await;
     wait_until("some events", Duration::from_secs(30), || async {
         let n = all_events(&cluster, &op).await.len();
@@ -440,12 +441,7 @@ async fn a_burst_of_large_events_is_appended_whole() {
 
 #[tokio::test]
 async fn a_cancel_holds_when_its_owner_is_killed_right_after() {
-    let mut cluster = Cluster::start(0).await;
-    cluster.add_node(&NodeFlags(fast()));
-    let first = lead(&cluster, None).await;
-    cluster.add_node(&NodeFlags(fast()));
-    cluster.wait_nodes_up(2).await;
-    publish_modules(&cluster).await;
+    let (mut cluster, first) = two_nodes_led_by_the_first().await;
     let file = cluster.dir.path().join("beats");
     let op = submit(&cluster, "beater", "beat", json!({"file": file})).await;
     let old = first_driver(&file).await;
