@@ -156,6 +156,34 @@ impl Assets {
     }
 }
 
+impl Assets {
+    /// Turns on per-message TTLs for a contexts bucket made without them (by
+    /// an earlier zerofoot), so purge markers expire there too. The server
+    /// allows turning it on, never off; one older than 2.11 refuses.
+    pub async fn allow_context_marker_ttl(&self) -> Result<(), AssetError> {
+        let name = self.contexts.stream_name.clone();
+        let mut stream = self
+            .jetstream
+            .get_stream(&name)
+            .await
+            .map_err(|e| AssetError::new(&name, e))?;
+        let info = stream.info().await.map_err(|e| AssetError::new(&name, e))?;
+        if info.config.allow_message_ttl {
+            return Ok(());
+        }
+        let config = stream::Config {
+            allow_message_ttl: true,
+            ..info.config.clone()
+        };
+        self.jetstream
+            .update_stream(config)
+            .await
+            .map_err(|e| AssetError::new(&name, e))?;
+        tracing::info!(stream = %name, "turned on per-message TTLs for a contexts bucket made without them: purge markers now expire");
+        Ok(())
+    }
+}
+
 async fn open_kv(
     js: &jetstream::Context,
     config: kv::Config,

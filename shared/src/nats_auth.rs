@@ -159,6 +159,12 @@ pub fn permissions(names: &Names, role: ServiceRole) -> Permissions {
             p.subscribe.push(names.op_cancel("*"));
             p.subscribe.push(names.all_node_subjects());
             p.write_kv(&names.contexts_bucket());
+            // The lead's purge turns per-message TTLs on for a contexts
+            // bucket made without them.
+            p.publish.push(format!(
+                "$JS.API.STREAM.UPDATE.KV_{}",
+                names.contexts_bucket()
+            ));
             p.write_kv(&names.lead_bucket());
             p.write_kv(&names.resources_bucket());
             p.read_kv(&names.module_index_bucket());

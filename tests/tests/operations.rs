@@ -468,7 +468,21 @@ async fn reported_resource_state_reaches_the_api() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn finished_operations_are_purged_after_their_retention() {
-    let mut cluster = Cluster::start(0).await;
+    let mut cluster = Cluster::bare().await;
+    // The contexts bucket as an earlier zerofoot made it: without per-message
+    // TTLs, so purges would leave markers behind for ever.
+    let admin = cluster.nats.client().await;
+    let js = async_nats::jetstream::new(admin);
+    let bucket = format!("zf_{}_contexts", cluster.cluster);
+    js.create_key_value(async_nats::jetstream::kv::Config {
+        bucket: bucket.clone(),
+        history: 1,
+        ..Default::default()
+    })
+    .await
+    .expect("create the contexts bucket the old way");
+    cluster.start_repository();
+    cluster.start_management();
     cluster.add_node(&zerofoot_tests::NodeFlags(vec![
         "--context-retention-s".into(),
         "2".into(),
@@ -477,7 +491,7 @@ async fn finished_operations_are_purged_after_their_retention() {
         "--heartbeat-ms".into(),
         "50".into(),
     ]));
-    cluster.wait_nodes_up(1).await;
+    cluster.wait_healthy().await;
     cluster.wait_module("shell", "1.0.0").await;
     let (status, ctx) = cluster
         .post_json(
@@ -509,6 +523,27 @@ async fn finished_operations_are_purged_after_their_retention() {
         },
     )
     .await;
+    let mut stream = js
+        .get_stream(format!("KV_{bucket}"))
+        .await
+        .expect("the contexts stream");
+    let info = stream.info().await.expect("contexts stream info");
+    assert!(
+        info.config.allow_message_ttl,
+        "the services turn per-message TTLs on for an old bucket"
+    );
+    let marker = stream
+        .get_last_raw_message_by_subject(&format!(
+            "$KV.{bucket}.{}",
+            ctx["id"].as_str().unwrap_or_default()
+        ))
+        .await
+        .expect("the purge marker");
+    assert!(
+        marker.headers.get("Nats-TTL").is_some(),
+        "the purge marker expires (Nats-TTL header); headers: {:?}",
+        marker.headers
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

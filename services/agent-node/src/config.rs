@@ -80,6 +80,11 @@ pub struct RunArgs {
     #[arg(long, env = "ZF_CONTEXT_RETENTION_S", default_value_t = 7 * 24 * 3600)]
     pub context_retention_s: u64,
 
+    /// The program every driver starts through (default: `zf-driver-shim`
+    /// next to this program).
+    #[arg(long, env = "ZF_DRIVER_SHIM")]
+    pub driver_shim: Option<PathBuf>,
+
     /// Seconds an unused module bundle stays in the node's cache.
     #[arg(long, env = "ZF_MODULE_CACHE_TTL_S", default_value_t = 600)]
     pub module_cache_ttl_s: u64,

@@ -3,14 +3,15 @@
 //! bounded output, a timeout, and the last 4 KiB of stderr for the error.
 //! Whatever way the driver ends, its whole process group is killed, so
 //! nothing it started outlives it; if the node itself dies or stalls, the
-//! watchdog (`watchdog.rs`) and the parent-death signal do it. Output goes
+//! watchdog (`watchdog.rs`) and the parent-death signal do it. The process
+//! starts through the node's launcher (`launcher.rs`). Output goes
 //! to a bounded channel: a consumer that cannot keep up (JetStream slow to
 //! acknowledge) stops the reading, so the driver blocks on its full pipe
 //! instead of the node buffering without bound.
 
 use std::collections::VecDeque;
 use std::path::PathBuf;
-use std::process::{ExitStatus, Stdio};
+use std::process::ExitStatus;
 use std::time::Duration;
 
 use nix::sys::signal::{killpg, Signal};
@@ -69,8 +70,8 @@ pub struct Invocation {
     pub stdin_after: Option<tokio::sync::oneshot::Receiver<()>>,
     pub timeout: Option<Duration>,
     pub max_output: Option<u64>,
-    /// Told of the driver's process group while it runs.
-    pub watchdog: Option<crate::watchdog::Watchdog>,
+    /// Starts the process (and tells the watchdog of it).
+    pub launcher: crate::launcher::Launcher,
 }
 
 /// The environment every driver starts with, besides the `ZF_*` variables.
@@ -95,44 +96,27 @@ pub async fn run(
     cancel: &CancellationToken,
     outputs: tokio::sync::mpsc::Sender<Output>,
 ) -> Result<(), DriverError> {
-    let node_pid = std::process::id() as i32;
-    let mut command = tokio::process::Command::new(&inv.program);
-    command
-        .arg(&inv.operation)
-        .current_dir(&inv.scratch)
-        .env_clear()
-        .envs(inv.env.iter().map(|(k, v)| (k, v)))
-        .process_group(0)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true);
-    // SAFETY: between fork and exec only async-signal-safe calls (prctl,
-    // getppid, _exit).
-    unsafe {
-        command.pre_exec(move || {
-            // Dies with the node's thread that forked it (a runtime worker,
-            // which lives as long as the node), even before the watchdog
-            // hears of it; and never starts if the node died meanwhile.
-            nix::sys::prctl::set_pdeathsig(Signal::SIGKILL).map_err(std::io::Error::from)?;
-            if nix::unistd::getppid().as_raw() != node_pid {
-                nix::libc::_exit(137);
-            }
-            Ok(())
-        });
-    }
+    let mut command = inv
+        .launcher
+        .command(&inv.program, &inv.operation, &inv.scratch, &inv.env);
     let mut child = command.spawn().map_err(|e| DriverError::Spawn {
         program: inv.program.display().to_string(),
         message: e.to_string(),
     })?;
+    // The shim makes its pid the driver's process group; until it has (a
+    // moment after the spawn), only the process itself can be signalled.
     let group = child.id().map(|id| Pid::from_raw(id as i32));
-    let _watched = match (&inv.watchdog, group) {
+    let _watched = match (inv.launcher.watchdog(), group) {
         (Some(watchdog), Some(group)) => Some(watchdog.watch(group.as_raw())),
         _ => None,
     };
-    let kill_group = |signal: Signal| {
+    let kill_group = |child: &mut tokio::process::Child, signal: Signal| {
         if let Some(group) = group {
-            let _ = killpg(group, signal);
+            if killpg(group, signal) == Err(nix::errno::Errno::ESRCH) {
+                // No group yet: the shim has not started the session. Not
+                // reaped yet either, so the pid is still the shim's.
+                let _ = child.start_kill();
+            }
         }
     };
 
@@ -154,7 +138,7 @@ pub async fn run(
         None => tokio::spawn(async { String::new() }),
     };
     let Some(stdout) = child.stdout.take() else {
-        kill_group(Signal::SIGKILL);
+        kill_group(&mut child, Signal::SIGKILL);
         return Err(DriverError::Io("no stdout pipe".into()));
     };
     let mut reader = BufReader::new(stdout);
@@ -172,14 +156,14 @@ pub async fn run(
         };
         tokio::select! {
             _ = cancel.cancelled() => {
-                kill_group(Signal::SIGTERM);
+                kill_group(&mut child, Signal::SIGTERM);
                 if tokio::time::timeout(TERM_GRACE, child.wait()).await.is_err() {
-                    kill_group(Signal::SIGKILL);
+                    kill_group(&mut child, Signal::SIGKILL);
                 }
                 break Err(DriverError::Cancelled);
             }
             _ = sleep_until_deadline => {
-                kill_group(Signal::SIGKILL);
+                kill_group(&mut child, Signal::SIGKILL);
                 break Err(DriverError::Timeout(inv.timeout.map(|t| t.as_millis() as u64).unwrap_or(0), String::new()));
             }
             status = child.wait(), if exit.is_none() => {
@@ -189,7 +173,7 @@ pub async fn run(
                 }
                 // The driver is gone: so is everything it started. Output
                 // already in the pipe is still read below.
-                kill_group(Signal::SIGKILL);
+                kill_group(&mut child, Signal::SIGKILL);
             }
             read = next_line(&mut reader, &mut line) => {
                 match read {
@@ -201,7 +185,7 @@ pub async fn run(
                                 Ok(status) => exit = Some(status),
                                 Err(e) => break Err(DriverError::Io(e.to_string())),
                             }
-                            kill_group(Signal::SIGKILL);
+                            kill_group(&mut child, Signal::SIGKILL);
                         }
                         break Ok(());
                     }
@@ -228,7 +212,7 @@ pub async fn run(
         }
     };
     if outcome.is_err() {
-        kill_group(Signal::SIGKILL);
+        kill_group(&mut child, Signal::SIGKILL);
         let _ = child.wait().await;
     }
     let tail = stderr_tail.await.unwrap_or_default();
@@ -337,6 +321,16 @@ mod tests {
         assert_eq!(next_line(&mut reader, &mut line).await.ok().flatten(), None);
     }
 
+    /// The shim cargo built next to this test binary (target/<profile>/).
+    fn built_shim() -> PathBuf {
+        let exe = std::env::current_exe().expect("test binary path");
+        let profile_dir = exe
+            .parent()
+            .and_then(|deps| deps.parent())
+            .expect("target/<profile>/deps");
+        profile_dir.join(crate::launcher::SHIM_NAME)
+    }
+
     /// A driver that answers with the first line of its input (or "none").
     async fn run_echo(gate: Option<tokio::sync::oneshot::Receiver<()>>) -> Option<Output> {
         use std::os::unix::fs::PermissionsExt;
@@ -357,7 +351,8 @@ mod tests {
             stdin_after: gate,
             timeout: Some(Duration::from_secs(10)),
             max_output: None,
-            watchdog: None,
+            launcher: crate::launcher::Launcher::new(Some(&built_shim()), None)
+                .expect("zf-driver-shim built (cargo build --bins)"),
         };
         let (tx, mut rx) = tokio::sync::mpsc::channel(8);
         run(invocation, &CancellationToken::new(), tx)

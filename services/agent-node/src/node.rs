@@ -124,6 +124,7 @@ async fn serve(
             .context("cannot find this program to start the driver watchdog")?;
         crate::watchdog::Watchdog::start(&program, lapse + interval)?
     };
+    let launcher = crate::launcher::Launcher::new(args.driver_shim.as_deref(), Some(watchdog))?;
     let liveness = Liveness::new(lapse, interval);
     tracing::info!(fence_budget = ?liveness.budget(), "this node fences itself when NATS has not answered for the fence budget");
     tasks.spawn(
@@ -162,7 +163,7 @@ async fn serve(
         )?,
         verified: Arc::default(),
         secrets_key: args.secrets.load()?,
-        watchdog: Some(watchdog),
+        launcher,
     };
     tasks.spawn(
         crate::sweeper::Sweeper {
@@ -417,7 +418,11 @@ async fn follow_contexts(
                     owners.context_changed(&ctx);
                 }
             }
-            Ok(crate::store::Change::Delete { .. }) | Err(RecvError::Lagged(_)) => {}
+            Ok(crate::store::Change::Delete { .. }) => {}
+            Err(RecvError::Lagged(missed)) => {
+                tracing::warn!(missed, "context changes came faster than they were followed; re-reading the local runs' contexts");
+                owners.recheck_all().await;
+            }
             Err(RecvError::Closed) => return,
         }
     }

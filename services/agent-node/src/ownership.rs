@@ -197,6 +197,22 @@ impl Owners {
         }
     }
 
+    /// Checks every local run against the contexts bucket: for when changes
+    /// were missed (the change feed lagged), so a cancel or a new owner is
+    /// still seen. Work in proportion to the runs here, not the table.
+    pub async fn recheck_all(&self) {
+        let ops: Vec<Uuid> = self.slots().keys().copied().collect();
+        for op in ops {
+            match self.contexts.load(op).await {
+                Ok(Some(stored)) => self.context_changed(&stored.ctx),
+                Ok(None) => {}
+                Err(e) => {
+                    tracing::warn!(%op, error = %e, "cannot re-read a running operation's context after missed changes; its mirror will tell")
+                }
+            }
+        }
+    }
+
     /// Spawns an operation's task on the tracker shutdown waits for.
     pub fn spawn<F>(&self, task: F)
     where

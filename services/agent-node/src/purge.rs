@@ -97,8 +97,13 @@ async fn purge_round(
     let ttl = if clock.ttl_allowed {
         Some(CONTEXT_MARKER_TTL)
     } else {
-        warn_no_ttl_once(&assets.contexts.stream_name);
-        None
+        match assets.allow_context_marker_ttl().await {
+            Ok(()) => Some(CONTEXT_MARKER_TTL),
+            Err(e) => {
+                warn_no_ttl_once(&assets.contexts.stream_name, &e);
+                None
+            }
+        }
     };
     let cutoff = cutoff_ms(clock.now_ms, retention);
     let started = Instant::now();
@@ -228,12 +233,13 @@ async fn server_clock(assets: &Assets) -> Result<ServerClock, PurgeError> {
     }
 }
 
-fn warn_no_ttl_once(stream: &str) {
+fn warn_no_ttl_once(stream: &str, error: &dyn std::fmt::Display) {
     static WARNED: AtomicBool = AtomicBool::new(false);
     if !WARNED.swap(true, Ordering::Relaxed) {
         tracing::warn!(
             stream,
-            "the contexts stream does not allow per-message TTLs (nats-server older than 2.11, or a bucket created before zerofoot set it): each purged operation leaves a marker behind; enable allow_msg_ttl on the stream (`nats stream edit {stream} --allow-msg-ttl` with nats-server 2.11 or newer) to have markers expire"
+            %error,
+            "the contexts stream does not allow per-message TTLs and they cannot be turned on (nats-server older than 2.11?): each purged operation leaves a marker behind; with nats-server 2.11 or newer they are turned on at the next purge"
         );
     }
 }

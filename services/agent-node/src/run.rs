@@ -21,7 +21,7 @@ use zerofoot_shared::protocol::{
 
 use crate::cache::{Lease, ModuleCache};
 use crate::driver::{self, Invocation};
-use crate::watchdog::Watchdog;
+use crate::launcher::Launcher;
 
 /// Why a run could not start; the message is what the operation's error says.
 #[derive(Debug, thiserror::Error)]
@@ -66,7 +66,7 @@ pub struct Runner {
     pub verified: Arc<Mutex<HashSet<(String, String, String)>>>,
     /// Opens resource secrets for drivers; `None` when this node has no key.
     pub secrets_key: Option<zerofoot_shared::sealing::SecretsKey>,
-    pub watchdog: Option<Watchdog>,
+    pub launcher: Launcher,
 }
 
 /// A prepared run: what its driver needs held until it is dropped (the
@@ -168,7 +168,7 @@ impl Runner {
             stdin_after: None,
             timeout: sync.then(|| Duration::from_millis(ctx.timeout_ms)),
             max_output: sync.then_some(driver::MAX_SYNC_OUTPUT_BYTES),
-            watchdog: self.watchdog.clone(),
+            launcher: self.launcher.clone(),
         };
         let run = Run {
             secrets,

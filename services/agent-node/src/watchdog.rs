@@ -9,9 +9,12 @@
 //!   starvation limit (the node's lapse): the watchdog SIGKILLs the groups,
 //!   so a paused node's drivers do not run on beside its successor's.
 //!
-//! A driver spawned in the instant before its group was announced is still
-//! covered: every driver gets PR_SET_PDEATHSIG (SIGKILL), tied to the tokio
-//! worker thread that forked it, which lives as long as the node. The
+//! A driver spawned in the instant before its group was announced, or before
+//! its shim made the group, is still covered: every driver's shim sets
+//! PR_SET_PDEATHSIG (SIGKILL), tied to the tokio worker thread that spawned
+//! it, which lives as long as the node; and a stalled node cannot reap, so
+//! the watchdog may signal a group's leader by its pid when the group does
+//! not exist yet. The
 //! watchdog ignores SIGINT, SIGTERM and SIGHUP so a terminal's Ctrl-C or a
 //! `pkill zf-agent-node` cannot take it down before the node's own cleanup.
 
@@ -58,14 +61,14 @@ pub fn run(starve: Duration) -> std::process::ExitCode {
                 apply(&mut groups, &line);
             }
             Ok(None) | Err(RecvTimeoutError::Disconnected) => {
-                let killed = kill_all(&mut groups);
+                let killed = kill_all(&mut groups, false);
                 if killed > 0 {
                     eprintln!("zf-agent-node watchdog: the node is gone; killed {killed} driver process group(s)");
                 }
                 return std::process::ExitCode::SUCCESS;
             }
             Err(RecvTimeoutError::Timeout) => {
-                let killed = kill_all(&mut groups);
+                let killed = kill_all(&mut groups, true);
                 if killed > 0 {
                     eprintln!(
                         "zf-agent-node watchdog: the node was silent for {starve:?} (stopped or starved); killed {killed} driver process group(s) so they cannot run beside another node's"
@@ -97,10 +100,16 @@ fn apply(groups: &mut BTreeSet<i32>, line: &str) {
     }
 }
 
-fn kill_all(groups: &mut BTreeSet<i32>) -> usize {
+/// SIGKILLs every group. `leaders_too`: where a group does not exist yet
+/// (its shim has not made it), kill its leader by pid; only safe while the
+/// node cannot reap that pid and let it be reused, i.e. while it is stalled.
+fn kill_all(groups: &mut BTreeSet<i32>, leaders_too: bool) -> usize {
     let n = groups.len();
     for pgid in std::mem::take(groups) {
-        let _ = killpg(Pid::from_raw(pgid), Signal::SIGKILL);
+        let pgid = Pid::from_raw(pgid);
+        if killpg(pgid, Signal::SIGKILL) == Err(nix::errno::Errno::ESRCH) && leaders_too {
+            let _ = nix::sys::signal::kill(pgid, Signal::SIGKILL);
+        }
     }
     n
 }

@@ -24,6 +24,8 @@ pub struct Nats {
     pub assets: Assets,
     pub catalog: ModuleCatalog,
     pub contexts: crate::context_watch::ContextWatch,
+    /// Typed reads and compare-and-set writes of contexts.
+    pub store: zerofoot_shared::context_store::ContextStore,
     _service: async_nats::service::Service,
 }
 
@@ -213,11 +215,13 @@ async fn connect(state: AppState, settings: ConnectSettings, shutdown: Cancellat
     state
         .view()
         .start(client.clone(), state.names().clone(), shutdown.clone());
+    let store = zerofoot_shared::context_store::ContextStore::new(assets.contexts.clone());
     let _ = state.inner.nats.set(Nats {
         client,
         assets,
         catalog,
         contexts,
+        store,
         _service: service,
     });
     tracing::info!("ready");

@@ -822,6 +822,202 @@ async fn large_log(quick: bool, figures: &mut Vec<Figure>) {
     });
 }
 
+/// CPU time (user + system) a process has used, in clock ticks.
+fn cpu_ticks(pid: nix::unistd::Pid) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command name, which ends with the last ')'.
+    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or_default();
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // utime and stime are fields 14 and 15 of the whole line.
+    let field = |i: usize| {
+        fields
+            .get(i - 3)
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    field(14) + field(15)
+}
+
+/// The nodes' CPU use while nothing is submitted, in % of one core.
+async fn idle_node_cpu(cluster: &Cluster, window: Duration) -> f64 {
+    let pids: Vec<_> = cluster.nodes.iter().map(|n| n.pid()).collect();
+    let ticks = || pids.iter().map(|p| cpu_ticks(*p)).sum::<u64>();
+    let (before, t) = (ticks(), Instant::now());
+    tokio::time::sleep(window).await;
+    let used = ticks().saturating_sub(before);
+    // /proc counts in USER_HZ, which Linux fixes at 100 for user space.
+    const TICKS_PER_SECOND: f64 = 100.0;
+    100.0 * used as f64 / TICKS_PER_SECOND / t.elapsed().as_secs_f64()
+}
+
+/// p50 of `count` sync operations through HTTP, in ms.
+async fn sync_p50(cluster: &Cluster, request: &serde_json::Value, count: usize) -> f64 {
+    let mut samples = Vec::with_capacity(count);
+    for _ in 0..count {
+        let t = Instant::now();
+        let (status, ctx) = cluster.post_json("/v1/operations", request).await;
+        assert_eq!(
+            (status, ctx["state"].as_str()),
+            (200, Some("complete")),
+            "{ctx}"
+        );
+        samples.push(t.elapsed());
+    }
+    percentile(&sorted_ms(&samples), 50.0)
+}
+
+/// p50 of what a sync operation costs the contexts bucket alone: a create
+/// and two compare-and-set updates of a context, in ms.
+async fn raw_context_writes_p50(
+    bucket: &async_nats::jetstream::kv::Store,
+    template: &zerofoot_shared::protocol::ExecutionContext,
+    count: usize,
+) -> f64 {
+    let mut samples = Vec::with_capacity(count);
+    for _ in 0..count {
+        let mut ctx = template.clone();
+        ctx.id = uuid::Uuid::new_v4();
+        let key = ctx.id.to_string();
+        let value: bytes::Bytes = serde_json::to_vec(&ctx).expect("json").into();
+        let t = Instant::now();
+        let mut revision = bucket.create(&key, value.clone()).await.expect("create");
+        for _ in 0..2 {
+            revision = bucket
+                .update(&key, value.clone(), revision)
+                .await
+                .expect("update");
+        }
+        samples.push(t.elapsed());
+    }
+    percentile(&sorted_ms(&samples), 50.0)
+}
+
+/// Idle node CPU and sync latency with an empty contexts table, then again
+/// once `finished` finished contexts sit in it (written straight into the
+/// bucket, as a busy week leaves them) and every node's mirror holds them:
+/// the sweeper and scheduler walk the unfinished index, so neither should
+/// grow with history.
+async fn many_finished(quick: bool, figures: &mut Vec<Figure>) {
+    let finished: usize = if quick { 20_000 } else { 100_000 };
+    let (window, samples) = if quick {
+        (Duration::from_secs(10), 100)
+    } else {
+        (Duration::from_secs(20), 500)
+    };
+    let cluster = Cluster::start(3).await;
+    cluster
+        .publish(bundle(
+            "bench",
+            "1.0.0",
+            json!({"go": {"kind": "sync"}}),
+            DRIVER,
+        ))
+        .await;
+    cluster.wait_module("bench", "1.0.0").await;
+    let request = json!({"module": "bench", "operation": "go"});
+    for _ in 0..10 {
+        cluster.post_json("/v1/operations", &request).await;
+    }
+    let (_, list) = cluster.get("/v1/operations?limit=1").await;
+    let template: zerofoot_shared::protocol::ExecutionContext =
+        serde_json::from_value(list["operations"][0].clone()).expect("a finished context");
+    let client = cluster.nats.client().await;
+    let js = async_nats::jetstream::new(client.clone());
+    let bucket = format!("zf_{}_contexts", cluster.cluster);
+    let contexts = js.get_key_value(&bucket).await.expect("contexts bucket");
+
+    let empty_cpu = idle_node_cpu(&cluster, window).await;
+    let empty_p50 = sync_p50(&cluster, &request, samples).await;
+    let empty_raw = raw_context_writes_p50(&contexts, &template, samples).await;
+    let t = Instant::now();
+    let mut acks = Vec::with_capacity(256);
+    let mut last_revision = 0;
+    for _ in 0..finished {
+        let mut ctx = template.clone();
+        ctx.id = uuid::Uuid::new_v4();
+        let subject = format!("$KV.{bucket}.{}", ctx.id);
+        acks.push(
+            js.publish(subject, serde_json::to_vec(&ctx).expect("json").into())
+                .await
+                .expect("publish a context"),
+        );
+        if acks.len() == 256 {
+            for ack in acks.drain(..) {
+                last_revision = ack.await.expect("ack").sequence;
+            }
+        }
+    }
+    for ack in acks.drain(..) {
+        last_revision = ack.await.expect("ack").sequence;
+    }
+    let written = t.elapsed();
+    for i in 0..cluster.nodes.len() {
+        let subject = format!("zf.{}.node.{}.mirror", cluster.cluster, cluster.node_id(i));
+        zerofoot_tests::wait_until(
+            &format!("node {i}'s mirror to hold the {finished} finished contexts"),
+            Duration::from_secs(600),
+            || {
+                let (client, subject) = (client.clone(), subject.clone());
+                async move {
+                    let msg = client
+                        .request(subject, r#"{"only_revisions":true}"#.into())
+                        .await
+                        .map_err(|e| e.to_string())?;
+                    let reply: serde_json::Value =
+                        serde_json::from_slice(&msg.payload).map_err(|e| e.to_string())?;
+                    let applied = reply["ok"]["contexts_revision"].as_u64().unwrap_or(0);
+                    if applied >= last_revision {
+                        Ok(())
+                    } else {
+                        Err(format!("at revision {applied} of {last_revision}"))
+                    }
+                }
+            },
+        )
+        .await;
+    }
+    let mirrored = t.elapsed();
+    let full_cpu = idle_node_cpu(&cluster, window).await;
+    let full_p50 = sync_p50(&cluster, &request, samples).await;
+    let full_raw = raw_context_writes_p50(&contexts, &template, samples).await;
+    figures.push(Figure {
+        figure: format!(
+            "idle CPU of 3 nodes with {finished} finished contexts (written in {:.1} s, in every mirror after {:.1} s)",
+            written.as_secs_f64(),
+            mirrored.as_secs_f64()
+        ),
+        value: full_cpu,
+        unit: "% of a core",
+        baseline: Some(empty_cpu),
+        baseline_what: Some("the same nodes with an empty table".into()),
+        ratio: Some(full_cpu / empty_cpu.max(f64::EPSILON)),
+        target: "within 10 % of an empty table",
+        meets_target: Some(full_cpu <= empty_cpu * 1.1),
+    });
+    figures.push(Figure {
+        figure: format!("sync op latency with {finished} finished contexts, p50"),
+        value: full_p50,
+        unit: "ms",
+        baseline: Some(empty_p50),
+        baseline_what: Some("the same cluster with an empty table, p50".into()),
+        ratio: Some(full_p50 / empty_p50),
+        target: "within 10 % of an empty table",
+        meets_target: Some(full_p50 <= empty_p50 * 1.1),
+    });
+    figures.push(Figure {
+        figure: format!(
+            "raw KV create + 2 updates of a context with {finished} finished contexts, p50"
+        ),
+        value: full_raw,
+        unit: "ms",
+        baseline: Some(empty_raw),
+        baseline_what: Some("the same writes with an empty table, p50".into()),
+        ratio: Some(full_raw / empty_raw),
+        target: "-",
+        meets_target: None,
+    });
+}
+
 fn render(figures: &[Figure]) -> String {
     let mut out = String::from("| figure | value | raw baseline (same run) | ratio | target | meets |\n| --- | --- | --- | --- | --- | --- |\n");
     for f in figures {
@@ -898,6 +1094,9 @@ async fn main() {
     }
     if wanted("large-log") {
         large_log(quick, &mut figures).await;
+    }
+    if wanted("many-finished") {
+        many_finished(quick, &mut figures).await;
     }
     let table = render(&figures);
     println!("{table}");

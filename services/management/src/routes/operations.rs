@@ -5,13 +5,13 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use async_nats::jetstream::kv;
 use axum::extract::{Extension, Path, Query, State};
 use axum::http::StatusCode;
 use futures::StreamExt;
 use serde::Deserialize;
 use serde_json::{json, Value};
 use uuid::Uuid;
+use zerofoot_shared::context_store::ContextStoreError;
 use zerofoot_shared::protocol::{
     decode, encode, ExecutionContext, NewOperation, OperationKind, OperationState, Reply,
     SubmitAccepted, SubmitOperation, PROTOCOL_VERSION,
@@ -164,9 +164,8 @@ pub async fn submit(
         )
     })?;
     if ctx.kind == OperationKind::Async {
-        nats.assets
-            .contexts
-            .create(ctx.id.to_string(), encode(&ctx))
+        nats.store
+            .create(&ctx)
             .await
             .map_err(|e| ApiError::nats("cannot record the operation", e))?;
         admission.recorded(ctx.id);
@@ -253,19 +252,14 @@ async fn submit_to_a_node(
         Some(Ok(Err(e))) if e.kind() == async_nats::client::RequestErrorKind::NoResponders => {
             let mut failed = ctx.clone();
             failed.fail("no agent node was running to take the operation".into());
-            return match nats
-                .assets
-                .contexts
-                .create(ctx.id.to_string(), encode(&failed))
-                .await
-            {
+            return match nats.store.create(&failed).await {
                 Ok(_) => Err(ApiError::unavailable(format!(
                     "no agent node is running in cluster {}; operation {} was marked failed",
                     state.names().cluster(),
                     ctx.id
                 ))),
                 // A node recorded it after all.
-                Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => Ok(()),
+                Err(e) if e.is_conflict() => Ok(()),
                 Err(e) => Err(ApiError::nats("cannot record the operation", e)),
             };
         }
@@ -283,17 +277,12 @@ async fn submit_to_a_node(
     }
     // Unless a node recorded it meanwhile, record it as pending: the nodes'
     // sweepers take pending operations that nobody took.
-    match nats
-        .assets
-        .contexts
-        .create(ctx.id.to_string(), encode(ctx))
-        .await
-    {
+    match nats.store.create(ctx).await {
         Ok(_) => {
             tracing::info!(op = %ctx.id, "recorded as pending; a node will sweep it up");
             Ok(())
         }
-        Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => Ok(()),
+        Err(e) if e.is_conflict() => Ok(()),
         Err(e) => Err(ApiError::nats("cannot record the operation", e)),
     }
 }
@@ -341,17 +330,17 @@ pub fn parse_id(id: &str) -> Result<Uuid, ApiError> {
 
 /// The context of `op` and its KV revision, or 404.
 pub async fn load(nats: &Nats, op: &Uuid) -> Result<(ExecutionContext, u64), ApiError> {
-    let entry = nats
-        .assets
-        .contexts
-        .entry(op.to_string())
-        .await
-        .map_err(|e| ApiError::nats("cannot read the contexts bucket", e))?
-        .filter(|entry| entry.operation == kv::Operation::Put)
-        .ok_or_else(|| ApiError::not_found("operation_not_found", format!("no operation {op}")))?;
-    let ctx = decode::<ExecutionContext>(&entry.value)
-        .map_err(|e| ApiError::internal("unreadable context", e))?;
-    Ok((ctx, entry.revision))
+    match nats.store.load(*op).await {
+        Ok(Some(stored)) => Ok((stored.ctx, stored.revision)),
+        Ok(None) => Err(ApiError::not_found(
+            "operation_not_found",
+            format!("no operation {op}"),
+        )),
+        Err(e @ ContextStoreError::Unreadable { .. }) => {
+            Err(ApiError::internal("unreadable context", e))
+        }
+        Err(e) => Err(ApiError::nats("cannot read the contexts bucket", e)),
+    }
 }
 
 pub async fn show(
@@ -395,12 +384,7 @@ pub async fn cancel(
             return Ok((StatusCode::ACCEPTED, ApiJson(ctx)));
         }
         ctx.request_cancel();
-        match nats
-            .assets
-            .contexts
-            .update(id.to_string(), encode(&ctx), revision)
-            .await
-        {
+        match nats.store.cas(&ctx, revision).await {
             Ok(_) => {
                 tracing::info!(op = %id, state = ctx.state.as_str(), "cancel recorded");
                 if ctx.state == OperationState::Cancelling {
@@ -409,7 +393,7 @@ pub async fn cancel(
                 return Ok((StatusCode::ACCEPTED, ApiJson(ctx)));
             }
             // Someone wrote meanwhile (the owner, a takeover): read again.
-            Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => continue,
+            Err(e) if e.is_conflict() => continue,
             Err(e) => return Err(ApiError::nats("cannot record the cancel", e)),
         }
     }
@@ -487,7 +471,7 @@ pub async fn list(
         kind: wanted_kind,
         module: query.get("module").cloned(),
     };
-    let store = nats.assets.contexts.clone();
+    let store = nats.store.bucket().clone();
     // The index names the newest matches; until the watch is current, every
     // key is read.
     let keys: Vec<String> = match nats.contexts.index().newest(&filter, limit) {
