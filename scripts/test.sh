@@ -20,6 +20,10 @@ cargo test --workspace -- --test-threads=2
 # A short chaos soak: faults at random while monitors and sync operations run.
 scripts/chaos.sh 60
 
+# The benchmarks with fewer samples: every scenario still runs end to end
+# (its correctness checks fail the run); the figures are reported, not asserted.
+scripts/bench.sh --quick
+
 # The docker-compose deployment, end to end, where a Docker engine answers.
 if docker info >/dev/null 2>&1; then
   scripts/compose-test.sh

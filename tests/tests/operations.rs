@@ -19,6 +19,12 @@ jq -cn --argjson stdin "$input" --arg hash "$hash" --arg env "$ZF_OPERATION $ZF_
   '{type: "result", data: {stdin: $stdin, secret_sha256: $hash, env: $env}}'
 "#;
 
+/// A monitor that writes its resource's password into an event's key and data.
+const LEAKY: &str = r#"#!/bin/sh
+pw=$(jq -r '.resource.secrets.password')
+jq -cn --arg pw "$pw" '{type: "event", key: ("x-" + $pw), data: {pw: $pw}}'
+"#;
+
 fn sha256_hex(text: &str) -> String {
     let digest = zerofoot_shared::bundle::digest(text.as_bytes());
     digest.trim_start_matches("sha256:").to_string()
@@ -98,8 +104,45 @@ async fn a_sync_operation_returns_what_the_driver_answered_and_no_secret_leaks()
     assert!(!raw.contains(SECRET), "secret in the clear at rest: {raw}");
     assert!(raw.contains("sealed_secrets"), "{raw}");
 
+    // A monitor that puts the secret in an event's key and data: both
+    // reach the log masked.
+    cluster
+        .publish(bundle(
+            "leaky",
+            "1.0.0",
+            json!({"leak": {"kind": "async"}}),
+            LEAKY,
+        ))
+        .await;
+    cluster.wait_module("leaky", "1.0.0").await;
+    let (status, monitor) = cluster
+        .post_json(
+            "/v1/operations",
+            &json!({"module": "leaky", "operation": "leak", "resource": "web-1"}),
+        )
+        .await;
+    assert_eq!(status, 202, "{monitor}");
+    let events_path = format!(
+        "/v1/operations/{}/events",
+        monitor["id"].as_str().expect("id")
+    );
+    let events = wait_until(
+        "the leaky monitor's event",
+        Duration::from_secs(30),
+        || async {
+            let (_, body) = cluster.get(&events_path).await;
+            match body["events"].as_array() {
+                Some(events) if !events.is_empty() => Ok(body),
+                _ => Err(body.to_string()),
+            }
+        },
+    )
+    .await;
+    assert_eq!(events["events"][0]["key"], "x-***", "{events}");
+    assert_eq!(events["events"][0]["data"]["pw"], "***", "{events}");
+
     // No API response and no log line carries the secret.
-    let mut responses = vec![created, replaced, ctx, stored, listed];
+    let mut responses = vec![created, replaced, ctx, stored, listed, events];
     responses.push(cluster.get("/v1/resources/web-1").await.1);
     responses.push(cluster.get("/v1/resources").await.1);
     for body in &responses {
