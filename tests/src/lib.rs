@@ -460,6 +460,9 @@ impl NatsServer {
     }
 }
 
+/// The folder under a test cluster's dir that drivers may write.
+const SHARED_DIR: &str = "shared";
+
 /// A whole cluster: nats-server, repository, management and agent nodes.
 pub struct Cluster {
     pub dir: tempfile::TempDir,
@@ -513,6 +516,17 @@ impl Cluster {
         let mut dir = tempfile::tempdir().expect("tempdir");
         // Keeps logs and stores for a look after the run.
         dir.disable_cleanup(std::env::var_os("ZF_KEEP_TEST_DIRS").is_some());
+        // Driver users (each driver its own uid) must reach the nodes' data
+        // dirs below this one, and the shared folder drivers may write.
+        {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o711))
+                .expect("chmod the test dir");
+            let shared = dir.path().join(SHARED_DIR);
+            std::fs::create_dir(&shared).expect("shared dir");
+            std::fs::set_permissions(&shared, std::fs::Permissions::from_mode(0o1777))
+                .expect("chmod the shared dir");
+        }
         let cluster = format!("t{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
         let auth = NatsAuth::generate(dir.path(), &[&cluster]);
         let nats = match tls {
@@ -598,6 +612,23 @@ impl Cluster {
         index
     }
 
+    /// The folder every node lets its drivers read and write
+    /// (`--driver-writable`): where test drivers leave their traces.
+    pub fn shared(&self) -> PathBuf {
+        self.dir.path().join(SHARED_DIR)
+    }
+
+    /// An empty file in [`Cluster::shared`] that every driver may append to
+    /// (successive drivers of one operation run under different uids).
+    pub fn shared_file(&self, name: &str) -> PathBuf {
+        use std::os::unix::fs::PermissionsExt;
+        let path = self.shared().join(name);
+        std::fs::write(&path, b"").expect("create a shared file");
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o666))
+            .expect("chmod a shared file");
+        path
+    }
+
     /// Data dir of node `index`.
     pub fn node_dir(&self, index: usize) -> PathBuf {
         self.dir.path().join(format!("node-{index}"))
@@ -608,6 +639,8 @@ impl Cluster {
         let mut args = vec![
             "--data-dir".to_string(),
             self.node_dir(index).display().to_string(),
+            "--driver-writable".to_string(),
+            self.shared().display().to_string(),
         ];
         args.extend(flags.0.iter().cloned());
         let p = Process::spawn(

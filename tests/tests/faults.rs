@@ -218,8 +218,8 @@ async fn a_killed_node_takes_its_drivers_along() {
     cluster.add_node(&NodeFlags(fast()));
     cluster.wait_nodes_up(1).await;
     publish_modules(&cluster).await;
-    let beat_file = cluster.dir.path().join("beats");
-    let sleep_file = cluster.dir.path().join("sleeper");
+    let beat_file = cluster.shared_file("beats");
+    let sleep_file = cluster.shared_file("sleeper");
     submit(&cluster, "beater", "beat", json!({"file": beat_file})).await;
     submit(&cluster, "sleeper", "sleep", json!({"file": sleep_file})).await;
     let monitor_pid = first_driver(&beat_file).await;
@@ -267,7 +267,7 @@ async fn a_killed_node_takes_its_drivers_along() {
 #[tokio::test]
 async fn a_paused_lead_does_not_run_beside_its_successor() {
     let (cluster, first) = two_nodes_led_by_the_first().await;
-    let file = cluster.dir.path().join("beats");
+    let file = cluster.shared_file("beats");
     let op = submit(&cluster, "beater", "beat", json!({"file": file})).await;
     let old = first_driver(&file).await;
 
@@ -308,7 +308,7 @@ async fn a_silently_partitioned_lead_stops_its_drivers() {
     cluster.add_node(&NodeFlags(fast()));
     cluster.wait_nodes_up(2).await;
     publish_modules(&cluster).await;
-    let file = cluster.dir.path().join("beats");
+    let file = cluster.shared_file("beats");
     let op = submit(&cluster, "beater", "beat", json!({"file": file})).await;
     let old = first_driver(&file).await;
     assert_eq!(
@@ -442,7 +442,7 @@ async fn a_burst_of_large_events_is_appended_whole() {
 #[tokio::test]
 async fn a_cancel_holds_when_its_owner_is_killed_right_after() {
     let (mut cluster, first) = two_nodes_led_by_the_first().await;
-    let file = cluster.dir.path().join("beats");
+    let file = cluster.shared_file("beats");
     let op = submit(&cluster, "beater", "beat", json!({"file": file})).await;
     let old = first_driver(&file).await;
 

@@ -395,7 +395,7 @@ async fn a_crashing_monitor_fails_after_five_tries_and_cancel_stops_a_running_on
         "{error}"
     );
 
-    let pidfile = cluster.dir.path().join("monitor.pid");
+    let pidfile = cluster.shared_file("monitor.pid");
     let op = start_monitor(
         &cluster,
         "counter",

@@ -157,7 +157,7 @@ async fn a_sync_operation_returns_what_the_driver_answered_and_no_secret_leaks()
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn failing_slow_and_noisy_drivers_fail_clearly_and_the_node_stays_up() {
     let cluster = Cluster::start(1).await;
-    let pid_file = cluster.dir.path().join("grandchild.pid");
+    let pid_file = cluster.shared_file("grandchild.pid");
     let script = format!(
         r#"#!/bin/sh
 cat >/dev/null

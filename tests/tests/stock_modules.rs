@@ -51,7 +51,7 @@ async fn shell_http_probe_and_file_tail_work_out_of_the_box() {
     assert!(ctx["result"]["latency_ms"].is_number());
 
     // file-tail: count, then follow new lines keyed by their byte offset.
-    let path = cluster.dir.path().join("app.log");
+    let path = cluster.shared().join("app.log");
     std::fs::write(&path, "one\ntwo\n").expect("write log");
     cluster
         .put_json(

@@ -89,7 +89,7 @@ impl ModuleCache {
             let entry = entry?;
             if entry.file_name().to_string_lossy().starts_with(TMP_PREFIX) {
                 tracing::info!(path = %entry.path().display(), "removing a half-unpacked bundle");
-                std::fs::remove_dir_all(entry.path())?;
+                remove_sealed(&entry.path())?;
             }
         }
         Ok(Self {
@@ -139,11 +139,18 @@ impl ModuleCache {
         let manifest = match known {
             Some(manifest) => manifest,
             None => {
-                let manifest = match tokio::fs::read(dir.join(bundle::MANIFEST_FILE)).await {
-                    Ok(bytes) => Manifest::parse(&bytes)
-                        .map_err(|e| CacheError::Invalid(digest.into(), e.to_string()))?,
-                    Err(_) => self.fetch(digest).await?,
-                };
+                // A tree this process did not unpack (an earlier run of the
+                // node left it) may have been changed meanwhile: it is
+                // fetched and verified again before anything runs from it.
+                if tokio::fs::try_exists(&dir).await.unwrap_or(false) {
+                    remove_tree(&dir).await.map_err(|e| {
+                        CacheError::Io(
+                            digest.to_string(),
+                            format!("cannot replace an old unpacked copy: {e}"),
+                        )
+                    })?;
+                }
+                let manifest = self.fetch(digest).await?;
                 self.inner
                     .manifests
                     .lock()
@@ -258,7 +265,7 @@ impl ModuleCache {
                     .unwrap_or_else(|e| e.into_inner())
                     .remove(&name);
                 drop(usage);
-                match std::fs::remove_dir_all(entry.path()) {
+                match remove_sealed(&entry.path()) {
                     Ok(()) => tracing::info!(digest = %name, "evicted an unused bundle"),
                     Err(e) => tracing::warn!(digest = %name, error = %e, "cannot evict a bundle"),
                 }
@@ -280,12 +287,59 @@ fn unpack_atomically(
     std::fs::create_dir(&tmp).map_err(io)?;
     match bundle::unpack(&mut file, &tmp) {
         Ok(manifest) => {
+            seal_read_only(&tmp).map_err(io)?;
             std::fs::rename(&tmp, target).map_err(io)?;
             Ok(manifest)
         }
         Err(e) => {
-            let _ = std::fs::remove_dir_all(&tmp);
+            let _ = remove_sealed(&tmp);
             Err(CacheError::Invalid(digest.to_string(), e.to_string()))
         }
     }
+}
+
+/// Makes an unpacked tree read-only for everyone, the node's user included:
+/// files 0444 (0555 if executable), directories 0555. Drivers run as other
+/// users (or under Landlock's read-only rule), so none can change a bundle
+/// another run will execute.
+fn seal_read_only(dir: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
+        let kind = entry.file_type()?;
+        if kind.is_dir() {
+            seal_read_only(&entry.path())?;
+        } else if kind.is_file() {
+            let mode = entry.metadata()?.permissions().mode();
+            let sealed = if mode & 0o111 != 0 { 0o555 } else { 0o444 };
+            std::fs::set_permissions(entry.path(), std::fs::Permissions::from_mode(sealed))?;
+        }
+    }
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o555))
+}
+
+/// Removes a sealed (read-only) tree: its directories are made writable first.
+async fn remove_tree(dir: &Path) -> std::io::Result<()> {
+    let dir = dir.to_path_buf();
+    tokio::task::spawn_blocking(move || remove_sealed(&dir))
+        .await
+        .map_err(std::io::Error::other)?
+}
+
+/// Removes a tree [`seal_read_only`] made.
+fn remove_sealed(dir: &Path) -> std::io::Result<()> {
+    unseal(dir)?;
+    std::fs::remove_dir_all(dir)
+}
+
+fn unseal(dir: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755))?;
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
+        if entry.file_type()?.is_dir() {
+            unseal(&entry.path())?;
+        }
+    }
+    Ok(())
 }

@@ -80,6 +80,9 @@ pub struct RunArgs {
     #[arg(long, env = "ZF_CONTEXT_RETENTION_S", default_value_t = 7 * 24 * 3600)]
     pub context_retention_s: u64,
 
+    #[command(flatten)]
+    pub sandbox: SandboxArgs,
+
     /// The program every driver starts through (default: `zf-driver-shim`
     /// next to this program).
     #[arg(long, env = "ZF_DRIVER_SHIM")]
@@ -94,4 +97,47 @@ fn parse_id(s: &str) -> Result<String, String> {
     zerofoot_shared::names::validate_instance_id(s)
         .map(|_| s.to_string())
         .map_err(|e| e.to_string())
+}
+
+/// How drivers are confined (see sandbox.rs and docs/SECURITY.md).
+#[derive(Args, Clone, Debug)]
+pub struct SandboxArgs {
+    /// The account whose group drivers run in; each driver gets its own
+    /// uid. Default (when the node runs as root): `zerofoot-driver`. A node
+    /// that is not root runs drivers as its own user.
+    #[arg(long, env = "ZF_DRIVER_USER")]
+    pub driver_user: Option<String>,
+
+    /// Let drivers run as root when --driver-user names root.
+    #[arg(long, env = "ZF_ALLOW_ROOT_DRIVERS")]
+    pub allow_root_drivers: bool,
+
+    /// A path drivers may read (besides their bundle and system paths);
+    /// repeat, or separate with ':' in the variable.
+    #[arg(long, env = "ZF_DRIVER_READABLE", value_delimiter = ':')]
+    pub driver_readable: Vec<PathBuf>,
+
+    /// A path drivers may read and write (besides their scratch dir).
+    #[arg(long, env = "ZF_DRIVER_WRITABLE", value_delimiter = ':')]
+    pub driver_writable: Vec<PathBuf>,
+
+    /// Drivers running at once on this node; more wait for a place.
+    #[arg(long, env = "ZF_MAX_DRIVERS", default_value_t = 256)]
+    pub max_drivers: usize,
+
+    /// Ceiling of a driver's address space, MiB (0: none).
+    #[arg(long, env = "ZF_DRIVER_MAX_MEMORY_MB", default_value_t = 2048)]
+    pub driver_max_memory_mb: u64,
+
+    /// Ceiling of a driver's open files (0: none).
+    #[arg(long, env = "ZF_DRIVER_MAX_OPEN_FILES", default_value_t = 1024)]
+    pub driver_max_open_files: u64,
+
+    /// Ceiling of a driver's processes and threads at once (0: none).
+    #[arg(long, env = "ZF_DRIVER_MAX_PROCESSES", default_value_t = 128)]
+    pub driver_max_processes: u64,
+
+    /// Ceiling of a driver's CPU time, seconds (0: none).
+    #[arg(long, env = "ZF_DRIVER_MAX_CPU_S", default_value_t = 0)]
+    pub driver_max_cpu_s: u64,
 }

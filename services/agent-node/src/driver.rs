@@ -72,6 +72,8 @@ pub struct Invocation {
     pub max_output: Option<u64>,
     /// Starts the process (and tells the watchdog of it).
     pub launcher: crate::launcher::Launcher,
+    /// What confines it.
+    pub sandbox: crate::shim_spec::Sandbox,
 }
 
 /// The environment every driver starts with, besides the `ZF_*` variables.
@@ -96,9 +98,13 @@ pub async fn run(
     cancel: &CancellationToken,
     outputs: tokio::sync::mpsc::Sender<Output>,
 ) -> Result<(), DriverError> {
-    let mut command = inv
-        .launcher
-        .command(&inv.program, &inv.operation, &inv.scratch, &inv.env);
+    let mut command = inv.launcher.command(
+        &inv.program,
+        &inv.operation,
+        &inv.scratch,
+        &inv.env,
+        &inv.sandbox,
+    );
     let mut child = command.spawn().map_err(|e| DriverError::Spawn {
         program: inv.program.display().to_string(),
         message: e.to_string(),
@@ -353,6 +359,7 @@ mod tests {
             max_output: None,
             launcher: crate::launcher::Launcher::new(Some(&built_shim()), None)
                 .expect("zf-driver-shim built (cargo build --bins)"),
+            sandbox: crate::shim_spec::Sandbox::default(),
         };
         let (tx, mut rx) = tokio::sync::mpsc::channel(8);
         run(invocation, &CancellationToken::new(), tx)

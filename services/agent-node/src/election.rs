@@ -356,6 +356,7 @@ mod tests {
             interval_ms: 200,
             lapse_ms: 1000,
             registered_with: Vec::new(),
+            sandbox: String::new(),
             started_at: zerofoot_shared::time::now(),
         }
     }

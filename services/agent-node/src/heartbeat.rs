@@ -25,6 +25,7 @@ pub struct Beat {
     pub standing: watch::Receiver<Standing>,
     pub owners: crate::ownership::Owners,
     pub registered_with: crate::registrar::RegisteredWith,
+    pub sandbox: &'static str,
 }
 
 impl Beat {
@@ -56,6 +57,7 @@ impl Beat {
                     .cloned()
                     .collect(),
                 started_at: self.started_at,
+                sandbox: self.sandbox.to_string(),
             };
             if let Err(e) = self
                 .client

@@ -8,7 +8,7 @@
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 
-use crate::shim_spec::ShimSpec;
+use crate::shim_spec::{Sandbox, ShimSpec};
 use crate::watchdog::Watchdog;
 
 /// The shim's file name, next to `zf-agent-node` unless `--driver-shim` says.
@@ -70,11 +70,13 @@ impl Launcher {
         operation: &str,
         dir: &Path,
         env: &[(String, String)],
+        sandbox: &Sandbox,
     ) -> tokio::process::Command {
         let spec = ShimSpec {
             parent: std::process::id() as i32,
             program: program.to_path_buf(),
             args: vec![operation.to_string()],
+            sandbox: sandbox.clone(),
         };
         let mut command = tokio::process::Command::new(&self.shim);
         command

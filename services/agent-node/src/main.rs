@@ -18,6 +18,7 @@ mod purge;
 mod registrar;
 mod rules;
 mod run;
+mod sandbox;
 mod scheduler;
 mod shim_spec;
 mod store;

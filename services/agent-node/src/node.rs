@@ -57,6 +57,26 @@ async fn serve(
     let node_id = data_dir.node_id().to_string();
     let names = args.nats.names();
     tracing::info!(data_dir = %data_dir.root().display(), "starting");
+    let sandboxes = crate::sandbox::Sandboxes::new(&args.sandbox, &node_id)?;
+    let scratch_root = data_dir.root().join("scratch");
+    let cache_root = data_dir.root().join("modules");
+    {
+        let sandboxes = sandboxes.clone();
+        let dirs = [
+            data_dir.root().to_path_buf(),
+            scratch_root.clone(),
+            cache_root.clone(),
+        ];
+        tokio::task::spawn_blocking(move || {
+            for dir in &dirs {
+                std::fs::create_dir_all(dir)?;
+                sandboxes.make_reachable(dir)?;
+            }
+            anyhow::Ok(())
+        })
+        .await
+        .context("data dir task failed")??;
+    }
     let store = {
         let path = data_dir.root().join("node.redb");
         tokio::task::spawn_blocking(move || Store::open(&path))
@@ -100,7 +120,7 @@ async fn serve(
 
     let cache = {
         let (root, objects, ttl) = (
-            data_dir.root().join("modules"),
+            cache_root,
             assets.modules.clone(),
             Duration::from_secs(args.module_cache_ttl_s),
         );
@@ -156,7 +176,8 @@ async fn serve(
         node: node_id.clone(),
         assets: assets.clone(),
         cache,
-        scratch_root: data_dir.root().join("scratch"),
+        scratch_root,
+        sandboxes: sandboxes.clone(),
         trusted: zerofoot_shared::signing::TrustedKeys::load(
             args.trusted_keys.as_deref(),
             args.trusted_keys_file.as_deref(),
@@ -261,6 +282,7 @@ async fn serve(
         standing,
         owners: owners.clone(),
         registered_with: registered_with.clone(),
+        sandbox: sandboxes.kind(),
     };
     tasks.spawn(beat.run(shutdown.clone()).in_current_span());
     let registrar = crate::registrar::Registrar {

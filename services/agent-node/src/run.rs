@@ -67,6 +67,7 @@ pub struct Runner {
     /// Opens resource secrets for drivers; `None` when this node has no key.
     pub secrets_key: Option<zerofoot_shared::sealing::SecretsKey>,
     pub launcher: Launcher,
+    pub sandboxes: crate::sandbox::Sandboxes,
 }
 
 /// A prepared run: what its driver needs held until it is dropped (the
@@ -75,6 +76,7 @@ pub struct Run {
     /// The resource's secrets, masked in everything the driver writes.
     pub secrets: BTreeMap<String, String>,
     _lease: Lease,
+    _slot: crate::sandbox::DriverSlot,
     scratch: PathBuf,
 }
 
@@ -129,13 +131,22 @@ impl Runner {
             Some(r) => self.open_secrets(r)?,
             None => BTreeMap::new(),
         };
+        let slot = self.sandboxes.slot().await;
         let scratch = self.scratch_root.join(format!("{}-{run_name}", ctx.id));
-        tokio::fs::create_dir_all(&scratch)
+        make_scratch(&scratch, self.sandboxes.user(&slot))
             .await
             .map_err(|source| PrepareError::Scratch {
                 path: scratch.display().to_string(),
                 source,
             })?;
+        let limits = lease
+            .manifest
+            .operations
+            .get(&ctx.operation)
+            .map(|spec| spec.limits)
+            .unwrap_or_default();
+        let program = lease.dir.join(lease.manifest.entrypoint_path());
+        let sandbox = self.sandboxes.sandbox(&slot, &lease.dir, &scratch, &limits);
         let input = DriverInput {
             v: PROTOCOL_VERSION,
             operation_id: ctx.id,
@@ -160,7 +171,8 @@ impl Runner {
         ]);
         let sync = ctx.kind == OperationKind::Sync;
         let invocation = Invocation {
-            program: lease.dir.join(lease.manifest.entrypoint_path()),
+            program,
+            sandbox,
             operation: ctx.operation.clone(),
             scratch: scratch.clone(),
             env,
@@ -173,6 +185,7 @@ impl Runner {
         let run = Run {
             secrets,
             _lease: lease,
+            _slot: slot,
             scratch,
         };
         Ok((run, invocation))
@@ -298,4 +311,22 @@ impl Runner {
             }
         }
     }
+}
+
+/// A fresh scratch dir that only the driver's user may enter.
+async fn make_scratch(
+    dir: &std::path::Path,
+    user: Option<crate::shim_spec::DriverUser>,
+) -> std::io::Result<()> {
+    let dir = dir.to_path_buf();
+    tokio::task::spawn_blocking(move || {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::create_dir_all(&dir)?;
+        if let Some(user) = user {
+            std::os::unix::fs::chown(&dir, Some(user.uid), Some(user.gid))?;
+        }
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700))
+    })
+    .await
+    .map_err(std::io::Error::other)?
 }

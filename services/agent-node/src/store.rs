@@ -111,6 +111,8 @@ pub enum StoreError {
     Redb(String),
     #[error("the node's redb file is locked by a running node; stop it first, or ask the running node: nats req zf.<cluster>.node.<id>.mirror '{{}}'")]
     Locked,
+    #[error("cannot restrict the node's redb file to its own user: {0}")]
+    Permissions(String),
 }
 
 fn redb_err(e: impl std::fmt::Display) -> StoreError {
@@ -236,6 +238,12 @@ impl Store {
             redb::DatabaseError::DatabaseAlreadyOpen => StoreError::Locked,
             other => redb_err(other),
         })?;
+        // It holds every resource's sealed secrets: the node's user alone.
+        {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+                .map_err(|e| StoreError::Permissions(e.to_string()))?;
+        }
         let tx = db.begin_write().map_err(redb_err)?;
         {
             let contexts = tx.open_table(CONTEXTS).map_err(redb_err)?;

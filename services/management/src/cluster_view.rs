@@ -108,6 +108,8 @@ pub struct NodeStatus {
     pub started_at: time::OffsetDateTime,
     /// Management instances the node says it is registered with.
     pub registered_with: Vec<String>,
+    /// How the node confines its drivers: `landlock` or `none`.
+    pub sandbox: String,
     /// Resources the node reported to this instance: its last complete
     /// registration and the changes since.
     pub inventory: usize,
@@ -149,6 +151,7 @@ impl ClusterView {
                     version: hb.version.clone(),
                     started_at: hb.started_at,
                     registered_with: hb.registered_with.clone(),
+                    sandbox: hb.sandbox.clone(),
                     inventory: self.inventory_size(&hb.node),
                 }
             })

@@ -35,6 +35,10 @@ pub struct Heartbeat {
     pub registered_with: Vec<String>,
     #[serde(with = "time::serde::rfc3339")]
     pub started_at: OffsetDateTime,
+    /// How the node confines its drivers' filesystem access: `landlock`, or
+    /// `none` where the kernel has no Landlock.
+    #[serde(default)]
+    pub sandbox: String,
 }
 
 /// A lead claim, key `lead` in `zf_<cluster>_lead`.

@@ -30,6 +30,48 @@ pub struct OperationSpec {
     pub timeout_ms: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retries: Option<u32>,
+    /// Resource limits of this operation's driver, each under the node's
+    /// ceiling (a larger value gets the ceiling).
+    #[serde(default, skip_serializing_if = "DriverLimits::is_empty")]
+    pub limits: DriverLimits,
+}
+
+/// Per-driver resource limits (setrlimit); unset means the node's ceiling.
+#[derive(Clone, Copy, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct DriverLimits {
+    /// Address space, MiB.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory_mb: Option<u64>,
+    /// Open file descriptors.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub open_files: Option<u64>,
+    /// Processes (and threads) the driver may have at once.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub processes: Option<u64>,
+    /// CPU time, seconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu_s: Option<u64>,
+}
+
+impl DriverLimits {
+    pub fn is_empty(&self) -> bool {
+        *self == Self::default()
+    }
+
+    /// Each of these limits, capped by `ceiling`'s; unset ones are the ceiling's.
+    pub fn under(&self, ceiling: &DriverLimits) -> DriverLimits {
+        let cap = |wanted: Option<u64>, max: Option<u64>| match (wanted, max) {
+            (Some(w), Some(m)) => Some(w.min(m)),
+            (w, m) => m.or(w),
+        };
+        DriverLimits {
+            memory_mb: cap(self.memory_mb, ceiling.memory_mb),
+            open_files: cap(self.open_files, ceiling.open_files),
+            processes: cap(self.processes, ceiling.processes),
+            cpu_s: cap(self.cpu_s, ceiling.cpu_s),
+        }
+    }
 }
 
 impl OperationSpec {

@@ -129,7 +129,7 @@ async fn main() -> std::process::ExitCode {
     let total = duration.as_secs() * 20 + 200;
     let mut monitors = Vec::new();
     for i in 0..3 {
-        let beats = cluster.dir.path().join(format!("beats-{i}"));
+        let beats = cluster.shared_file(&format!("beats-{i}"));
         let (status, ctx) = cluster
             .post_json(
                 "/v1/operations",
