@@ -60,8 +60,10 @@ for bin in zf-management zf-repository zf-agent-node zf-driver-shim; do
 done
 cp -L "$nats" "$rootfs/usr/local/bin/nats-server"
 cp -L /etc/ssl/certs/ca-certificates.crt "$rootfs/etc/ssl/certs/" 2>/dev/null || true
-echo 'root:x:0:0:root:/root:/bin/sh' >"$rootfs/etc/passwd"
-echo 'root:x:0:' >"$rootfs/etc/group"
+# zerofoot-driver: the group drivers run in, each under its own uid.
+printf '%s\n' 'root:x:0:0:root:/root:/bin/sh' \
+  'zerofoot-driver:x:999:999::/nonexistent:/bin/false' >"$rootfs/etc/passwd"
+printf '%s\n' 'root:x:0:' 'zerofoot-driver:x:999:' >"$rootfs/etc/group"
 echo 'hosts: files dns' >"$rootfs/etc/nsswitch.conf"
 
 tar -C "$rootfs" -c . | docker import \

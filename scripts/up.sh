@@ -87,12 +87,18 @@ for _ in $(seq 100); do
   curl -sf "http://$http/healthz" >/dev/null 2>&1 && break
   sleep 0.1
 done
+if [ "$(id -u)" = 0 ]; then
+  drivers="each under its own uid in group zerofoot-driver (install-deps.sh made the account), confined by Landlock"
+else
+  drivers="as $(id -un): the nodes are not root, so drivers share their user; Landlock still confines them (run as root for per-driver users)"
+fi
 cat <<INFO
 
 zerofoot is up:
   HTTP API   http://$http   (try: curl -s http://$http/v1/cluster | jq)
   NATS       nats://127.0.0.1:$port   (try: nats --server nats://127.0.0.1:$port --user admin --password "\$(cat $data/nats-auth/admin.password)" sub 'zf.$cluster.>')
   data       $data   (secrets key: $data/secrets.key)
+  drivers    $drivers
 Press Ctrl-C to stop every process.
 INFO
 wait -n "${pids[@]}" || true

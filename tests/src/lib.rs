@@ -462,6 +462,8 @@ impl NatsServer {
 
 /// The folder under a test cluster's dir that drivers may write.
 const SHARED_DIR: &str = "shared";
+/// The cluster's secrets key, as services read it (`ZF_SECRETS_KEY_FILE`).
+const SECRETS_KEY_FILE: &str = "secrets.key";
 
 /// A whole cluster: nats-server, repository, management and agent nodes.
 pub struct Cluster {
@@ -522,6 +524,13 @@ impl Cluster {
             use std::os::unix::fs::PermissionsExt;
             std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o711))
                 .expect("chmod the test dir");
+            std::fs::write(dir.path().join(SECRETS_KEY_FILE), TEST_SECRETS_KEY)
+                .expect("write the secrets key file");
+            std::fs::set_permissions(
+                dir.path().join(SECRETS_KEY_FILE),
+                std::fs::Permissions::from_mode(0o600),
+            )
+            .expect("chmod the secrets key file");
             let shared = dir.path().join(SHARED_DIR);
             std::fs::create_dir(&shared).expect("shared dir");
             std::fs::set_permissions(&shared, std::fs::Permissions::from_mode(0o1777))
@@ -548,13 +557,19 @@ impl Cluster {
     }
 
     /// The environment of a service of `role` (`management`, `repository`,
-    /// `agent`): where NATS is, the cluster, its NATS user, the secrets key.
+    /// `agent`): where NATS is, the cluster, its NATS user, and for
+    /// management and nodes (only they need it) the secrets key file.
     pub fn common_env(&self, role: &str) -> Vec<(String, String)> {
         let mut env = vec![
             ("ZF_NATS_URL".into(), self.nats.url()),
             ("ZF_CLUSTER".into(), self.cluster.clone()),
-            ("ZF_SECRETS_KEY".into(), TEST_SECRETS_KEY.into()),
         ];
+        if role != "repository" {
+            env.push((
+                "ZF_SECRETS_KEY_FILE".into(),
+                self.secrets_key_file().display().to_string(),
+            ));
+        }
         env.extend(self.nats.auth.env(&self.cluster, role));
         if let Some(ca) = &self.nats.tls_ca {
             env.push(("ZF_NATS_TLS_CA".into(), ca.display().to_string()));
@@ -610,6 +625,11 @@ impl Cluster {
         );
         self.management.push(Management { process, port });
         index
+    }
+
+    /// The file every service reads the secrets key from.
+    pub fn secrets_key_file(&self) -> PathBuf {
+        self.dir.path().join(SECRETS_KEY_FILE)
     }
 
     /// The folder every node lets its drivers read and write
