@@ -127,7 +127,11 @@ async fn a_hostile_module_reaches_nothing_of_the_node_and_harms_no_one() {
         run_victim().await;
     }
     let (status, ctx) = attack.await.expect("attack task");
-    assert_eq!((status, ctx["state"].as_str()), (200, Some("complete")), "{ctx}");
+    assert_eq!(
+        (status, ctx["state"].as_str()),
+        (200, Some("complete")),
+        "{ctx}"
+    );
     let result = &ctx["result"];
     let report: Vec<String> = result["report"]
         .as_array()
@@ -138,7 +142,10 @@ async fn a_hostile_module_reaches_nothing_of_the_node_and_harms_no_one() {
         .collect();
     assert_eq!(report.len(), 14, "every attempt reported: {report:#?}");
     let allowed: Vec<&String> = report.iter().filter(|l| l.contains("ALLOWED")).collect();
-    assert!(allowed.is_empty(), "attempts that got through: {allowed:#?}");
+    assert!(
+        allowed.is_empty(),
+        "attempts that got through: {allowed:#?}"
+    );
 
     let fds: Vec<&str> = result["fds"]
         .as_array()
