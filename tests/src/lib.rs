@@ -600,14 +600,17 @@ impl Cluster {
         self.start_management_with(&[])
     }
 
-    /// A management instance with extra environment (e.g. `ZF_API_TOKENS`).
+    /// A management instance with extra environment (e.g. `ZF_API_TOKENS`);
+    /// an empty value leaves the variable out.
     pub fn start_management_with(&mut self, extra_env: &[(&str, &str)]) -> usize {
         let port = free_port();
         let index = self.management.len();
         let mut env = self.common_env("management");
+        env.retain(|(k, _)| !extra_env.iter().any(|(extra, _)| extra == k));
         env.extend(
             extra_env
                 .iter()
+                .filter(|(_, v)| !v.is_empty())
                 .map(|(k, v)| (k.to_string(), v.to_string())),
         );
         let args = [

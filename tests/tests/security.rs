@@ -168,7 +168,7 @@ fn without_tokens_the_api_refuses_to_listen_beyond_loopback() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_a_secrets_key_secrets_are_refused_not_stored_in_the_clear() {
     let mut cluster = Cluster::bare().await;
-    cluster.start_management_with(&[("ZF_SECRETS_KEY", "")]);
+    cluster.start_management_with(&[("ZF_SECRETS_KEY_FILE", "")]);
     cluster.wait_healthy().await;
     let (status, body) = cluster
         .put_json(
