@@ -35,8 +35,15 @@ fi
 
 # NATS users: one per service role, each allowed only its own subjects, and
 # admin for the NATS CLI. Passwords are made once and kept.
-"$bin/zf-management" nats-auth --dir "$data/nats-auth" --cluster "$cluster" >/dev/null
-as_user() { # role: the environment that logs a service in as its NATS user
+# Each node has its own user, which may speak only for that node; a node
+# keeps the id its data dir already has.
+node_ids=()
+for i in 1 2 3; do
+  node_ids+=("$(cat "$data/node-$i/node-id" 2>/dev/null || echo "node-$i")")
+done
+"$bin/zf-management" nats-auth --dir "$data/nats-auth" --cluster "$cluster" \
+  --nodes "$(IFS=,; echo "${node_ids[*]}")" >/dev/null
+as_user() { # user suffix: the environment that logs a service in as its NATS user
   echo "ZF_NATS_USER=zf-$cluster-$1" "ZF_NATS_PASSWORD_FILE=$data/nats-auth/zf-$cluster-$1.password"
 }
 
@@ -80,7 +87,8 @@ done
 start repository env $(as_user repository) "$bin/zf-repository" --signing-key-file "$data/signing.key"
 start management env $(as_user management) "$bin/zf-management" --http-addr "$http" --id mgmt-1
 for i in 1 2 3; do
-  start "node-$i" env $(as_user agent) "$bin/zf-agent-node" --data-dir "$data/node-$i" --trusted-keys-file "$data/trusted.keys"
+  id=${node_ids[$((i - 1))]}
+  start "node-$i" env $(as_user "node-$id") "$bin/zf-agent-node" --id "$id" --data-dir "$data/node-$i" --trusted-keys-file "$data/trusted.keys"
 done
 
 for _ in $(seq 100); do

@@ -114,6 +114,45 @@ fn parse_servers(s: &str) -> Result<String, String> {
     Ok(s.to_string())
 }
 
+/// Variables that can carry a secret (keys, passwords, tokens). Each setting
+/// also takes a file (`--secrets-key-file`, `--nats-password-file`,
+/// `--signing-key-file`, `--tokens-file`), which is what deployments use.
+pub const SECRET_VARIABLES: &[&str] = &[
+    "ZF_SECRETS_KEY",
+    "ZF_SECRETS_PREVIOUS_KEYS",
+    "ZF_NATS_PASSWORD",
+    "ZF_SIGNING_KEY",
+    "ZF_API_TOKENS",
+];
+
+/// Removes [`SECRET_VARIABLES`] from this process's environment once the
+/// flags are parsed, so that no child process (drivers included) inherits
+/// them, and says which were set. Call it before any thread starts: changing
+/// the environment of a multi-threaded process is unsound.
+///
+/// The kernel keeps the environment the process started with: it stays in
+/// `/proc/<pid>/environ`, readable by the same user and root. Files avoid that.
+pub fn forget_secret_variables() -> Vec<&'static str> {
+    let mut found = Vec::new();
+    for name in SECRET_VARIABLES {
+        if std::env::var_os(name).is_some() {
+            std::env::remove_var(name);
+            found.push(*name);
+        }
+    }
+    found
+}
+
+/// Logs, once tracing is up, which secrets came from the environment.
+pub fn warn_secret_variables(found: &[&str]) {
+    for name in found {
+        tracing::warn!(
+            variable = name,
+            "a secret came from the environment: removed from this process's environment so no child inherits it, but still readable in /proc/<pid>/environ by this user and root; give it as a file instead (the setting's --...-file flag)"
+        );
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

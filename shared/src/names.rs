@@ -151,6 +151,11 @@ impl Names {
         format!("{}.node.>", self.prefix())
     }
 
+    /// Every subject of one node (its heartbeat and endpoints).
+    pub fn node_subjects(&self, node: &str) -> String {
+        format!("{}.node.{node}.>", self.prefix())
+    }
+
     pub fn heartbeat(&self, node: &str) -> String {
         format!("{}.node.{node}.heartbeat", self.prefix())
     }

@@ -44,6 +44,12 @@ pub fn user_name(cluster: &ClusterName, role: ServiceRole) -> String {
     format!("zf-{cluster}-{}", role.as_str())
 }
 
+/// The NATS user of agent node `node` in `cluster`, when nodes have users
+/// of their own (`zf-management nats-auth --nodes`).
+pub fn node_user_name(cluster: &ClusterName, node: &str) -> String {
+    format!("zf-{cluster}-node-{node}")
+}
+
 /// What one user may do.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Permissions {
@@ -175,6 +181,20 @@ pub fn permissions(names: &Names, role: ServiceRole) -> Permissions {
     p
 }
 
+/// The permissions of agent node `node`: an agent's, except that it may
+/// publish only its own heartbeat and serve only its own endpoints, so one
+/// node cannot speak for another. It still hears every node's heartbeat.
+pub fn node_permissions(names: &Names, node: &str) -> Permissions {
+    let mut p = permissions(names, ServiceRole::Agent);
+    let (all_heartbeats, all_node_subjects) = (names.all_heartbeats(), names.all_node_subjects());
+    p.publish.retain(|s| *s != all_heartbeats);
+    p.publish.push(names.heartbeat(node));
+    p.subscribe.retain(|s| *s != all_node_subjects);
+    p.subscribe.push(names.node_subjects(node));
+    p.subscribe.push(all_heartbeats);
+    p
+}
+
 /// One user of the generated configuration; `permissions: None` is the admin.
 #[derive(Clone, Debug)]
 pub struct User {
@@ -256,8 +276,14 @@ pub fn password_file(dir: &Path, user: &str) -> PathBuf {
 /// Writes `dir/auth.conf` for `clusters`, with one password file per user
 /// (`dir/<user>.password`, mode 0600). Existing password files are kept, so
 /// running it again changes nothing unless a cluster was added; delete a
-/// password file to rotate that password.
-pub fn write_auth_dir(dir: &Path, clusters: &[ClusterName]) -> Result<AuthFiles, AuthFilesError> {
+/// password file to rotate that password. With `nodes`, every node id gets
+/// a user of its own ([`node_permissions`]) and there is no shared agent
+/// user; without, all nodes share the agent user.
+pub fn write_auth_dir(
+    dir: &Path,
+    clusters: &[ClusterName],
+    nodes: &[String],
+) -> Result<AuthFiles, AuthFilesError> {
     create_private_dir(dir)?;
     let mut users = Vec::new();
     let mut files = Vec::new();
@@ -276,7 +302,16 @@ pub fn write_auth_dir(dir: &Path, clusters: &[ClusterName]) -> Result<AuthFiles,
     for cluster in clusters {
         let names = Names::new(cluster.clone());
         for role in ServiceRole::ALL {
+            if role == ServiceRole::Agent && !nodes.is_empty() {
+                continue;
+            }
             add(user_name(cluster, role), Some(permissions(&names, role)))?;
+        }
+        for node in nodes {
+            add(
+                node_user_name(cluster, node),
+                Some(node_permissions(&names, node)),
+            )?;
         }
     }
     let config = dir.join("auth.conf");
@@ -431,6 +466,28 @@ mod tests {
     }
 
     #[test]
+    fn a_node_speaks_only_for_itself() {
+        let n = names();
+        let p = node_permissions(&n, "node-1");
+        assert!(allows(&p.publish, &n.heartbeat("node-1")));
+        assert!(
+            !allows(&p.publish, &n.heartbeat("node-2")),
+            "another's heartbeat"
+        );
+        assert!(allows(&p.subscribe, &n.node_mirror("node-1")));
+        assert!(
+            !allows(&p.subscribe, &n.node_mirror("node-2")),
+            "another's mirror"
+        );
+        assert!(
+            allows(&p.subscribe, &n.heartbeat("node-2")),
+            "hears every node"
+        );
+        assert!(allows(&p.publish, &n.op_events("42")));
+        assert!(allows(&p.subscribe, &n.op_submit()));
+    }
+
+    #[test]
     fn the_rendered_block_lists_every_user() {
         let n = names();
         let users = vec![
@@ -455,17 +512,17 @@ mod tests {
     fn password_files_are_kept_and_checked() {
         let dir = tempfile::tempdir().expect("tempdir");
         let cluster: ClusterName = "c1".parse().expect("cluster");
-        let first = write_auth_dir(dir.path(), std::slice::from_ref(&cluster)).expect("write");
+        let first = write_auth_dir(dir.path(), std::slice::from_ref(&cluster), &[]).expect("write");
         assert_eq!(first.users.len(), 4);
         let config = std::fs::read_to_string(&first.config).expect("config");
         let again =
-            write_auth_dir(dir.path(), std::slice::from_ref(&cluster)).expect("write again");
+            write_auth_dir(dir.path(), std::slice::from_ref(&cluster), &[]).expect("write again");
         assert_eq!(
             config,
             std::fs::read_to_string(&again.config).expect("config")
         );
         std::fs::write(password_file(dir.path(), ADMIN_USER), "short").expect("write");
-        let err = write_auth_dir(dir.path(), &[cluster]).expect_err("bad password");
+        let err = write_auth_dir(dir.path(), &[cluster], &[]).expect_err("bad password");
         assert!(err.to_string().contains("delete it"), "{err}");
     }
 }

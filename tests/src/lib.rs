@@ -266,9 +266,11 @@ pub struct NatsAuth {
 impl NatsAuth {
     pub fn generate(dir: &Path, clusters: &[&str]) -> Self {
         let auth_dir = dir.join("nats-auth");
+        let nodes: Vec<String> = (0..MAX_NODES).map(node_name).collect();
         let out = Command::new(service_binary("zf-management"))
             .args(["nats-auth", "--dir", &auth_dir.display().to_string()])
             .args(["--cluster", &clusters.join(",")])
+            .args(["--nodes", &nodes.join(",")])
             .env_remove("ZF_CLUSTER")
             .output()
             .expect("run zf-management nats-auth");
@@ -288,9 +290,17 @@ impl NatsAuth {
     }
 
     /// The environment that makes a service of `role` (`management`,
-    /// `repository`, `agent`) in `cluster` log in as its own user.
+    /// `repository`) in `cluster` log in as its own user.
     pub fn env(&self, cluster: &str, role: &str) -> Vec<(String, String)> {
-        let user = format!("zf-{cluster}-{role}");
+        self.env_of(format!("zf-{cluster}-{role}"))
+    }
+
+    /// The environment that makes node `node` log in as its own user.
+    pub fn node_env(&self, cluster: &str, node: &str) -> Vec<(String, String)> {
+        self.env_of(format!("zf-{cluster}-node-{node}"))
+    }
+
+    fn env_of(&self, user: String) -> Vec<(String, String)> {
         vec![
             (
                 "ZF_NATS_PASSWORD_FILE".into(),
@@ -460,6 +470,14 @@ impl NatsServer {
     }
 }
 
+/// Nodes a test cluster has NATS users for (`node-0` ...).
+pub const MAX_NODES: usize = 10;
+
+/// The id of a test cluster's node `index`: fixed, so it has a NATS user.
+pub fn node_name(index: usize) -> String {
+    format!("node-{index}")
+}
+
 /// The folder under a test cluster's dir that drivers may write.
 const SHARED_DIR: &str = "shared";
 /// The cluster's secrets key, as services read it (`ZF_SECRETS_KEY_FILE`).
@@ -556,21 +574,34 @@ impl Cluster {
         }
     }
 
-    /// The environment of a service of `role` (`management`, `repository`,
-    /// `agent`): where NATS is, the cluster, its NATS user, and for
-    /// management and nodes (only they need it) the secrets key file.
+    /// The environment of a service of `role` (`management`, `repository`):
+    /// where NATS is, the cluster, its NATS user, and for management the
+    /// secrets key file.
     pub fn common_env(&self, role: &str) -> Vec<(String, String)> {
+        self.env_with(
+            self.nats.auth.env(&self.cluster, role),
+            role != "repository",
+        )
+    }
+
+    /// The environment of node `node` (its id): its own NATS user and the
+    /// secrets key file.
+    pub fn node_env(&self, node: &str) -> Vec<(String, String)> {
+        self.env_with(self.nats.auth.node_env(&self.cluster, node), true)
+    }
+
+    fn env_with(&self, user: Vec<(String, String)>, secrets_key: bool) -> Vec<(String, String)> {
         let mut env = vec![
             ("ZF_NATS_URL".into(), self.nats.url()),
             ("ZF_CLUSTER".into(), self.cluster.clone()),
         ];
-        if role != "repository" {
+        if secrets_key {
             env.push((
                 "ZF_SECRETS_KEY_FILE".into(),
                 self.secrets_key_file().display().to_string(),
             ));
         }
-        env.extend(self.nats.auth.env(&self.cluster, role));
+        env.extend(user);
         if let Some(ca) = &self.nats.tls_ca {
             env.push(("ZF_NATS_TLS_CA".into(), ca.display().to_string()));
         }
@@ -659,7 +690,14 @@ impl Cluster {
 
     pub fn add_node(&mut self, flags: &NodeFlags) -> usize {
         let index = self.nodes.len();
+        assert!(
+            index < MAX_NODES,
+            "the test NATS users cover {MAX_NODES} nodes"
+        );
+        let id = node_name(index);
         let mut args = vec![
+            "--id".to_string(),
+            id.clone(),
             "--data-dir".to_string(),
             self.node_dir(index).display().to_string(),
             "--driver-writable".to_string(),
@@ -670,7 +708,7 @@ impl Cluster {
             &format!("node-{index}"),
             &service_binary("zf-agent-node"),
             &args,
-            &self.common_env("agent"),
+            &self.node_env(&id),
             self.dir.path(),
         );
         self.nodes.push(p);

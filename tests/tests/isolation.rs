@@ -191,3 +191,77 @@ async fn a_hostile_module_reaches_nothing_of_the_node_and_harms_no_one() {
     )
     .await;
 }
+
+/// The pids whose parent is `parent`.
+fn children_of(parent: i32) -> Vec<i32> {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                .ok()
+                .and_then(|stat| {
+                    let rest = stat.rsplit_once(')')?.1.to_string();
+                    rest.split_whitespace().nth(1)?.parse::<i32>().ok()
+                })
+                == Some(parent)
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_secret_given_in_the_environment_reaches_no_child() {
+    let mut cluster = Cluster::start(0).await;
+    let id = zerofoot_tests::node_name(0);
+    let mut env = cluster.node_env(&id);
+    env.retain(|(k, _)| k != "ZF_SECRETS_KEY_FILE");
+    env.push((
+        "ZF_SECRETS_KEY".into(),
+        zerofoot_tests::TEST_SECRETS_KEY.into(),
+    ));
+    let node = zerofoot_tests::Process::spawn(
+        "node-0",
+        &zerofoot_tests::service_binary("zf-agent-node"),
+        &[
+            "--id".into(),
+            id.clone(),
+            "--data-dir".into(),
+            cluster.node_dir(0).display().to_string(),
+        ],
+        &env,
+        cluster.dir.path(),
+    );
+    let node_pid = node.pid().as_raw();
+    cluster.nodes.push(node);
+    cluster.wait_nodes_up(1).await;
+    // The watchdog is the node's child from the start.
+    let watchdog = zerofoot_tests::wait_until(
+        "the node's watchdog process",
+        Duration::from_secs(10),
+        || async {
+            children_of(node_pid)
+                .into_iter()
+                .next()
+                .ok_or_else(|| "no child yet".to_string())
+        },
+    )
+    .await;
+    let environ = std::fs::read(format!("/proc/{watchdog}/environ")).expect("watchdog environ");
+    let environ = String::from_utf8_lossy(&environ);
+    assert!(
+        !environ.contains("ZF_SECRETS_KEY") && !environ.contains(zerofoot_tests::TEST_SECRETS_KEY),
+        "the watchdog inherited the secrets key: {environ}"
+    );
+    assert!(
+        environ.contains("ZF_CLUSTER="),
+        "the rest of the environment is inherited: {environ}"
+    );
+    assert!(
+        cluster.nodes[0]
+            .log_text()
+            .contains("a secret came from the environment"),
+        "the node says the key should be a file"
+    );
+}

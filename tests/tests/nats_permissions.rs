@@ -9,13 +9,17 @@ use futures::StreamExt;
 use tokio::sync::mpsc;
 use zerofoot_tests::Cluster;
 
-/// A client logged in as the NATS user of `role`, as that service connects,
-/// whose refused operations (server errors) arrive on the returned channel.
+/// A client logged in as the NATS user of `role` (`agent`: node-0's own
+/// user), as that service connects, whose refused operations (server
+/// errors) arrive on the returned channel.
 async fn connect_watching(
     cluster: &Cluster,
     role: &str,
 ) -> (async_nats::Client, mpsc::UnboundedReceiver<String>) {
-    let user = format!("zf-{}-{role}", cluster.cluster);
+    let user = match role {
+        "agent" => format!("zf-{}-node-node-0", cluster.cluster),
+        _ => format!("zf-{}-{role}", cluster.cluster),
+    };
     let names = zerofoot_shared::names::Names::new(cluster.cluster.parse().expect("cluster"));
     let (errors_tx, errors) = mpsc::unbounded_channel();
     let client = async_nats::ConnectOptions::with_user_and_password(
@@ -88,7 +92,7 @@ async fn no_credentials_or_a_wrong_password_cannot_connect() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_agent_cannot_touch_modules_the_repository_cannot_touch_contexts_and_nobody_reads_another_cluster(
+async fn a_node_speaks_only_for_itself_cannot_touch_modules_the_repository_cannot_touch_contexts_and_nobody_reads_another_cluster(
 ) {
     let cluster = Cluster::start(1).await;
     let names = zerofoot_shared::names::Names::new(cluster.cluster.parse().expect("cluster"));
@@ -105,6 +109,19 @@ async fn an_agent_cannot_touch_modules_the_repository_cannot_touch_contexts_and_
         .await
         .expect("the agent user receives its cluster's heartbeats")
         .expect("subscription open");
+
+    // Its own heartbeat, not another node's: a node speaks only for itself.
+    agent
+        .publish(names.heartbeat("node-0"), "{}".into())
+        .await
+        .expect("publish is buffered");
+    agent
+        .publish(names.heartbeat("node-1"), "{}".into())
+        .await
+        .expect("publish is buffered");
+    expect_violation(&mut agent_errors, &names.heartbeat("node-1")).await;
+    let _ = agent.subscribe(names.node_mirror("node-1")).await;
+    expect_violation(&mut agent_errors, &names.node_mirror("node-1")).await;
 
     // The repository's endpoint.
     agent
@@ -233,7 +250,7 @@ async fn over_tls_the_cluster_works_and_a_node_without_the_ca_is_refused() {
     // A node that does not know the CA cannot verify the server.
     let dir = tempfile::tempdir().expect("tempdir");
     let env: Vec<(String, String)> = cluster
-        .common_env("agent")
+        .node_env("node-0")
         .into_iter()
         .filter(|(k, _)| k != "ZF_NATS_TLS_CA")
         .collect();

@@ -278,7 +278,7 @@ async fn a_second_node_on_the_same_data_dir_refuses_to_start() {
         },
     )
     .await;
-    let env = cluster.common_env("agent");
+    let env = cluster.node_env(&cluster.node_id(0));
     let envs: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
     assert_one_line_refusal(
         "zf-agent-node",

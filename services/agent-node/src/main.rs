@@ -34,7 +34,10 @@ fn main() -> std::process::ExitCode {
         // No runtime, no logging setup: the watchdog must stay small.
         return watchdog::run(std::time::Duration::from_millis(args.starve_ms));
     }
+    // Before the runtime's threads exist.
+    let secret_variables = zerofoot_shared::config::forget_secret_variables();
     zerofoot_shared::telemetry::init();
+    zerofoot_shared::config::warn_secret_variables(&secret_variables);
     let result = match cli.command {
         Some(config::Command::Inspect(args)) => inspect(args),
         Some(config::Command::Watchdog(_)) => Ok(()),

@@ -64,7 +64,7 @@ fn parse_id(s: &str) -> Result<String, String> {
 #[derive(Subcommand, Clone, Debug)]
 pub enum Command {
     /// Write the NATS users of every service role (management, repository,
-    /// agent) of the given clusters plus `admin`: DIR/auth.conf for
+    /// agent, or one per node with --nodes) of the given clusters plus `admin`: DIR/auth.conf for
     /// nats-server's `include`, and DIR/<user>.password for each user.
     /// Existing password files are kept; delete one to rotate it.
     NatsAuth {
@@ -75,6 +75,13 @@ pub enum Command {
         /// Cluster(s) to make users for, comma separated or repeated.
         #[arg(long = "cluster", env = "ZF_CLUSTER", value_delimiter = ',', required = true, value_parser = parse_cluster)]
         clusters: Vec<ClusterName>,
+
+        /// Node ids, comma separated: each gets a NATS user of its own
+        /// (`zf-<cluster>-node-<id>`), allowed to speak only for itself,
+        /// instead of the agent user all nodes would share. Start each node
+        /// with its id (--id) and its user.
+        #[arg(long = "nodes", env = "ZF_NATS_NODES", value_delimiter = ',', value_parser = parse_id)]
+        nodes: Vec<String>,
     },
 }
 

@@ -12,13 +12,34 @@ mod startup;
 
 use clap::Parser;
 
-#[tokio::main]
-async fn main() -> std::process::ExitCode {
+fn main() -> std::process::ExitCode {
     let config = config::Config::parse();
-    if let Some(config::Command::NatsAuth { dir, clusters }) = config.command {
-        return write_nats_auth(dir, clusters).await;
+    // Before the runtime's threads exist.
+    let secret_variables = zerofoot_shared::config::forget_secret_variables();
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(runtime) => runtime,
+        Err(err) => {
+            eprintln!("zf-management: cannot start the async runtime: {err}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(serve(config, secret_variables))
+}
+
+async fn serve(
+    config: config::Config,
+    secret_variables: Vec<&'static str>,
+) -> std::process::ExitCode {
+    if let Some(config::Command::NatsAuth {
+        dir,
+        clusters,
+        nodes,
+    }) = config.command
+    {
+        return write_nats_auth(dir, clusters, nodes).await;
     }
     zerofoot_shared::telemetry::init();
+    zerofoot_shared::config::warn_secret_variables(&secret_variables);
     let shutdown = zerofoot_shared::shutdown::on_signals();
     match startup::run(config, shutdown).await {
         Ok(()) => std::process::ExitCode::SUCCESS,
@@ -33,9 +54,10 @@ async fn main() -> std::process::ExitCode {
 async fn write_nats_auth(
     dir: std::path::PathBuf,
     clusters: Vec<zerofoot_shared::names::ClusterName>,
+    nodes: Vec<String>,
 ) -> std::process::ExitCode {
     let written = tokio::task::spawn_blocking(move || {
-        zerofoot_shared::nats_auth::write_auth_dir(&dir, &clusters)
+        zerofoot_shared::nats_auth::write_auth_dir(&dir, &clusters, &nodes)
     })
     .await;
     match written {

@@ -7,9 +7,24 @@ mod store;
 
 use clap::Parser;
 
-#[tokio::main]
-async fn main() -> std::process::ExitCode {
+fn main() -> std::process::ExitCode {
     let config = config::Config::parse();
+    // Before the runtime's threads exist.
+    let secret_variables = zerofoot_shared::config::forget_secret_variables();
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(runtime) => runtime,
+        Err(err) => {
+            eprintln!("zf-repository: cannot start the async runtime: {err}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(serve(config, secret_variables))
+}
+
+async fn serve(
+    config: config::Config,
+    secret_variables: Vec<&'static str>,
+) -> std::process::ExitCode {
     if let Some(config::Command::Keygen) = config.command {
         let (private_key, public_key) = zerofoot_shared::signing::ModuleSigner::generate();
         println!(
@@ -19,6 +34,7 @@ async fn main() -> std::process::ExitCode {
         return std::process::ExitCode::SUCCESS;
     }
     zerofoot_shared::telemetry::init();
+    zerofoot_shared::config::warn_secret_variables(&secret_variables);
     let shutdown = zerofoot_shared::shutdown::on_signals();
     match service::run(config, shutdown).await {
         Ok(()) => std::process::ExitCode::SUCCESS,
