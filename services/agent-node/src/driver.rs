@@ -84,6 +84,8 @@ pub fn base_env(scratch: &std::path::Path) -> Vec<(String, String)> {
             std::env::var("PATH").unwrap_or_else(|_| "/usr/local/bin:/usr/bin:/bin".into()),
         ),
         ("HOME".into(), scratch.display().to_string()),
+        // The sandbox lets a driver write its scratch dir, not /tmp.
+        ("TMPDIR".into(), scratch.display().to_string()),
         (
             "LANG".into(),
             std::env::var("LANG").unwrap_or_else(|_| "C.UTF-8".into()),
