@@ -41,32 +41,56 @@ where
 pub const TEST_SECRETS_KEY: &str =
     "5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a";
 
-/// Waits until process `pid` is gone (or a zombie nobody reaped yet).
-pub async fn wait_process_gone(what: &str, pid: i32) {
+/// The host pids of every live process of one driver run. A driver and
+/// everything it starts carry the run's scratch dir as `HOME`, which makes
+/// a run's identity a test can see from the host; the pids a driver sees
+/// itself are its PID namespace's, not the host's.
+pub fn run_processes(home: &str) -> Vec<i32> {
+    let wanted = format!("HOME={home}");
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|pid| {
+            let zombie = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                .map(|stat| {
+                    stat.rsplit_once(')')
+                        .and_then(|(_, rest)| rest.split_whitespace().next())
+                        == Some("Z")
+                })
+                .unwrap_or(true);
+            !zombie
+                && std::fs::read(format!("/proc/{pid}/environ"))
+                    .map(|env| env.split(|b| *b == 0).any(|var| var == wanted.as_bytes()))
+                    .unwrap_or(false)
+        })
+        .collect()
+}
+
+/// Waits until no process of the driver run with scratch dir `home` is left.
+pub async fn wait_run_gone(what: &str, home: &str) {
     wait_until(what, Duration::from_secs(10), || async move {
-        match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-            Err(_) => Ok(()),
-            Ok(stat) if stat.split_whitespace().nth(2) == Some("Z") => Ok(()),
-            Ok(stat) => Err(stat),
+        match run_processes(home).as_slice() {
+            [] => Ok(()),
+            pids => Err(format!("pids {pids:?} still run")),
         }
     })
     .await;
 }
 
-/// Drivers that log "<pid> <ms since epoch>" lines to a file, as fault
-/// tests' drivers do: pid → (first, last) beat in ms.
-pub fn beat_spans(file: &Path) -> std::collections::BTreeMap<i32, (u64, u64)> {
+/// Drivers that log "<run> <ms since epoch>" lines to a file, as fault
+/// tests' drivers do (the run is the driver's `HOME`): run → (first, last)
+/// beat in ms.
+pub fn beat_spans(file: &Path) -> std::collections::BTreeMap<String, (u64, u64)> {
     let text = std::fs::read_to_string(file).unwrap_or_default();
     let mut spans = std::collections::BTreeMap::new();
     for line in text.lines() {
         let mut parts = line.split_whitespace();
-        let (Some(Ok(pid)), Some(Ok(ms))) = (
-            parts.next().map(str::parse::<i32>),
-            parts.next().map(str::parse::<u64>),
-        ) else {
+        let (Some(run), Some(Ok(ms))) = (parts.next(), parts.next().map(str::parse::<u64>)) else {
             continue;
         };
-        let span = spans.entry(pid).or_insert((ms, ms));
+        let span = spans.entry(run.to_string()).or_insert((ms, ms));
         span.0 = span.0.min(ms);
         span.1 = span.1.max(ms);
     }
@@ -74,7 +98,7 @@ pub fn beat_spans(file: &Path) -> std::collections::BTreeMap<i32, (u64, u64)> {
 }
 
 /// The longest time, in ms, two drivers of [`beat_spans`] beat at once.
-pub fn longest_overlap(spans: &std::collections::BTreeMap<i32, (u64, u64)>) -> u64 {
+pub fn longest_overlap(spans: &std::collections::BTreeMap<String, (u64, u64)>) -> u64 {
     let all: Vec<(u64, u64)> = spans.values().copied().collect();
     let mut worst = 0;
     for (i, a) in all.iter().enumerate() {

@@ -16,7 +16,7 @@ use serde_json::{json, Value};
 use zerofoot_tests::modules::bundle;
 use zerofoot_tests::proxy::SilentProxy;
 use zerofoot_tests::{
-    beat_spans, longest_overlap, wait_process_gone, wait_until, Cluster, NodeFlags,
+    beat_spans, longest_overlap, run_processes, wait_run_gone, wait_until, Cluster, NodeFlags,
 };
 
 const LAPSE_MS: u64 = 250;
@@ -30,27 +30,27 @@ fn fast() -> Vec<String> {
     ]
 }
 
-/// Appends "<pid> <ms since epoch>" to params.file every 20 ms and emits an
-/// event per beat, forever; a child `sleep` records its pid in params.file.child.
+/// Appends "<run> <ms since epoch>" to params.file every 20 ms (the run is
+/// its HOME, the scratch dir every process of the run carries) and emits an
+/// event per beat, forever, with a child `sleep` beside it.
 const BEATER: &str = r#"#!/bin/sh
 input=$(cat)
 file=$(printf '%s' "$input" | jq -r '.params.file')
 sleep 600 &
-echo $! >> "$file.children"
 while true; do
-  echo "$$ $(date +%s%3N)" >> "$file"
+  echo "$HOME $(date +%s%3N)" >> "$file"
   echo "{\"type\":\"event\",\"data\":{\"pid\":$$}}"
   sleep 0.02
 done
 "#;
 
-/// Records its pid and that of a child, then sleeps without writing a byte
-/// (so no SIGPIPE could end it).
+/// Records its run (HOME) and starts a child, then sleeps without writing a
+/// byte (so no SIGPIPE could end it).
 const SLEEPER: &str = r#"#!/bin/sh
 input=$(cat)
 file=$(printf '%s' "$input" | jq -r '.params.file')
 sleep 600 &
-echo "$$ $!" > "$file"
+echo "$HOME" > "$file"
 wait
 "#;
 
@@ -167,23 +167,25 @@ async fn lead(cluster: &Cluster, not: Option<&str>) -> String {
     .await
 }
 
-async fn wait_new_driver(file: &Path, old: i32) -> i32 {
+/// A run other than `old` beating in `file`.
+async fn wait_new_driver(file: &Path, old: &str) -> String {
     wait_until(
-        "a driver of another pid beating",
+        "a driver of another run beating",
         Duration::from_secs(30),
         || async {
             let spans = beat_spans(file);
             spans
                 .keys()
-                .find(|pid| **pid != old)
-                .copied()
+                .find(|run| *run != old)
+                .cloned()
                 .ok_or_else(|| format!("{spans:?}"))
         },
     )
     .await
 }
 
-async fn first_driver(file: &Path) -> i32 {
+/// The first run beating in `file`.
+async fn first_driver(file: &Path) -> String {
     wait_until(
         "the first driver beating",
         Duration::from_secs(30),
@@ -191,25 +193,11 @@ async fn first_driver(file: &Path) -> i32 {
             beat_spans(file)
                 .keys()
                 .next()
-                .copied()
+                .cloned()
                 .ok_or_else(|| "no beat yet".to_string())
         },
     )
     .await
-}
-
-fn children(file: &Path) -> Vec<i32> {
-    std::fs::read_to_string(format!("{}.children", file.display()))
-        .unwrap_or_default()
-        .lines()
-        .filter_map(|l| l.trim().parse().ok())
-        .collect()
-}
-
-fn is_alive(pid: i32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .map(|stat| stat.split_whitespace().nth(2) != Some("Z"))
-        .unwrap_or(false)
 }
 
 #[tokio::test]
@@ -222,39 +210,32 @@ async fn a_killed_node_takes_its_drivers_along() {
     let sleep_file = cluster.shared_file("sleeper");
     submit(&cluster, "beater", "beat", json!({"file": beat_file})).await;
     submit(&cluster, "sleeper", "sleep", json!({"file": sleep_file})).await;
-    let monitor_pid = first_driver(&beat_file).await;
-    let (sync_pid, sync_child) = wait_until(
-        "the sync driver's pids",
-        Duration::from_secs(30),
-        || async {
-            let text = std::fs::read_to_string(&sleep_file).map_err(|e| e.to_string())?;
-            let mut pids = text
-                .split_whitespace()
-                .filter_map(|p| p.parse::<i32>().ok());
-            match (pids.next(), pids.next()) {
-                (Some(a), Some(b)) => Ok((a, b)),
-                _ => Err(text),
-            }
-        },
-    )
+    let monitor_run = first_driver(&beat_file).await;
+    let sync_run = wait_until("the sync driver's run", Duration::from_secs(30), || async {
+        let text = std::fs::read_to_string(&sleep_file).map_err(|e| e.to_string())?;
+        match text.trim() {
+            "" => Err("not yet".to_string()),
+            run => Ok(run.to_string()),
+        }
+    })
     .await;
-    let monitor_children = children(&beat_file);
-    assert!(
-        !monitor_children.is_empty(),
-        "the monitor's child sleep recorded its pid"
-    );
+    for (what, run) in [("monitor", &monitor_run), ("sync", &sync_run)] {
+        assert!(
+            run_processes(run).len() >= 2,
+            "the {what} driver and its child run: {:?}",
+            run_processes(run)
+        );
+    }
 
     cluster.nodes[0].kill();
     let killed_at = Instant::now();
-    for (what, pid) in [
-        ("the monitor's driver", monitor_pid),
-        ("the monitor driver's child", monitor_children[0]),
-        ("the sync driver", sync_pid),
-        ("the sync driver's child", sync_child),
+    for (what, run) in [
+        ("the monitor's driver and its child", &monitor_run),
+        ("the sync driver and its child", &sync_run),
     ] {
-        wait_process_gone(
-            &format!("{what} (pid {pid}) gone after its node was SIGKILLed"),
-            pid,
+        wait_run_gone(
+            &format!("{what} ({run}) gone after its node was SIGKILLed"),
+            run,
         )
         .await;
     }
@@ -275,14 +256,14 @@ async fn a_paused_lead_does_not_run_beside_its_successor() {
     cluster.nodes[paused].signal(Signal::SIGSTOP);
     let paused_at = Instant::now();
     lead(&cluster, Some(&first)).await;
-    let new = wait_new_driver(&file, old).await;
+    let new = wait_new_driver(&file, &old).await;
     // The fault lasts 8 lapses, well past the takeover.
     let pause = Duration::from_millis(8 * LAPSE_MS);
     if let Some(rest) = pause.checked_sub(paused_at.elapsed()) {
         tokio::time::sleep(rest).await;
     }
     assert!(
-        !is_alive(old),
+        run_processes(&old).is_empty(),
         "the paused node's driver {old} is still alive after {pause:?}"
     );
     cluster.nodes[paused].signal(Signal::SIGCONT);
@@ -319,10 +300,10 @@ async fn a_silently_partitioned_lead_stops_its_drivers() {
 
     proxy.set_silent(true);
     let cut_at = Instant::now();
-    wait_process_gone(&format!("the partitioned lead's driver {old} gone"), old).await;
+    wait_run_gone(&format!("the partitioned lead's driver {old} gone"), &old).await;
     eprintln!("old driver gone {:?} after the cut", cut_at.elapsed());
     lead(&cluster, Some(&first)).await;
-    let new = wait_new_driver(&file, old).await;
+    let new = wait_new_driver(&file, &old).await;
     let spans = beat_spans(&file);
     let overlap = longest_overlap(&spans);
     assert!(
@@ -456,14 +437,14 @@ async fn a_cancel_holds_when_its_owner_is_killed_right_after() {
     let index = cluster.node_index(&first);
     cluster.nodes[index].kill();
     let ctx = wait_state(&cluster, &op, "cancelled").await;
-    wait_process_gone("the cancelled monitor's driver", old).await;
+    wait_run_gone("the cancelled monitor's driver", &old).await;
     // Whoever leads now has had a lapse and more to take it: it must not.
     lead(&cluster, Some(&first)).await;
     let settled = context(&cluster, &op).await;
     assert_eq!(settled["state"], "cancelled", "{settled}");
     let spans = beat_spans(&file);
     assert_eq!(
-        spans.keys().copied().collect::<Vec<_>>(),
+        spans.keys().cloned().collect::<Vec<_>>(),
         vec![old],
         "never ran again: {ctx}"
     );

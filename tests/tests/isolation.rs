@@ -1,5 +1,5 @@
 //! Module code is untrusted: a hostile module tries to reach what only the
-//! node may (its environment, its redb file, the secrets key, the NATS
+//! node may (its environment and command line, its redb file, the secrets key, the NATS
 //! passwords, other modules' bundles, inherited descriptors, NATS itself)
 //! and to exhaust the machine (a fork bomb, 8 GiB). Every attempt fails, the
 //! operation reports what the driver printed, the node stays up and a
@@ -29,7 +29,9 @@ try() { # name command...
     echo "$name: denied ($(printf '%s' "$out" | head -c 120 | tr '\n' ' '))" >> "$report"
   fi
 }
-try node_environ cat /proc/$PPID/environ
+try node_environ cat /proc/$(param node_pid)/environ
+try node_cmdline cat /proc/$(param node_pid)/cmdline
+try parent_environ cat /proc/$PPID/environ
 try init_environ cat /proc/1/environ
 try node_store head -c 64 "$(param store)"
 try secrets_key cat "$(param secrets_key)"
@@ -98,8 +100,8 @@ async fn a_hostile_module_reaches_nothing_of_the_node_and_harms_no_one() {
 
     let (_, view) = cluster.get("/v1/cluster").await;
     assert_eq!(
-        view["nodes"][0]["sandbox"], "landlock",
-        "this kernel has Landlock (ABI 7): {view}"
+        view["nodes"][0]["sandbox"], "landlock+pid-namespace",
+        "this kernel has Landlock (ABI 7), and the node runs as root: {view}"
     );
     let node_id = cluster.node_id(0);
     let auth_dir = cluster.dir.path().join("nats-auth");
@@ -112,6 +114,7 @@ async fn a_hostile_module_reaches_nothing_of_the_node_and_harms_no_one() {
         "cluster": cluster.cluster,
         "other_node": format!("{node_id}-not"),
         "nats_port": cluster.nats.port,
+        "node_pid": cluster.nodes[0].pid().as_raw(),
     });
     let attack = {
         let http = cluster.http.clone();
@@ -140,7 +143,7 @@ async fn a_hostile_module_reaches_nothing_of_the_node_and_harms_no_one() {
         .filter_map(Value::as_str)
         .map(str::to_string)
         .collect();
-    assert_eq!(report.len(), 14, "every attempt reported: {report:#?}");
+    assert_eq!(report.len(), 16, "every attempt reported: {report:#?}");
     let allowed: Vec<&String> = report.iter().filter(|l| l.contains("ALLOWED")).collect();
     assert!(
         allowed.is_empty(),

@@ -20,7 +20,7 @@ every=$(printf '%s' "$input" | jq -r '.params.every // 10')
 keyed=$(printf '%s' "$input" | jq -r 'if .params.keyed == false then "no" else "yes" end')
 pause=$(printf '%s' "$input" | jq -r '.params.pause // 0.01')
 pidfile=$(printf '%s' "$input" | jq -r '.params.pidfile // empty')
-[ -n "$pidfile" ] && echo $$ > "$pidfile"
+[ -n "$pidfile" ] && echo "$HOME" > "$pidfile"
 while [ "$n" -lt "$total" ]; do
   n=$((n + 1))
   if [ "$keyed" = yes ]; then
@@ -404,11 +404,11 @@ async fn a_crashing_monitor_fails_after_five_tries_and_cancel_stops_a_running_on
     )
     .await;
     wait_events(&cluster, &op, 5).await;
-    let pid: i32 = std::fs::read_to_string(&pidfile)
-        .expect("pid file")
+    // The run's scratch dir: every process of the run carries it as HOME.
+    let run = std::fs::read_to_string(&pidfile)
+        .expect("run file")
         .trim()
-        .parse()
-        .expect("pid");
+        .to_string();
     let r = cluster
         .http
         .delete(cluster.url(&format!("/v1/operations/{op}")))
@@ -418,7 +418,7 @@ async fn a_crashing_monitor_fails_after_five_tries_and_cancel_stops_a_running_on
     assert_eq!(r.status(), 202);
     let started = std::time::Instant::now();
     wait_state(&cluster, &op, "cancelled", Duration::from_secs(10)).await;
-    zerofoot_tests::wait_process_gone("the driver's process to be gone", pid).await;
+    zerofoot_tests::wait_run_gone("the driver's processes to be gone", &run).await;
     assert!(
         started.elapsed() < Duration::from_secs(12),
         "gone within the TERM grace: {:?}",

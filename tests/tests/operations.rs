@@ -163,7 +163,7 @@ async fn failing_slow_and_noisy_drivers_fail_clearly_and_the_node_stays_up() {
 cat >/dev/null
 case "$1" in
 fail) echo "disk on fire" >&2; exit 3 ;;
-slow) sleep 300 & echo $! > {pid}; sleep 300 ;;
+slow) sleep 300 & echo "$HOME" > {pid}; sleep 300 ;;
 noisy) head -c 2097152 /dev/zero | tr '\0' 'x'; echo ;;
 ok) echo '{{"type":"result","data":"fine"}}' ;;
 esac
@@ -214,12 +214,11 @@ esac
         took < Duration::from_secs(60),
         "answered long after the timeout: {took:?}"
     );
-    let pid: i32 = std::fs::read_to_string(&pid_file)
-        .expect("grandchild pid")
+    let slow_run = std::fs::read_to_string(&pid_file)
+        .expect("the slow run's HOME")
         .trim()
-        .parse()
-        .expect("pid");
-    zerofoot_tests::wait_process_gone("the driver's grandchild to be gone", pid).await;
+        .to_string();
+    zerofoot_tests::wait_run_gone("the driver and its grandchild to be gone", &slow_run).await;
 
     let (status, ctx) = run("noisy").await;
     assert_eq!(

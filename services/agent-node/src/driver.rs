@@ -359,8 +359,11 @@ mod tests {
             stdin_after: gate,
             timeout: Some(Duration::from_secs(10)),
             max_output: None,
-            launcher: crate::launcher::Launcher::new(Some(&built_shim()), None)
-                .expect("zf-driver-shim built (cargo build --bins)"),
+            launcher: crate::launcher::Launcher::new(
+                crate::launcher::locate_shim(Some(&built_shim()))
+                    .expect("zf-driver-shim built (cargo build --bins)"),
+                None,
+            ),
             sandbox: crate::shim_spec::Sandbox::default(),
         };
         let (tx, mut rx) = tokio::sync::mpsc::channel(8);

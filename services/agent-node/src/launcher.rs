@@ -21,6 +21,36 @@ pub struct LauncherError {
     reason: String,
 }
 
+/// The shim's path: `configured`, or next to this program; checked to be
+/// an executable file.
+pub fn locate_shim(configured: Option<&Path>) -> Result<PathBuf, LauncherError> {
+    let shim = match configured {
+        Some(path) => path.to_path_buf(),
+        None => std::env::current_exe()
+            .map_err(|e| LauncherError {
+                path: SHIM_NAME.into(),
+                reason: format!("cannot find this program: {e}"),
+            })?
+            .with_file_name(SHIM_NAME),
+    };
+    let executable = std::fs::metadata(&shim)
+        .map(|m| {
+            use std::os::unix::fs::PermissionsExt;
+            m.is_file() && m.permissions().mode() & 0o111 != 0
+        })
+        .map_err(|e| LauncherError {
+            path: shim.display().to_string(),
+            reason: e.to_string(),
+        })?;
+    if !executable {
+        return Err(LauncherError {
+            path: shim.display().to_string(),
+            reason: "not an executable file".into(),
+        });
+    }
+    Ok(shim)
+}
+
 #[derive(Clone)]
 pub struct Launcher {
     shim: PathBuf,
@@ -28,33 +58,8 @@ pub struct Launcher {
 }
 
 impl Launcher {
-    /// A launcher through `shim` (default: next to this program).
-    pub fn new(shim: Option<&Path>, watchdog: Option<Watchdog>) -> Result<Self, LauncherError> {
-        let shim = match shim {
-            Some(path) => path.to_path_buf(),
-            None => std::env::current_exe()
-                .map_err(|e| LauncherError {
-                    path: SHIM_NAME.into(),
-                    reason: format!("cannot find this program: {e}"),
-                })?
-                .with_file_name(SHIM_NAME),
-        };
-        let executable = std::fs::metadata(&shim)
-            .map(|m| {
-                use std::os::unix::fs::PermissionsExt;
-                m.is_file() && m.permissions().mode() & 0o111 != 0
-            })
-            .map_err(|e| LauncherError {
-                path: shim.display().to_string(),
-                reason: e.to_string(),
-            })?;
-        if !executable {
-            return Err(LauncherError {
-                path: shim.display().to_string(),
-                reason: "not an executable file".into(),
-            });
-        }
-        Ok(Self { shim, watchdog })
+    pub fn new(shim: PathBuf, watchdog: Option<Watchdog>) -> Self {
+        Self { shim, watchdog }
     }
 
     pub fn watchdog(&self) -> Option<&Watchdog> {

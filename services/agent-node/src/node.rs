@@ -57,7 +57,15 @@ async fn serve(
     let node_id = data_dir.node_id().to_string();
     let names = args.nats.names();
     tracing::info!(data_dir = %data_dir.root().display(), "starting");
-    let sandboxes = crate::sandbox::Sandboxes::new(&args.sandbox, &node_id)?;
+    let shim = crate::launcher::locate_shim(args.driver_shim.as_deref())?;
+    let sandboxes = {
+        let (sandbox_args, node_id, shim) = (args.sandbox.clone(), node_id.clone(), shim.clone());
+        tokio::task::spawn_blocking(move || {
+            crate::sandbox::Sandboxes::new(&sandbox_args, &node_id, &shim)
+        })
+        .await
+        .context("sandbox task failed")??
+    };
     let scratch_root = data_dir.root().join("scratch");
     let cache_root = data_dir.root().join("modules");
     {
@@ -144,7 +152,7 @@ async fn serve(
             .context("cannot find this program to start the driver watchdog")?;
         crate::watchdog::Watchdog::start(&program, lapse + interval)?
     };
-    let launcher = crate::launcher::Launcher::new(args.driver_shim.as_deref(), Some(watchdog))?;
+    let launcher = crate::launcher::Launcher::new(shim, Some(watchdog));
     let liveness = Liveness::new(lapse, interval);
     tracing::info!(fence_budget = ?liveness.budget(), "this node fences itself when NATS has not answered for the fence budget");
     tasks.spawn(

@@ -73,6 +73,7 @@ pub struct Sandboxes {
 struct Inner {
     users: Users,
     landlock: bool,
+    pid_namespace: bool,
     readable: Vec<PathBuf>,
     writable: Vec<PathBuf>,
     ceilings: DriverLimits,
@@ -97,7 +98,9 @@ impl Drop for DriverSlot {
 }
 
 impl Sandboxes {
-    pub fn new(args: &SandboxArgs, node_id: &str) -> Result<Self, SandboxError> {
+    /// `shim` is asked whether this machine lets it give drivers a PID
+    /// namespace of their own.
+    pub fn new(args: &SandboxArgs, node_id: &str, shim: &Path) -> Result<Self, SandboxError> {
         if args.max_drivers == 0 || args.max_drivers > MAX_DRIVERS_LIMIT {
             return Err(SandboxError::MaxDrivers(args.max_drivers));
         }
@@ -119,11 +122,16 @@ impl Sandboxes {
                 "drivers run as this node's own user: they could read what the node may read outside Landlock's rules; run the node as root to give each driver its own user"
             ),
         }
+        let pid_namespace = users != Users::Node && probe_pid_namespace(shim);
+        if users != Users::Node && !pid_namespace {
+            tracing::warn!("drivers cannot get a PID namespace of their own here (a container without CAP_SYS_ADMIN?): they can list this machine's processes and read their command lines");
+        }
         let mb = |v: u64| (v > 0).then_some(v);
         Ok(Self {
             inner: Arc::new(Inner {
                 users,
                 landlock,
+                pid_namespace,
                 readable: args.driver_readable.clone(),
                 writable: args.driver_writable.clone(),
                 ceilings: DriverLimits {
@@ -138,12 +146,14 @@ impl Sandboxes {
         })
     }
 
-    /// What `GET /v1/cluster` shows for this node's filesystem sandbox.
+    /// What `GET /v1/cluster` shows for this node's sandbox: `landlock`
+    /// (filesystem), `+pid-namespace` where drivers get their own, or `none`.
     pub fn kind(&self) -> &'static str {
-        if self.inner.landlock {
-            "landlock"
-        } else {
-            "none"
+        match (self.inner.landlock, self.inner.pid_namespace) {
+            (true, true) => "landlock+pid-namespace",
+            (true, false) => "landlock",
+            (false, true) => "pid-namespace",
+            (false, false) => "none",
         }
     }
 
@@ -238,6 +248,29 @@ impl Sandboxes {
                 cpu_seconds: limits.cpu_s,
             },
             paths,
+            pid_namespace: self.inner.pid_namespace,
+        }
+    }
+}
+
+/// Runs `shim --probe-pid-namespace` (a root node only: it needs the
+/// privilege to make namespaces and mount /proc).
+fn probe_pid_namespace(shim: &Path) -> bool {
+    match std::process::Command::new(shim)
+        .arg("--probe-pid-namespace")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .output()
+    {
+        Ok(out) if out.status.success() => true,
+        Ok(out) => {
+            tracing::info!(reason = %String::from_utf8_lossy(&out.stderr).trim(), "no PID namespaces for drivers");
+            false
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot ask the driver shim about PID namespaces");
+            false
         }
     }
 }

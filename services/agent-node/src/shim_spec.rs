@@ -30,6 +30,9 @@ pub struct Sandbox {
     /// Landlock: the only paths the driver may touch, and how. `None` when
     /// the kernel has no Landlock.
     pub paths: Option<AllowedPaths>,
+    /// A PID namespace and /proc of its own (where the node may make one).
+    #[serde(default)]
+    pub pid_namespace: bool,
 }
 
 #[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]

@@ -30,7 +30,7 @@ n=$(printf '%s' "$input" | jq -r '.checkpoint.n // 0')
 total=$(printf '%s' "$input" | jq -r '.params.total')
 beats=$(printf '%s' "$input" | jq -r '.params.beats')
 while [ "$n" -lt "$total" ]; do
-  echo "$$ $(date +%s%3N)" >> "$beats"
+  echo "$HOME $(date +%s%3N)" >> "$beats"
   n=$((n + 1))
   echo "{\"type\":\"event\",\"key\":\"$n\",\"data\":{\"n\":$n}}"
   [ $((n % 10)) -eq 0 ] && echo "{\"type\":\"checkpoint\",\"data\":{\"n\":$n}}"

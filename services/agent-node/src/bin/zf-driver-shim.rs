@@ -6,6 +6,8 @@
 //! - it leads its own session and process group (the group the node and its
 //!   watchdog kill);
 //! - it keeps no file descriptor but stdin, stdout and stderr;
+//! - where the node can, it gives the driver a PID namespace of its own
+//!   with its own /proc (see `in_own_pid_namespace`);
 //! - it sets the resource limits, drops to the driver's user and group, and
 //!   confines the filesystem with Landlock (and signals to its own domain);
 //! - then it execs the driver in place, so the driver has the shim's pid.
@@ -32,6 +34,9 @@ use shim_spec::{AllowedPaths, DriverUser, Limits, ShimSpec};
 const CANNOT_START: u8 = 127;
 
 fn main() -> ExitCode {
+    if std::env::args().nth(1).as_deref() == Some("--probe-pid-namespace") {
+        return probe_pid_namespace();
+    }
     let spec = match std::env::args()
         .nth(1)
         .as_deref()
@@ -62,6 +67,15 @@ fn start(spec: &ShimSpec) -> Result<Infallible, String> {
     }
     nix::unistd::setsid().map_err(|e| format!("cannot start a session: {e}"))?;
     close_inherited_descriptors()?;
+    if spec.sandbox.pid_namespace {
+        return in_own_pid_namespace(spec);
+    }
+    run_driver(spec, spec.parent)
+}
+
+/// Confines this process and execs the driver; `parent` is who must still
+/// be its parent by then.
+fn run_driver(spec: &ShimSpec, parent: i32) -> Result<Infallible, String> {
     set_limits(&spec.sandbox.limits)?;
     if let Some(user) = spec.sandbox.user {
         become_user(user)?;
@@ -69,17 +83,159 @@ fn start(spec: &ShimSpec) -> Result<Infallible, String> {
     if let Some(paths) = &spec.sandbox.paths {
         confine(paths)?;
     }
-    // The driver's own process group gets the parent-death signal too: set
-    // again after the credential change, which clears it.
+    // Set again after the credential change, which clears it.
     nix::sys::prctl::set_pdeathsig(Signal::SIGKILL)
         .map_err(|e| format!("cannot ask to die with the node: {e}"))?;
-    if nix::unistd::getppid().as_raw() != spec.parent {
+    if nix::unistd::getppid().as_raw() != parent {
         return Err("the node that started this driver is gone".into());
     }
     let err = std::process::Command::new(&spec.program)
         .args(&spec.args)
         .exec();
     Err(format!("cannot start {}: {err}", spec.program.display()))
+}
+
+/// Runs the driver as pid 2 of a PID namespace of its own, under a small
+/// init (pid 1, this program) that only reaps, with its own /proc: the
+/// driver sees no process but its own, and when it ends, the kernel kills
+/// whatever it left in the namespace, even processes that left its group.
+/// This process stays as the node's child (the pid the node and watchdog
+/// know, leader of the group every process here is in) and ends as the
+/// driver ended. Signals to the group reach the driver directly; the two
+/// shims ignore SIGTERM, SIGINT and SIGHUP and end with it.
+fn in_own_pid_namespace(spec: &ShimSpec) -> Result<Infallible, String> {
+    use nix::sched::{unshare, CloneFlags};
+    use nix::unistd::{fork, ForkResult};
+    unshare(CloneFlags::CLONE_NEWPID | CloneFlags::CLONE_NEWNS)
+        .map_err(|e| format!("cannot make a PID namespace: {e}"))?;
+    ignore_stop_signals();
+    // SAFETY: this process has one thread.
+    match unsafe { fork() }.map_err(|e| format!("cannot fork the namespace's init: {e}"))? {
+        ForkResult::Parent { child } => {
+            release_driver_pipes();
+            exit_as(child)
+        }
+        ForkResult::Child => {
+            // pid 1 of the namespace; dies with the outer shim.
+            nix::sys::prctl::set_pdeathsig(Signal::SIGKILL)
+                .map_err(|e| format!("cannot ask to die with the node: {e}"))?;
+            mount_own_proc()?;
+            // SAFETY: still one thread.
+            match unsafe { fork() }.map_err(|e| format!("cannot fork the driver: {e}"))? {
+                ForkResult::Child => {
+                    restore_stop_signals();
+                    run_driver(spec, 1)
+                }
+                ForkResult::Parent { child } => {
+                    release_driver_pipes();
+                    reap_until(child)
+                }
+            }
+        }
+    }
+}
+
+fn ignore_stop_signals() {
+    use nix::sys::signal::{signal, SigHandler};
+    for sig in [Signal::SIGTERM, Signal::SIGINT, Signal::SIGHUP] {
+        // SAFETY: ignoring a signal installs no handler code.
+        let _ = unsafe { signal(sig, SigHandler::SigIgn) };
+    }
+}
+
+fn restore_stop_signals() {
+    use nix::sys::signal::{signal, SigHandler};
+    for sig in [Signal::SIGTERM, Signal::SIGINT, Signal::SIGHUP] {
+        // SAFETY: the default disposition installs no handler code.
+        let _ = unsafe { signal(sig, SigHandler::SigDfl) };
+    }
+}
+
+/// The shims must not keep the driver's stdin or stdout open: the node
+/// reads stdout to its end. stderr stays, for their own messages.
+fn release_driver_pipes() {
+    let _ = nix::unistd::close(0);
+    let _ = nix::unistd::close(1);
+}
+
+/// A /proc of this namespace alone, on a mount this namespace alone sees.
+fn mount_own_proc() -> Result<(), String> {
+    use nix::mount::{mount, MsFlags};
+    mount(
+        None::<&str>,
+        "/",
+        None::<&str>,
+        MsFlags::MS_REC | MsFlags::MS_PRIVATE,
+        None::<&str>,
+    )
+    .map_err(|e| format!("cannot make mounts private: {e}"))?;
+    mount(
+        Some("proc"),
+        "/proc",
+        Some("proc"),
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
+        None::<&str>,
+    )
+    .map_err(|e| format!("cannot mount /proc for the namespace: {e}"))
+}
+
+/// The namespace's init: reaps every process until `driver` ends, then
+/// ends with its status (the kernel then kills the rest).
+fn reap_until(driver: nix::unistd::Pid) -> Result<Infallible, String> {
+    use nix::sys::wait::{waitpid, WaitStatus};
+    loop {
+        match waitpid(None, None) {
+            Ok(WaitStatus::Exited(pid, code)) if pid == driver => std::process::exit(code),
+            Ok(WaitStatus::Signaled(pid, sig, _)) if pid == driver => {
+                std::process::exit(128 + sig as i32)
+            }
+            Ok(_) => continue,
+            Err(nix::errno::Errno::EINTR) => continue,
+            Err(e) => return Err(format!("cannot wait for the driver: {e}")),
+        }
+    }
+}
+
+/// Waits for `child` and ends the same way: its exit code, or its signal.
+fn exit_as(child: nix::unistd::Pid) -> Result<Infallible, String> {
+    use nix::sys::wait::{waitpid, WaitStatus};
+    loop {
+        match waitpid(child, None) {
+            Ok(WaitStatus::Exited(_, code)) => std::process::exit(code),
+            Ok(WaitStatus::Signaled(_, sig, _)) => {
+                restore_stop_signals();
+                let _ = nix::sys::signal::raise(sig);
+                std::process::exit(128 + sig as i32)
+            }
+            Ok(_) | Err(nix::errno::Errno::EINTR) => continue,
+            Err(e) => return Err(format!("cannot wait for the namespace's init: {e}")),
+        }
+    }
+}
+
+/// `--probe-pid-namespace`: whether this machine lets the shim make a PID
+/// namespace with its own /proc (root, and a container allowing mounts).
+fn probe_pid_namespace() -> ExitCode {
+    use nix::sched::{unshare, CloneFlags};
+    use nix::unistd::{fork, ForkResult};
+    if let Err(e) = unshare(CloneFlags::CLONE_NEWPID | CloneFlags::CLONE_NEWNS) {
+        return fail(&format!("no PID namespace: {e}"));
+    }
+    // SAFETY: this process has one thread.
+    match unsafe { fork() } {
+        Ok(ForkResult::Child) => match mount_own_proc() {
+            Ok(()) => std::process::exit(0),
+            Err(e) => {
+                eprintln!("zf-driver-shim: {e}");
+                std::process::exit(i32::from(CANNOT_START))
+            }
+        },
+        Ok(ForkResult::Parent { child }) => match nix::sys::wait::waitpid(child, None) {
+            Ok(nix::sys::wait::WaitStatus::Exited(_, 0)) => ExitCode::SUCCESS,
+            _ => ExitCode::from(CANNOT_START),
+        },
+        Err(e) => fail(&format!("cannot fork: {e}")),
+    }
 }
 
 /// Closes every descriptor above stderr: whatever the node (or a library
