@@ -268,3 +268,56 @@ async fn a_secret_given_in_the_environment_reaches_no_child() {
         "the node says the key should be a file"
     );
 }
+
+/// Notes its run (HOME) and the time when it starts and ends, a second apart.
+const SLOW: &str = r#"#!/bin/sh
+file=$(jq -r '.params.file')
+echo "$HOME $(date +%s%3N)" >> "$file"
+sleep 1
+echo "$HOME $(date +%s%3N)" >> "$file"
+echo '{"type":"result","data":"done"}'
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn beyond_max_drivers_work_waits_for_a_place() {
+    let mut cluster = Cluster::start(0).await;
+    cluster.add_node(&zerofoot_tests::NodeFlags(vec![
+        "--max-drivers".into(),
+        "1".into(),
+    ]));
+    cluster.wait_nodes_up(1).await;
+    cluster
+        .publish(bundle(
+            "slow",
+            "1.0.0",
+            json!({"run": {"kind": "sync", "timeout_ms": 30000}}),
+            SLOW,
+        ))
+        .await;
+    cluster.wait_module("slow", "1.0.0").await;
+    let file = cluster.shared_file("runs");
+    let calls = (0..2).map(|_| {
+        let http = cluster.http.clone();
+        let url = cluster.url("/v1/operations");
+        let body = json!({"module": "slow", "operation": "run", "params": {"file": file}});
+        tokio::spawn(async move {
+            let response = http.post(url).json(&body).send().await.expect("POST");
+            zerofoot_tests::status_and_json(response).await
+        })
+    });
+    for call in futures::future::join_all(calls).await {
+        let (status, ctx) = call.expect("call");
+        assert_eq!(
+            (status, &ctx["result"]),
+            (200, &json!("done")),
+            "both complete, one after the other: {ctx}"
+        );
+    }
+    let spans = zerofoot_tests::beat_spans(&file);
+    assert_eq!(spans.len(), 2, "two runs: {spans:?}");
+    assert_eq!(
+        zerofoot_tests::longest_overlap(&spans),
+        0,
+        "with --max-drivers 1 the second driver waited for the first: {spans:?}"
+    );
+}

@@ -248,6 +248,21 @@ mod tests {
     }
 
     #[test]
+    fn an_operation_may_ask_for_limits() {
+        let m = manifest(serde_json::json!({"operations": {"scan": {"kind": "sync",
+            "limits": {"memory_mb": 256, "processes": 16}}}}))
+        .expect("valid");
+        assert_eq!(
+            m.operations["scan"].limits,
+            DriverLimits {
+                memory_mb: Some(256),
+                processes: Some(16),
+                ..DriverLimits::default()
+            }
+        );
+    }
+
+    #[test]
     fn bad_fields_are_named() {
         let cases = [
             (serde_json::json!({"name": "Bad_Name"}), "name"),
@@ -257,6 +272,14 @@ mod tests {
             (serde_json::json!({"entrypoint": "/bin/sh"}), "entrypoint"),
             (serde_json::json!({"entrypoint": ""}), "entrypoint"),
             (serde_json::json!({"operations": {}}), "operations"),
+            (
+                serde_json::json!({"operations": {"x": {"kind": "sync", "limits": {"memroy_mb": 5}}}}),
+                "unknown field `memroy_mb`",
+            ),
+            (
+                serde_json::json!({"operations": {"x": {"kind": "sync", "limits": {"processes": -1}}}}),
+                "invalid value",
+            ),
             (
                 serde_json::json!({"operations": {"x": {"kind": "daily"}}}),
                 "unknown variant",
