@@ -6,7 +6,9 @@
 # that each service mounts only the key files and NATS password it needs and
 # that each node logs in to NATS as its own user; then through the published
 # HTTP port uploads a module, seals a resource secret that a node opens, runs
-# a sync operation and a keyed monitor, kills the lead's container, checks the
+# a sync operation, a hostile module that must reach nothing of the node it
+# runs on (as tests/tests/isolation.rs, in the containers) while an innocent
+# one runs beside it, and a keyed monitor, kills the lead's container, checks the
 # monitor resumed with every event exactly once, that NATS refuses anonymous
 # clients and that no service was refused a subject, then removes everything
 # (`down -v`). docker-compose.ha.yml is validated (`config -q`), not started.
@@ -176,6 +178,192 @@ result=$(curl -sf "$api/v1/operations" -H 'content-type: application/json' \
   -d '{"module": "vault", "operation": "digest", "resource": "db-1"}')
 [ "$(jq -r .result.digest <<<"$result")" = "$(printf '%s' "$secret" | sha256sum | cut -d' ' -f1)" ] || fail "the node did not open the secret: $result"
 echo "compose-test: a resource secret sealed by management opened on a node"
+
+# A hostile module in the containers, as tests/tests/isolation.rs runs one
+# outside Docker: it tries to reach what only the node may (the node's
+# environment and command line, its redb file, the secrets key, its NATS
+# password and folder, another module's bundle and its own, signalling the
+# node, 8 GiB, a fork bomb, NATS without credentials) and reports each
+# attempt; every one must be denied, while an innocent module runs beside it.
+# A sync operation goes to any node of the queue group and a driver cannot
+# list /data/modules (that is one of the attempts), so the victim is run until
+# its bundle is unpacked on all three nodes: wherever the attack lands, the
+# victim's bundle is at /data/modules/<its digest> there.
+mkdir -p "$work/victim/bin" "$work/hostile/bin"
+cat >"$work/victim/module.json" <<'JSON'
+{"name": "victim", "version": "1.0.0", "entrypoint": "bin/run", "operations": {"run": {"kind": "sync"}}}
+JSON
+cat >"$work/victim/bin/run" <<'SH'
+#!/bin/sh
+cat >/dev/null
+echo '{"type":"result","data":"fine"}'
+SH
+cat >"$work/hostile/module.json" <<'JSON'
+{"name": "hostile", "version": "1.0.0", "entrypoint": "bin/run", "operations": {"attack": {"kind": "sync", "timeout_ms": 60000, "retries": 0, "limits": {"processes": 32, "memory_mb": 512}}}}
+JSON
+# Tries everything; writes `name: denied (<why>)` or `name: ALLOWED <evidence>`
+# a line each, and answers with the lines (busybox sh and applets, jq, curl).
+cat >"$work/hostile/bin/run" <<'SH'
+#!/bin/sh
+input=$(cat)
+param() { printf '%s' "$input" | jq -r ".params.$1"; }
+# What a program the driver starts holds: ls's own descriptors are 0-2 and
+# the one it reads the directory with, which is 3 unless 3 was inherited.
+ls /proc/self/fd > "$HOME/fds"
+uid=$(id -u)
+hold=$(param hold_s)
+node_pid=$(param node_pid)
+bundle=$(cd "$(dirname "$0")/.." && pwd)
+report="$HOME/report"
+try() { # name command...
+  name=$1; shift
+  if out=$("$@" 2>&1); then
+    echo "$name: ALLOWED $(printf '%s' "$out" | head -c 120 | tr '\n' ' ')" >> "$report"
+  else
+    echo "$name: denied ($(printf '%s' "$out" | head -c 120 | tr '\n' ' '))" >> "$report"
+  fi
+}
+# The node's command line: what /proc/<node_pid>/cmdline holds counts only if
+# it is the node's (in a PID namespace of the driver's own, pid 1 is its init).
+node_cmdline() {
+  cmdline=$(tr '\0' ' ' < "/proc/$node_pid/cmdline") || return 1
+  echo "$cmdline"
+  case $cmdline in *zf-agent-node*) return 0 ;; *) echo "(not the node's)"; return 1 ;; esac
+}
+# NATS with the only credentials a driver could find: none. A heartbeat in
+# another node's name, then PING: a PONG would mean the server took it all.
+nats_publish() {
+  printf 'CONNECT {"verbose":true}\r\nPUB zf.%s.node.%s.heartbeat 2\r\nhi\r\nPING\r\n' "$(param cluster)" "$(param other_node)" |
+    curl -s --max-time 2 "telnet://$(param nats)" > "$HOME/nats"
+  tr -d '\r' < "$HOME/nats" | grep -e '^-ERR' -e '^+OK' -e '^PONG'
+  grep -q PONG "$HOME/nats"
+}
+try node_environ cat "/proc/$node_pid/environ"
+try node_cmdline node_cmdline
+try parent_environ cat "/proc/$PPID/environ"
+try init_environ cat /proc/1/environ
+try node_store head -c 64 "$(param store)"
+try secrets_key cat "$(param secrets_key)"
+try nats_passwords_list ls "$(param nats_auth)"
+try nats_password cat "$(param nats_password)"
+try modules_list ls "$(param modules)"
+try other_bundle_list ls "$(param other_bundle)"
+try other_bundle_read cat "$(param other_bundle)/module.json"
+try other_bundle_write sh -c "echo pwned >> '$(param other_bundle)/bin/run'"
+try own_bundle_write sh -c "echo pwned >> '$bundle/bin/run'"
+try own_bundle_create sh -c "echo pwned > '$bundle/new-file'"
+try signal_node kill -0 "$node_pid"
+try signal_parent kill -0 "$PPID"
+try memory_8g dd if=/dev/zero of=/dev/null bs=8G count=1
+try nats_publish nats_publish
+# A fork bomb, stopped by the operation's process limit; its processes stay
+# while the driver holds on (innocent operations run meanwhile).
+( n=0; while [ $n -lt 400 ]; do sleep 30 & n=$((n+1)); echo $n >> "$HOME/forks"; done ) 2>"$HOME/bomb"
+sleep "$hold"
+forks=$(tail -n 1 "$HOME/forks" 2>/dev/null)
+echo "fork bomb stopped after ${forks:-0} processes: $(head -c 200 "$HOME/bomb")" >&2
+jq -cn --rawfile report "$report" --rawfile fds "$HOME/fds" --arg uid "$uid" --arg forks "${forks:-0}" \
+  '{type: "result", data: {report: ($report | split("\n") | map(select(. != ""))), fds: ($fds | split("\n") | map(select(. != ""))), uid: ($uid | tonumber), forks: ($forks | tonumber)}}'
+SH
+chmod +x "$work/victim/bin/run" "$work/hostile/bin/run"
+upload() { # name: uploads $work/<name> and prints its digest
+  local bundle code
+  bundle=$(scripts/pack-module.sh "$work/$1" "$work/$1.tar.gz" | cut -d' ' -f1)
+  code=$(curl -s -o "$work/$1.upload.json" -w '%{http_code}' --data-binary @"$bundle" "$api/v1/modules")
+  [ "$code" = 201 ] || fail "upload of $1 answered $code: $(cat "$work/$1.upload.json")"
+  jq -er '.digest | select(startswith("sha256:"))' "$work/$1.upload.json" || fail "no digest in $1's upload: $(cat "$work/$1.upload.json")"
+}
+victim_digest=$(upload victim)
+hostile_digest=$(upload hostile)
+run_victim() { # why: an innocent operation must complete with its result
+  local result
+  result=$(curl -s "$api/v1/operations" -H 'content-type: application/json' -d '{"module": "victim", "operation": "run"}')
+  [ "$(jq -c '[.state, .result]' <<<"$result" 2>/dev/null)" = '["complete","fine"]' ] || fail "$1: $result"
+}
+missing="1 2 3" runs=0
+while :; do
+  still=""
+  for n in $missing; do
+    dc exec -T "node-$n" test -d "/data/modules/$victim_digest" || still+="$n "
+  done
+  missing=$still
+  [ -z "$missing" ] && break
+  [ $runs -lt 40 ] || fail "the victim's bundle is not on node(s) $missing after $runs runs"
+  run_victim "the victim before the attack"
+  runs=$((runs + 1))
+done
+# Everything the attack goes for is there on every node (a denial must not
+# be for want of a target).
+for n in 1 2 3; do
+  dc exec -T "node-$n" sh -c 'test -s /data/node.redb && test -s /run/zf-secrets/secrets.key && test -s /run/zf-nats/password && test -s "/data/modules/$1/module.json" && [ "$(cat /proc/1/comm)" = zf-agent-node ]' sh "$victim_digest" ||
+    fail "node-$n lacks a target of the attack (redb, secrets key, NATS password, the victim's bundle, or the node as pid 1)"
+done
+echo "compose-test: the victim's bundle is unpacked on every node ($runs runs); nodes report sandbox: $(curl -sf "$api/v1/cluster" | jq -r '[.nodes[] | "\(.id)=\(.sandbox)"] | sort | join(" ")')"
+dc logs --no-color node-1 node-2 node-3 2>&1 | grep -E 'Landlock|PID namespace' | sed -E 's/^([^ |]+)[ |]+.*(WARN|INFO)/\1 \2/' | cut -c1-200 | sort -u | sed 's/^/compose-test:   log: /' || true
+
+params=$(jq -nc --arg other "/data/modules/$victim_digest" --arg cluster "$cluster" \
+  '{store: "/data/node.redb", secrets_key: "/run/zf-secrets/secrets.key", nats_auth: "/run/zf-nats",
+    nats_password: "/run/zf-nats/password", modules: "/data/modules", other_bundle: $other,
+    cluster: $cluster, other_node: "node-2", nats: "nats:4222", node_pid: 1, hold_s: 8}')
+curl -s -o "$work/attack.json" -w '%{http_code}' "$api/v1/operations" -H 'content-type: application/json' \
+  -d "{\"module\": \"hostile\", \"operation\": \"attack\", \"params\": $params}" >"$work/attack.code" &
+attack_call=$!
+attack_running() { attack=$(curl -sf "$api/v1/operations?module=hostile&limit=1" | jq -er '.operations[0] | select(.state == "running") | .id'); }
+wait_for 30 "the hostile operation to run" attack_running
+# Innocent work goes on while the attack runs.
+for i in 1 2 3; do run_victim "an innocent operation beside the hostile one"; done
+state=$(curl -sf "$api/v1/operations/$attack" | jq -r .state)
+[ "$state" = running ] || fail "the hostile operation was $state before the innocent ones were done: they did not run beside it"
+wait "$attack_call" || fail "the hostile operation's call failed"
+ctx=$(cat "$work/attack.json")
+[ "$(cat "$work/attack.code")" = 200 ] && [ "$(jq -r .state <<<"$ctx")" = complete ] || fail "the hostile operation did not complete ($(cat "$work/attack.code")): $ctx"
+[ "$(jq -c '[.attempts[].outcome] | length' <<<"$ctx")" = 1 ] || fail "the hostile operation ran more than once: $(jq -c .attempts <<<"$ctx")"
+node=$(jq -r '.attempts[0].node' <<<"$ctx")
+sandbox=$(curl -sf "$api/v1/cluster" | jq -r --arg n "$node" '.nodes[] | select(.id == $n) | .sandbox')
+[ -n "$sandbox" ] || fail "no sandbox reported for $node"
+echo "compose-test: the hostile module ran on $node (sandbox: $sandbox); it reported:"
+jq -r '.result.report[]' <<<"$ctx" | sed 's/^/compose-test:   /'
+[ "$(jq '.result.report | length' <<<"$ctx")" = 18 ] || fail "not every attempt reported: $(jq -c .result <<<"$ctx")"
+if ! grep -qw pid-namespace <<<"$sandbox"; then
+  echo "compose-test: node_cmdline not asserted: $node's drivers have no PID namespace of their own (sandbox: $sandbox), so a driver can read the node's command line (documented in docs/SECURITY.md)"
+  allowed=$(jq -r '.result.report[] | select(contains("ALLOWED")) | select(startswith("node_cmdline:") | not)' <<<"$ctx")
+else
+  allowed=$(jq -r '.result.report[] | select(contains("ALLOWED"))' <<<"$ctx")
+fi
+[ -z "$allowed" ] || fail "attempts of the hostile module got through on $node (sandbox: $sandbox): $allowed"
+if jq -r '.result.report[]' <<<"$ctx" | grep -q 'No such file'; then fail "an attempt missed its target: $(jq -c .result.report <<<"$ctx")"; fi
+grep -q "^nats_publish: denied (.*Authorization Violation" <<<"$(jq -r '.result.report[]' <<<"$ctx")" ||
+  fail "NATS did not refuse the driver's connection: $(jq -c .result.report <<<"$ctx")"
+[ "$(jq -c .result.fds <<<"$ctx")" = '["0","1","2","3"]' ] || fail "the driver holds more than stdin, stdout and stderr (3 is ls reading /proc/self/fd): $(jq -c .result.fds <<<"$ctx")"
+uid=$(jq -r .result.uid <<<"$ctx")
+[ "$uid" != 0 ] || fail "the driver ran as root"
+forks=$(jq -r .result.forks <<<"$ctx")
+[ "$forks" -lt 32 ] || fail "the fork bomb was not stopped by the operation's limit of 32 processes: $forks"
+# The bundles are as they were, the fork bomb is gone with its driver, and
+# every node is up (not restarted) and still works.
+dc exec -T "$node" cat "/data/modules/$victim_digest/bin/run" | cmp -s - "$work/victim/bin/run" || fail "the victim's bundle on $node changed"
+dc exec -T "$node" cat "/data/modules/$hostile_digest/bin/run" | cmp -s - "$work/hostile/bin/run" || fail "the hostile bundle on $node changed"
+dc exec -T "$node" test ! -e "/data/modules/$hostile_digest/new-file" || fail "the hostile module added a file to its bundle on $node"
+# The driver's processes on its node, a line each: `<state> <name>`.
+left_by_driver() {
+  dc exec -T "$node" sh -c 'for s in /proc/[0-9]*/status; do
+      grep -q "^Uid:[[:space:]]*$1[[:space:]]" "$s" 2>/dev/null && awk "/^State:/ {s = \$2} /^Name:/ {n = \$2} END {print s, n}" "$s"
+    done; true' sh "$uid"
+}
+bomb_gone() { left=$(left_by_driver) && awk 'NF && $1 != "Z" {alive = 1} END {exit alive}' <<<"$left"; }
+wait_for 10 "the fork bomb's processes (uid $uid) on $node to be gone with their driver" bomb_gone
+# Killed, they are reparented to pid 1 of the container, the node, which does
+# not reap them: they stay as zombies, counted against the uid's process limit
+# (a later driver in that uid has that many processes fewer). Said, not failed.
+zombies=$(grep -c '^Z' <<<"$left" || true)
+[ "$zombies" = 0 ] || echo "compose-test: WARNING: the fork bomb's $zombies killed processes stay zombies on $node (uid $uid): the node, pid 1 of its container, does not reap orphans"
+for n in 1 2 3; do
+  [ "$(docker inspect -f '{{.State.Running}} {{.RestartCount}}' "$(dc ps -q "node-$n")")" = "true 0" ] || fail "node-$n is not up, or restarted, after the attack"
+done
+wait_for 30 "three nodes up and a lead after the attack" cluster_ready
+run_victim "an innocent operation after the attack"
+echo "compose-test: uid $uid, descriptors 0 1 2 3, fork bomb stopped after $forks processes; innocent operations ran beside it; all nodes up"
+echo "compose-test: a hostile module reached nothing of the node (sandbox: $sandbox)"
 
 total=300
 op=$(curl -sf "$api/v1/operations" -H 'content-type: application/json' \
