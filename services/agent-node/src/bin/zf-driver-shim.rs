@@ -4,13 +4,14 @@
 //! a fresh single-threaded process, sets the driver up where that is safe:
 //! - it dies with the node, and starts nothing if the node is already gone;
 //! - it leads its own session and process group (the group the node and its
-//!   watchdog kill);
+//!   watchdog kill), and stays as the driver's parent and subreaper, so
+//!   nothing the driver leaves behind outlives it or lingers as a zombie;
 //! - it keeps no file descriptor but stdin, stdout and stderr;
 //! - where the node can, it gives the driver a PID namespace of its own
 //!   with its own /proc (see `in_own_pid_namespace`);
 //! - it sets the resource limits, drops to the driver's user and group, and
 //!   confines the filesystem with Landlock (and signals to its own domain);
-//! - then it execs the driver in place, so the driver has the shim's pid.
+//! - then its child execs the driver.
 //!
 //! It prints why on stderr and exits 127 when any step fails: a driver never
 //! runs less confined than the node asked.
@@ -70,7 +71,93 @@ fn start(spec: &ShimSpec) -> Result<Infallible, String> {
     if spec.sandbox.pid_namespace {
         return in_own_pid_namespace(spec);
     }
-    run_driver(spec, spec.parent)
+    supervised(spec)
+}
+
+/// Runs the driver as this process's child, with this process as the
+/// subreaper of everything the driver starts: whatever the driver leaves
+/// behind (even processes that left its group) comes back here, is killed
+/// when the driver ends, and is reaped, rather than piling up as zombies
+/// under a node that is pid 1 of its container. Signals to the group reach
+/// the driver directly; this process ignores SIGTERM, SIGINT and SIGHUP and
+/// ends as the driver ended.
+fn supervised(spec: &ShimSpec) -> Result<Infallible, String> {
+    use nix::unistd::{fork, ForkResult};
+    nix::sys::prctl::set_child_subreaper(true)
+        .map_err(|e| format!("cannot become the driver's subreaper: {e}"))?;
+    ignore_stop_signals();
+    let me = nix::unistd::getpid().as_raw();
+    // SAFETY: this process has one thread.
+    match unsafe { fork() }.map_err(|e| format!("cannot fork the driver: {e}"))? {
+        ForkResult::Child => {
+            restore_stop_signals();
+            run_driver(spec, me)
+        }
+        ForkResult::Parent { child } => {
+            release_driver_pipes();
+            let status = reap_until_status(child)?;
+            kill_descendants();
+            end_as(status)
+        }
+    }
+}
+
+/// Reaps every child until `driver` ends; its status.
+fn reap_until_status(driver: nix::unistd::Pid) -> Result<nix::sys::wait::WaitStatus, String> {
+    use nix::sys::wait::{waitpid, WaitStatus};
+    loop {
+        match waitpid(None, None) {
+            Ok(status @ (WaitStatus::Exited(pid, _) | WaitStatus::Signaled(pid, _, _)))
+                if pid == driver =>
+            {
+                return Ok(status)
+            }
+            Ok(_) | Err(nix::errno::Errno::EINTR) => continue,
+            Err(e) => return Err(format!("cannot wait for the driver: {e}")),
+        }
+    }
+}
+
+/// SIGKILLs and reaps every process left below this one, until none is:
+/// each one's orphans come back here, as this process is their subreaper.
+fn kill_descendants() {
+    use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
+    let me = nix::unistd::getpid();
+    for _ in 0..10_000 {
+        let children =
+            std::fs::read_to_string(format!("/proc/{me}/task/{me}/children")).unwrap_or_default();
+        let pids: Vec<i32> = children
+            .split_whitespace()
+            .filter_map(|p| p.parse().ok())
+            .collect();
+        if pids.is_empty() {
+            // Reap any already dead ones, then done.
+            while let Ok(status) = waitpid(None, Some(WaitPidFlag::WNOHANG)) {
+                if status == WaitStatus::StillAlive {
+                    break;
+                }
+            }
+            return;
+        }
+        for pid in pids {
+            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), Signal::SIGKILL);
+        }
+        let _ = waitpid(None, None);
+    }
+}
+
+/// Ends this process as the driver ended: its exit code, or its signal.
+fn end_as(status: nix::sys::wait::WaitStatus) -> Result<Infallible, String> {
+    use nix::sys::wait::WaitStatus;
+    match status {
+        WaitStatus::Exited(_, code) => std::process::exit(code),
+        WaitStatus::Signaled(_, sig, _) => {
+            restore_stop_signals();
+            let _ = nix::sys::signal::raise(sig);
+            std::process::exit(128 + sig as i32)
+        }
+        other => Err(format!("the driver ended oddly: {other:?}")),
+    }
 }
 
 /// Confines this process and execs the driver; `parent` is who must still
@@ -201,11 +288,8 @@ fn exit_as(child: nix::unistd::Pid) -> Result<Infallible, String> {
     use nix::sys::wait::{waitpid, WaitStatus};
     loop {
         match waitpid(child, None) {
-            Ok(WaitStatus::Exited(_, code)) => std::process::exit(code),
-            Ok(WaitStatus::Signaled(_, sig, _)) => {
-                restore_stop_signals();
-                let _ = nix::sys::signal::raise(sig);
-                std::process::exit(128 + sig as i32)
+            Ok(status @ (WaitStatus::Exited(..) | WaitStatus::Signaled(..))) => {
+                return end_as(status)
             }
             Ok(_) | Err(nix::errno::Errno::EINTR) => continue,
             Err(e) => return Err(format!("cannot wait for the namespace's init: {e}")),
