@@ -344,3 +344,71 @@ async fn services_stop_on_sigterm_even_with_nats_gone_or_a_client_streaming() {
         "the repository stopped with NATS gone: {status:?}"
     );
 }
+
+/// Logs once, then answers.
+const CHATTY: &str = r#"#!/bin/sh
+cat >/dev/null
+echo '{"type":"log","level":"info","msg":"hello from the driver"}'
+echo '{"type":"result","data":"ok"}'
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn json_logs_carry_the_node_and_the_operation() {
+    let mut cluster = Cluster::bare().await;
+    cluster.start_repository();
+    cluster.start_management_with(&[("ZF_LOG_FORMAT", "json")]);
+    cluster.add_node(&zerofoot_tests::NodeFlags(vec![
+        "--log-format".into(),
+        "json".into(),
+    ]));
+    cluster.wait_healthy().await;
+    cluster
+        .publish(zerofoot_tests::modules::bundle(
+            "chatty",
+            "1.0.0",
+            serde_json::json!({"say": {"kind": "sync"}}),
+            CHATTY,
+        ))
+        .await;
+    cluster.wait_module("chatty", "1.0.0").await;
+    let (status, ctx) = cluster
+        .post_json(
+            "/v1/operations",
+            &serde_json::json!({"module": "chatty", "operation": "say"}),
+        )
+        .await;
+    assert_eq!(
+        (status, &ctx["result"]),
+        (200, &serde_json::json!("ok")),
+        "{ctx}"
+    );
+    let op = ctx["id"].as_str().expect("id").to_string();
+
+    let parse = |log: String| -> Vec<Value> {
+        log.lines()
+            .filter(|l| !l.trim().is_empty())
+            .map(|l| {
+                serde_json::from_str::<Value>(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}"))
+            })
+            .collect()
+    };
+    let management = parse(cluster.management[0].process.log_text());
+    assert!(
+        management.iter().any(|l| l["fields"]["message"] == "ready"),
+        "management logs JSON, with its messages: {management:?}"
+    );
+    let node = parse(cluster.nodes[0].log_text());
+    let said = node
+        .iter()
+        .find(|l| l["fields"]["driver"] == "hello from the driver")
+        .unwrap_or_else(|| panic!("the driver's log line in the node's log: {node:?}"));
+    let spans = said["spans"].as_array().expect("spans");
+    assert!(
+        spans.iter().any(|s| s["node"] == "node-0"),
+        "the node id is a field: {said}"
+    );
+    assert!(
+        spans.iter().any(|s| s["op"] == op.as_str()),
+        "the operation id is a field: {said}"
+    );
+}

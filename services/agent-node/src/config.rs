@@ -49,6 +49,9 @@ pub struct RunArgs {
     pub nats: NatsArgs,
 
     #[command(flatten)]
+    pub log: zerofoot_shared::telemetry::LogArgs,
+
+    #[command(flatten)]
     pub secrets: zerofoot_shared::sealing::SecretsKeyArgs,
 
     /// Public keys (hex, comma separated) whose module signatures this node

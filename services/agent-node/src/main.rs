@@ -36,7 +36,7 @@ fn main() -> std::process::ExitCode {
     }
     // Before the runtime's threads exist.
     let secret_variables = zerofoot_shared::config::forget_secret_variables();
-    zerofoot_shared::telemetry::init();
+    zerofoot_shared::telemetry::init(cli.run.log.log_format);
     zerofoot_shared::config::warn_secret_variables(&secret_variables);
     let result = match cli.command {
         Some(config::Command::Inspect(args)) => inspect(args),

@@ -21,6 +21,9 @@ pub struct Config {
     pub nats: NatsArgs,
 
     #[command(flatten)]
+    pub log: zerofoot_shared::telemetry::LogArgs,
+
+    #[command(flatten)]
     pub secrets: zerofoot_shared::sealing::SecretsKeyArgs,
 
     /// Address the HTTP API listens on (port 0 picks a free port).

@@ -38,7 +38,7 @@ async fn serve(
     {
         return write_nats_auth(dir, clusters, nodes).await;
     }
-    zerofoot_shared::telemetry::init();
+    zerofoot_shared::telemetry::init(config.log.log_format);
     zerofoot_shared::config::warn_secret_variables(&secret_variables);
     let shutdown = zerofoot_shared::shutdown::on_signals();
     match startup::run(config, shutdown).await {

@@ -17,6 +17,9 @@ pub struct Config {
     #[command(flatten)]
     pub nats: NatsArgs,
 
+    #[command(flatten)]
+    pub log: zerofoot_shared::telemetry::LogArgs,
+
     /// ed25519 key (64 hex characters) that signs every stored module;
     /// make one with `zf-repository keygen`.
     #[arg(long, env = "ZF_SIGNING_KEY", hide_env_values = true)]

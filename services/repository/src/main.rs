@@ -33,7 +33,7 @@ async fn serve(
         );
         return std::process::ExitCode::SUCCESS;
     }
-    zerofoot_shared::telemetry::init();
+    zerofoot_shared::telemetry::init(config.log.log_format);
     zerofoot_shared::config::warn_secret_variables(&secret_variables);
     let shutdown = zerofoot_shared::shutdown::on_signals();
     match service::run(config, shutdown).await {
