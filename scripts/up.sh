@@ -2,20 +2,27 @@
 # Builds zerofoot and runs a local cluster in the foreground:
 #   nats-server (JetStream, every write synced to disk), zf-repository,
 #   zf-management on 127.0.0.1:8080 and three agent nodes.
-# Data and logs live under .zerofoot/ (git-ignored). Ctrl-C stops everything.
+# Data and logs live under .zerofoot/ (git-ignored). A process that dies is
+# started again after a second, so you can break the cluster on purpose
+# (`scripts/kill.sh lead`) and watch it carry on. Ctrl-C stops everything.
 # Environment: ZF_CLUSTER (default "default"), ZF_HTTP_ADDR (127.0.0.1:8080),
-# ZF_NATS_PORT (4222).
+# ZF_NATS_PORT (4222), ZF_UP_DATA (the data folder, default .zerofoot),
+# ZF_BIN_DIR (use the binaries there instead of building release ones).
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
-data="$root/.zerofoot"
+data="${ZF_UP_DATA:-$root/.zerofoot}"
 logs="$data/logs"
 mkdir -p "$logs" "$data/nats"
 
 nats=$(scripts/install-deps.sh | tail -n 1)
-echo "building release binaries..."
-cargo build --release --bins --quiet
-bin="$root/target/release"
+if [ -n "${ZF_BIN_DIR:-}" ]; then
+  bin=$ZF_BIN_DIR
+else
+  echo "building release binaries..."
+  cargo build --release --bins --quiet
+  bin="$root/target/release"
+fi
 
 cluster=${ZF_CLUSTER:-default}
 port=${ZF_NATS_PORT:-4222}
@@ -70,12 +77,27 @@ stop() {
 }
 trap stop INT TERM EXIT
 
+# Runs a command again a second after it exits, until up.sh stops; the
+# keeper passes its SIGTERM on and waits for the command to end.
+keep() { # name, command...
+  local name=$1 child=
+  shift
+  trap 'kill -TERM $child 2>/dev/null; wait $child 2>/dev/null; exit 0' TERM
+  while :; do
+    "$@" >>"$logs/$name.log" 2>&1 &
+    child=$!
+    echo "$child" >"$logs/$name.pid"
+    wait "$child" && code=0 || code=$?
+    echo "up.sh: $name exited ($code); starting it again in 1 s" | tee -a "$logs/$name.log" >&2
+    sleep 1
+  done
+}
+
 start() { # name, command...
   local name=$1
-  shift
-  "$@" >>"$logs/$name.log" 2>&1 &
+  keep "$@" &
   pids+=($!)
-  printf '  %-12s pid %-7s log %s\n' "$name" "$!" "$logs/$name.log"
+  printf '  %-12s log %s\n' "$name" "$logs/$name.log"
 }
 
 echo "starting cluster '$cluster':"
@@ -107,7 +129,7 @@ zerofoot is up:
   NATS       nats://127.0.0.1:$port   (try: nats --server nats://127.0.0.1:$port --user admin --password "\$(cat $data/nats-auth/admin.password)" sub 'zf.$cluster.>')
   data       $data   (secrets key: $data/secrets.key)
   drivers    $drivers
+A process that dies starts again; try: scripts/kill.sh lead
 Press Ctrl-C to stop every process.
 INFO
-wait -n "${pids[@]}" || true
-echo "a process exited; see $logs"
+wait
