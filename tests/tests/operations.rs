@@ -632,3 +632,72 @@ async fn a_submission_nobody_confirms_is_recorded_pending_and_still_runs_once() 
         "run once, by the node that swept it up: {body}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn params_are_checked_against_the_operation_schema_before_anything_runs() {
+    let cluster = Cluster::start(1).await;
+    let schema = json!({"type": "object", "required": ["path"],
+        "properties": {"path": {"type": "string"}, "lines": {"type": "integer", "minimum": 1}},
+        "additionalProperties": false});
+    let ops = json!({"tail": {"kind": "sync", "description": "the last lines of a file", "params": schema}});
+    cluster.publish(bundle("tailer", "1.0.0", ops, ECHO)).await;
+    cluster.wait_module("tailer", "1.0.0").await;
+
+    let (status, body) = cluster
+        .post_json(
+            "/v1/operations",
+            &json!({"module": "tailer", "operation": "tail", "params": {"lines": 0, "colour": "red"}}),
+        )
+        .await;
+    assert_eq!(status, 422, "{body}");
+    assert_eq!(body["error"]["code"], "invalid_params", "{body}");
+    let violations = body["error"]["violations"].as_array().expect("violations");
+    assert_eq!(
+        violations.len(),
+        3,
+        "missing path, lines below 1, unknown colour: {body}"
+    );
+    let (_, listed) = cluster.get("/v1/operations?module=tailer").await;
+    assert_eq!(
+        listed["operations"].as_array().map(Vec::len),
+        Some(0),
+        "nothing was recorded or run: {listed}"
+    );
+
+    let (status, ctx) = cluster
+        .post_json(
+            "/v1/operations",
+            &json!({"module": "tailer", "operation": "tail", "params": {"path": "/var/log/x", "lines": 5}}),
+        )
+        .await;
+    assert_eq!(
+        (status, ctx["state"].as_str()),
+        (200, Some("complete")),
+        "{ctx}"
+    );
+
+    let (status, module) = cluster.get("/v1/modules/tailer").await;
+    assert_eq!(status, 200, "{module}");
+    let text = module.to_string();
+    assert!(
+        text.contains("the last lines of a file") && text.contains("additionalProperties"),
+        "the module shows its operations' descriptions and schemas: {module}"
+    );
+
+    let (status, body) = cluster
+        .upload(bundle(
+            "badschema",
+            "1.0.0",
+            json!({"x": {"kind": "sync", "params": {"type": "no-such-type"}}}),
+            ECHO,
+        ))
+        .await;
+    assert_eq!(status, 422, "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("params is not a valid JSON Schema"),
+        "{body}"
+    );
+}

@@ -1,5 +1,6 @@
 //! The one error type of the HTTP API: every failure becomes
-//! `{"error":{"code","message"}}` with the right status (SPEC §8).
+//! `{"error":{"code","message"}}` with the right status (SPEC §8), plus
+//! fields that say more where there are some (e.g. `violations`).
 
 use axum::extract::rejection::JsonRejection;
 use axum::http::StatusCode;
@@ -12,6 +13,8 @@ pub struct ApiError {
     pub status: StatusCode,
     pub code: String,
     pub message: String,
+    /// More fields of the `error` object.
+    pub details: serde_json::Map<String, serde_json::Value>,
 }
 
 impl ApiError {
@@ -20,7 +23,13 @@ impl ApiError {
             status,
             code: code.to_string(),
             message: message.into(),
+            details: serde_json::Map::new(),
         }
+    }
+    /// Adds a field to the `error` object.
+    pub fn with(mut self, field: &str, value: serde_json::Value) -> Self {
+        self.details.insert(field.to_string(), value);
+        self
     }
     pub fn bad_request(code: &str, message: impl Into<String>) -> Self {
         Self::new(StatusCode::BAD_REQUEST, code, message)
@@ -84,7 +93,10 @@ impl From<JsonRejection> for ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let body = serde_json::json!({"error": {"code": self.code, "message": self.message}});
+        let mut error = self.details;
+        error.insert("code".into(), self.code.into());
+        error.insert("message".into(), self.message.into());
+        let body = serde_json::json!({ "error": error });
         (self.status, axum::Json(body)).into_response()
     }
 }

@@ -34,6 +34,13 @@ pub struct OperationSpec {
     /// ceiling (a larger value gets the ceiling).
     #[serde(default, skip_serializing_if = "DriverLimits::is_empty")]
     pub limits: DriverLimits,
+    /// What the operation does, for people.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+    /// A JSON Schema its `params` must match; management refuses a
+    /// submission that does not (422, every violation listed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub params: Option<serde_json::Value>,
 }
 
 /// Per-driver resource limits (setrlimit); unset means the node's ceiling.
@@ -112,6 +119,30 @@ pub enum ManifestError {
         "module.json: operation {0:?} has timeout_ms 0; leave it out for the default of 30000"
     )]
     ZeroTimeout(String),
+    #[error("module.json: operation {op:?}: params is not a valid JSON Schema: {reason}")]
+    ParamsSchema { op: String, reason: String },
+}
+
+/// Every way `params` breaks `schema`, as `<path>: <what>` (path `/` is
+/// the params object itself); empty when they match. `Err` when the schema
+/// itself cannot be used.
+pub fn params_violations(
+    schema: &serde_json::Value,
+    params: &serde_json::Value,
+) -> Result<Vec<String>, String> {
+    let validator = jsonschema::validator_for(schema).map_err(|e| e.to_string())?;
+    Ok(validator
+        .iter_errors(params)
+        .map(|e| {
+            let path = e.instance_path.to_string();
+            let path = if path.is_empty() {
+                "/".to_string()
+            } else {
+                path
+            };
+            format!("{path}: {e}")
+        })
+        .collect())
 }
 
 impl Manifest {
@@ -143,6 +174,12 @@ impl Manifest {
             }
             if spec.timeout_ms == Some(0) {
                 return Err(ManifestError::ZeroTimeout(name.clone()));
+            }
+            if let Some(schema) = &spec.params {
+                jsonschema::validator_for(schema).map_err(|e| ManifestError::ParamsSchema {
+                    op: name.clone(),
+                    reason: e.to_string(),
+                })?;
             }
         }
         Ok(())
@@ -245,6 +282,42 @@ mod tests {
         assert_eq!(m.operations["count"].timeout_ms(), 5000);
         assert_eq!(m.operations["follow"].kind, OperationKind::Async);
         assert_eq!(m.operations["follow"].retries(), DEFAULT_RETRIES);
+    }
+
+    #[test]
+    fn params_are_checked_against_the_operation_schema() {
+        let schema = serde_json::json!({"type": "object", "required": ["path"],
+            "properties": {"path": {"type": "string"}, "lines": {"type": "integer", "minimum": 1}},
+            "additionalProperties": false});
+        let m = manifest(serde_json::json!({"operations": {"tail": {"kind": "sync",
+            "description": "the last lines of a file", "params": schema}}}))
+        .expect("valid");
+        let schema = m.operations["tail"].params.as_ref().expect("schema");
+        assert_eq!(
+            params_violations(schema, &serde_json::json!({"path": "/var/log/x"})),
+            Ok(vec![])
+        );
+        let found = params_violations(schema, &serde_json::json!({"lines": 0, "extra": 1}))
+            .expect("usable schema");
+        assert_eq!(
+            found.len(),
+            3,
+            "missing path, lines below 1, extra key: {found:?}"
+        );
+        assert!(found.iter().any(|v| v.starts_with("/lines: ")), "{found:?}");
+        assert!(found.iter().any(|v| v.contains("\"path\"")), "{found:?}");
+    }
+
+    #[test]
+    fn an_unusable_schema_is_refused_with_the_upload() {
+        let err = manifest(serde_json::json!({"operations": {"x": {"kind": "sync",
+            "params": {"type": "no-such-type"}}}}))
+        .expect_err("bad schema");
+        assert!(
+            err.to_string()
+                .contains("operation \"x\": params is not a valid JSON Schema"),
+            "{err}"
+        );
     }
 
     #[test]

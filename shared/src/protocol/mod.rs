@@ -17,8 +17,8 @@ pub use driver_input::{DriverInput, DriverResource};
 pub use driver_output::{parse_line, Output};
 pub use heartbeat::{Heartbeat, LeadClaim, Role};
 pub use manifest::{
-    DriverLimits, Manifest, ManifestError, ModuleRecord, OperationKind, OperationSpec,
-    DEFAULT_RETRIES, DEFAULT_SYNC_TIMEOUT_MS,
+    params_violations, DriverLimits, Manifest, ManifestError, ModuleRecord, OperationKind,
+    OperationSpec, DEFAULT_RETRIES, DEFAULT_SYNC_TIMEOUT_MS,
 };
 pub use reply::{RemoteError, Reply};
 pub use resource::{mask_secrets, mask_str, ResourceRecord, ResourceView};

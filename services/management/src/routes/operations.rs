@@ -128,6 +128,23 @@ pub async fn submit(
             ),
         )
     })?;
+    if let Some(schema) = &spec.params {
+        let violations = zerofoot_shared::protocol::params_violations(schema, &params)
+            .map_err(|e| ApiError::internal("a stored params schema is unusable", e))?;
+        if !violations.is_empty() {
+            return Err(ApiError::unprocessable(
+                "invalid_params",
+                format!(
+                    "params of {} {} {} do not match its schema: {}",
+                    module.name,
+                    module.version,
+                    body.operation,
+                    violations.join("; ")
+                ),
+            )
+            .with("violations", json!(violations)));
+        }
+    }
     if let Some(resource) = &body.resource {
         let exists = nats
             .assets
