@@ -22,6 +22,7 @@ pub mod bundle;
 pub mod config;
 pub mod context_store;
 pub mod eventlog;
+pub mod health;
 pub mod modules;
 pub mod names;
 pub mod nats;

@@ -412,3 +412,79 @@ async fn json_logs_carry_the_node_and_the_operation() {
         "the operation id is a field: {said}"
     );
 }
+
+/// `GET /healthz` on `port`: its status and body.
+async fn health(http: &reqwest::Client, port: u16) -> Result<(u16, Value), String> {
+    let response = http
+        .get(format!("http://127.0.0.1:{port}/healthz"))
+        .send()
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok(zerofoot_tests::status_and_json(response).await)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nodes_and_the_repository_answer_healthz_as_nats_comes_and_goes() {
+    let mut cluster = Cluster::bare().await;
+    let (repository_port, node_port) = (zerofoot_tests::free_port(), zerofoot_tests::free_port());
+    let repository_addr = format!("127.0.0.1:{repository_port}");
+    cluster.start_repository_with(&["--health-addr", &repository_addr]);
+    cluster.start_management();
+    cluster.add_node(&NodeFlags(vec![
+        "--health-addr".into(),
+        format!("127.0.0.1:{node_port}"),
+    ]));
+    cluster.wait_healthy().await;
+    let http = cluster.http.clone();
+    for (what, port) in [("repository", repository_port), ("node", node_port)] {
+        let (_, body) = wait_until(
+            &format!("the {what}'s /healthz to answer 200"),
+            Duration::from_secs(20),
+            || async {
+                match health(&http, port).await? {
+                    (200, body) => Ok((200, body)),
+                    (status, body) => Err(format!("{status} {body}")),
+                }
+            },
+        )
+        .await;
+        assert_eq!(body["checked"]["nats"], "connected", "{what}: {body}");
+    }
+    let (_, body) = health(&http, node_port).await.expect("node health");
+    assert!(body["checked"]["mirror_lag"].is_u64(), "{body}");
+
+    // NATS gone: both say so.
+    cluster.nats.process.kill();
+    for (what, port) in [("repository", repository_port), ("node", node_port)] {
+        let (_, body) = wait_until(
+            &format!("the {what}'s /healthz to answer 503 with NATS gone"),
+            Duration::from_secs(20),
+            || async {
+                match health(&http, port).await? {
+                    (503, body) => Ok((503, body)),
+                    (status, body) => Err(format!("{status} {body}")),
+                }
+            },
+        )
+        .await;
+        assert!(
+            body["reason"].as_str().is_some_and(|r| !r.is_empty()),
+            "{what}: {body}"
+        );
+    }
+    // And back.
+    cluster.nats.process.start();
+    for (what, port) in [("repository", repository_port), ("node", node_port)] {
+        wait_until(
+            &format!("the {what}'s /healthz to answer 200 again"),
+            Duration::from_secs(30),
+            || async {
+                match health(&http, port).await? {
+                    (200, _) => Ok(()),
+                    (status, body) => Err(format!("{status} {body}")),
+                }
+            },
+        )
+        .await;
+    }
+}

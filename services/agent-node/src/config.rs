@@ -86,6 +86,11 @@ pub struct RunArgs {
     #[command(flatten)]
     pub sandbox: SandboxArgs,
 
+    /// Where to answer `GET /healthz` (none by default): 200 while NATS is
+    /// connected and answering and the mirror is current, else 503.
+    #[arg(long, env = "ZF_HEALTH_ADDR")]
+    pub health_addr: Option<std::net::SocketAddr>,
+
     /// The program every driver starts through (default: `zf-driver-shim`
     /// next to this program).
     #[arg(long, env = "ZF_DRIVER_SHIM")]

@@ -154,6 +154,23 @@ async fn serve(
     };
     let launcher = crate::launcher::Launcher::new(shim, Some(watchdog));
     let liveness = Liveness::new(lapse, interval);
+    if let Some(addr) = args.health_addr {
+        let check = node_health(
+            client.clone(),
+            liveness.clone(),
+            assets.clone(),
+            store.clone(),
+        );
+        let shutdown = shutdown.clone();
+        tasks.spawn(
+            async move {
+                if let Err(e) = zerofoot_shared::health::serve(addr, check, shutdown).await {
+                    tracing::error!(%addr, error = %e, "cannot serve /healthz; is the address in use?");
+                }
+            }
+            .in_current_span(),
+        );
+    }
     tracing::info!(fence_budget = ?liveness.budget(), "this node fences itself when NATS has not answered for the fence budget");
     tasks.spawn(
         crate::liveness::run(
@@ -520,4 +537,55 @@ async fn open_assets(
         }
         delay = (delay * 2).min(Duration::from_secs(5));
     }
+}
+
+/// How far behind the contexts bucket the mirror may be and still count as
+/// current (it applies changes continuously; a node rebuilding after a long
+/// absence is further behind).
+const MIRROR_CURRENT_WITHIN: u64 = 1000;
+
+/// The node is healthy while NATS is connected and answers within the fence
+/// budget, and its mirror of the contexts is current.
+fn node_health(
+    client: async_nats::Client,
+    liveness: Liveness,
+    assets: Assets,
+    store: Store,
+) -> zerofoot_shared::health::Check {
+    Arc::new(move || {
+        let (client, liveness, assets, store) = (
+            client.clone(),
+            liveness.clone(),
+            assets.clone(),
+            store.clone(),
+        );
+        Box::pin(async move {
+            zerofoot_shared::health::nats_connected(&client)?;
+            if !liveness.may_act() {
+                return Err(
+                    "NATS has not answered within the fence budget: this node has fenced itself"
+                        .into(),
+                );
+            }
+            let contexts = assets.contexts.clone();
+            let last = contexts
+                .status()
+                .await
+                .map_err(|e| format!("cannot read the contexts bucket's state: {e}"))?
+                .info
+                .state
+                .last_sequence;
+            let applied = store
+                .run(|s| s.revision(Mirrored::Contexts))
+                .await
+                .map_err(|e| format!("cannot read the mirror: {e}"))?;
+            let lag = last.saturating_sub(applied);
+            if lag > MIRROR_CURRENT_WITHIN {
+                return Err(format!(
+                    "the mirror is {lag} revisions behind the contexts bucket"
+                ));
+            }
+            Ok(serde_json::json!({"nats": "connected", "mirror_lag": lag}))
+        })
+    })
 }

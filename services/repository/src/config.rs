@@ -40,6 +40,10 @@ pub struct Config {
     /// Do not load the stock modules (shell, http-probe, file-tail) at start.
     #[arg(long, env = "ZF_NO_STOCK_MODULES")]
     pub no_stock_modules: bool,
+
+    /// Where to answer `GET /healthz` (none by default).
+    #[arg(long, env = "ZF_HEALTH_ADDR")]
+    pub health_addr: Option<std::net::SocketAddr>,
 }
 
 #[derive(Subcommand, Clone, Debug)]

@@ -35,6 +35,22 @@ async fn serve(config: Config, id: String, shutdown: CancellationToken) -> anyho
     else {
         return Ok(());
     };
+    if let Some(addr) = config.health_addr {
+        let health_client = client.clone();
+        let check: zerofoot_shared::health::Check = std::sync::Arc::new(move || {
+            let client = health_client.clone();
+            Box::pin(async move {
+                zerofoot_shared::health::nats_connected(&client)?;
+                Ok(serde_json::json!({"nats": "connected"}))
+            })
+        });
+        let shutdown = shutdown.clone();
+        tokio::spawn(async move {
+            if let Err(e) = zerofoot_shared::health::serve(addr, check, shutdown).await {
+                tracing::error!(%addr, error = %e, "cannot serve /healthz; is the address in use?");
+            }
+        });
+    }
     let assets = loop {
         match Assets::open(client.clone(), &names, &config.nats.asset_settings()).await {
             Ok(assets) => break assets,
