@@ -143,6 +143,22 @@ pub fn forget_secret_variables() -> Vec<&'static str> {
     found
 }
 
+/// What a service's `main` does first: forgets the secret variables while
+/// the process has one thread, then builds the async runtime. `Err` is the
+/// exit code, after saying why on stderr.
+pub fn service_runtime(
+    program: &str,
+) -> Result<(tokio::runtime::Runtime, Vec<&'static str>), std::process::ExitCode> {
+    let secret_variables = forget_secret_variables();
+    match tokio::runtime::Runtime::new() {
+        Ok(runtime) => Ok((runtime, secret_variables)),
+        Err(err) => {
+            eprintln!("{program}: cannot start the async runtime: {err}");
+            Err(std::process::ExitCode::FAILURE)
+        }
+    }
+}
+
 /// Logs, once tracing is up, which secrets came from the environment.
 pub fn warn_secret_variables(found: &[&str]) {
     for name in found {

@@ -36,6 +36,14 @@ async fn cluster_view(http: &reqwest::Client, base: &str) -> Result<Value, Strin
     get_json(http, &format!("{base}/v1/cluster")).await
 }
 
+/// How many nodes a cluster view shows `up`.
+fn nodes_up(view: &Value) -> usize {
+    view["nodes"]
+        .as_array()
+        .map(|n| n.iter().filter(|n| n["status"] == "up").count())
+        .unwrap_or(0)
+}
+
 async fn events_so_far(http: &reqwest::Client, base: &str, op: &str) -> u64 {
     get_json(
         http,
@@ -83,10 +91,7 @@ async fn up_sh_keeps_the_cluster_going_when_the_lead_is_killed() {
         Duration::from_secs(120),
         || async {
             let view = cluster_view(&http, &base).await?;
-            let up = view["nodes"]
-                .as_array()
-                .map(|n| n.iter().filter(|n| n["status"] == "up").count())
-                .unwrap_or(0);
+            let up = nodes_up(&view);
             if up == 3 && view["lead"]["node"].is_string() {
                 Ok(())
             } else {
@@ -183,10 +188,7 @@ async fn up_sh_keeps_the_cluster_going_when_the_lead_is_killed() {
         Duration::from_secs(30),
         || async {
             let view = cluster_view(&http, &base).await?;
-            let up = view["nodes"]
-                .as_array()
-                .map(|n| n.iter().filter(|n| n["status"] == "up").count())
-                .unwrap_or(0);
+            let up = nodes_up(&view);
             if up == 3 {
                 Ok(())
             } else {

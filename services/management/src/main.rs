@@ -14,16 +14,10 @@ use clap::Parser;
 
 fn main() -> std::process::ExitCode {
     let config = config::Config::parse();
-    // Before the runtime's threads exist.
-    let secret_variables = zerofoot_shared::config::forget_secret_variables();
-    let runtime = match tokio::runtime::Runtime::new() {
-        Ok(runtime) => runtime,
-        Err(err) => {
-            eprintln!("zf-management: cannot start the async runtime: {err}");
-            return std::process::ExitCode::FAILURE;
-        }
-    };
-    runtime.block_on(serve(config, secret_variables))
+    match zerofoot_shared::config::service_runtime("zf-management") {
+        Ok((runtime, secret_variables)) => runtime.block_on(serve(config, secret_variables)),
+        Err(code) => code,
+    }
 }
 
 async fn serve(

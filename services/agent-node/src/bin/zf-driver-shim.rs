@@ -269,17 +269,12 @@ fn mount_own_proc() -> Result<(), String> {
 /// The namespace's init: reaps every process until `driver` ends, then
 /// ends with its status (the kernel then kills the rest).
 fn reap_until(driver: nix::unistd::Pid) -> Result<Infallible, String> {
-    use nix::sys::wait::{waitpid, WaitStatus};
-    loop {
-        match waitpid(None, None) {
-            Ok(WaitStatus::Exited(pid, code)) if pid == driver => std::process::exit(code),
-            Ok(WaitStatus::Signaled(pid, sig, _)) if pid == driver => {
-                std::process::exit(128 + sig as i32)
-            }
-            Ok(_) => continue,
-            Err(nix::errno::Errno::EINTR) => continue,
-            Err(e) => return Err(format!("cannot wait for the driver: {e}")),
-        }
+    use nix::sys::wait::WaitStatus;
+    // A namespace's init cannot raise a signal on itself: a signal becomes
+    // 128 + its number, as a shell reports it.
+    match reap_until_status(driver)? {
+        WaitStatus::Signaled(_, sig, _) => std::process::exit(128 + sig as i32),
+        status => end_as(status),
     }
 }
 
