@@ -58,6 +58,8 @@ pub struct Assets {
     pub modules: object_store::ObjectStore,
     pub uploads: object_store::ObjectStore,
     pub events: stream::Stream,
+    /// Driver log lines, per operation ([`crate::oplog`]).
+    pub logs: stream::Stream,
 }
 
 impl Assets {
@@ -143,6 +145,22 @@ impl Assets {
                 );
             }
         }
+        let logs_name = names.logs_stream();
+        let mut logs = js
+            .get_or_create_stream(stream::Config {
+                name: logs_name.clone(),
+                subjects: vec![names.all_op_logs()],
+                max_age: settings.events_max_age,
+                max_messages_per_subject: crate::oplog::LINES_PER_OPERATION,
+                discard: stream::DiscardPolicy::Old,
+                num_replicas: replicas,
+                storage: stream::StorageType::File,
+                allow_direct: true,
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| AssetError::new(&logs_name, e))?;
+        check_stream(&mut logs, &logs_name, replicas).await;
         Ok(Self {
             jetstream: js,
             contexts,
@@ -152,6 +170,7 @@ impl Assets {
             modules,
             uploads,
             events,
+            logs,
         })
     }
 }

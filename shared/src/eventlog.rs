@@ -87,10 +87,34 @@ pub async fn read(events: &stream::Stream, subject: &str, from: u64) -> Result<L
         entries: Vec::new(),
         end,
     };
-    if end == 0 || end < from {
-        return Ok(out);
+    visit_messages(events, subject, from, end, |position, payload| {
+        match serde_json::from_slice::<LogEntry>(payload) {
+            Ok(entry) => out.entries.push((position, entry)),
+            Err(e) => {
+                tracing::warn!(subject, position, error = %e, "skipping an unreadable event log message")
+            }
+        }
+        true
+    })
+    .await?;
+    Ok(out)
+}
+
+/// Hands `visit` the messages of `subject` from stream position `from`
+/// (inclusive) up to `end`, in order, until it returns false or no message
+/// up to `end` is left (some may have expired meanwhile). Reads with an
+/// ordered consumer, deleted once done.
+pub async fn visit_messages(
+    stream: &stream::Stream,
+    subject: &str,
+    from: u64,
+    end: u64,
+    mut visit: impl FnMut(u64, &[u8]) -> bool,
+) -> Result<(), LogError> {
+    if end == 0 || from > end {
+        return Ok(());
     }
-    let consumer = events
+    let consumer = stream
         .create_consumer(consumer::pull::OrderedConfig {
             filter_subject: subject.to_string(),
             deliver_policy: consumer::DeliverPolicy::ByStartSequence {
@@ -100,23 +124,29 @@ pub async fn read(events: &stream::Stream, subject: &str, from: u64) -> Result<L
         })
         .await
         .map_err(nats)?;
-    let mut messages = consumer.messages().await.map_err(nats)?;
-    loop {
-        let Some(message) = next_message(&mut messages, subject, end).await? else {
-            break;
-        };
-        let position = message.info().map_err(nats)?.stream_sequence;
-        match serde_json::from_slice::<LogEntry>(&message.payload) {
-            Ok(entry) => out.entries.push((position, entry)),
-            Err(e) => {
-                tracing::warn!(subject, position, error = %e, "skipping an unreadable event log message")
+    let name = consumer.cached_info().name.clone();
+    let read = async {
+        let mut messages = consumer.messages().await.map_err(nats)?;
+        while let Some(message) = next_message(&mut messages, subject, end).await? {
+            let info = message.info().map_err(nats)?;
+            let (position, pending) = (info.stream_sequence, info.pending);
+            if position > end || !visit(position, &message.payload) {
+                break;
+            }
+            if position >= end || pending == 0 {
+                break;
             }
         }
-        if position >= end {
-            break;
-        }
+        Ok(())
     }
-    Ok(out)
+    .await;
+    // The server would keep an idle consumer for 30 s; this read is done.
+    let _ = tokio::time::timeout(
+        std::time::Duration::from_secs(1),
+        stream.delete_consumer(&name),
+    )
+    .await;
+    read
 }
 
 /// What one message of a log says about where the events with a seq above
@@ -435,25 +465,12 @@ pub async fn read_page(
     if page.events.len() >= limit || position > end {
         return Ok(page);
     }
-    let consumer = events
-        .create_consumer(consumer::pull::OrderedConfig {
-            filter_subject: subject.to_string(),
-            deliver_policy: consumer::DeliverPolicy::ByStartSequence {
-                start_sequence: position,
-            },
-            ..Default::default()
-        })
-        .await
-        .map_err(nats)?;
-    let name = consumer.cached_info().name.clone();
-    let read = read_into(&mut page, consumer, subject, after_seq, limit).await;
-    // The server would keep an idle consumer for 30 s; this page is done.
-    let _ = tokio::time::timeout(
-        std::time::Duration::from_secs(1),
-        events.delete_consumer(&name),
-    )
-    .await;
-    read.map(|()| page)
+    visit_messages(events, subject, position, end, |position, payload| {
+        take(&mut page, subject, position, payload, after_seq, limit);
+        page.events.len() < limit
+    })
+    .await?;
+    Ok(page)
 }
 
 /// Adds the events above `after_seq` of one message to `page`, up to `limit`.
@@ -480,33 +497,6 @@ fn take(
             tracing::warn!(subject, position, error = %e, "skipping an unreadable event log message")
         }
     }
-}
-
-async fn read_into(
-    page: &mut Page,
-    consumer: consumer::Consumer<consumer::pull::OrderedConfig>,
-    subject: &str,
-    after_seq: u64,
-    limit: usize,
-) -> Result<(), LogError> {
-    let end = page.end;
-    let mut messages = consumer.messages().await.map_err(nats)?;
-    loop {
-        let Some(message) = next_message(&mut messages, subject, end).await? else {
-            break;
-        };
-        let info = message.info().map_err(nats)?;
-        let (position, pending) = (info.stream_sequence, info.pending);
-        if position > end {
-            break;
-        }
-        take(page, subject, position, &message.payload, after_seq, limit);
-        // `pending == 0`: messages up to `end` expired meanwhile.
-        if page.events.len() >= limit || position >= end || pending == 0 {
-            break;
-        }
-    }
-    Ok(())
 }
 
 /// The next message of an ordered read, `None` when the stream ends; an

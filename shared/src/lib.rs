@@ -12,6 +12,7 @@
 //! - [`nats_auth`]: the NATS users of each service role and their permissions.
 //! - [`bundle`]: checking, packing and safely unpacking module bundles.
 //! - [`eventlog`]: the per-operation event log: entries and reading.
+//! - [`oplog`]: per-operation driver log lines: what a line holds, and reading them.
 //! - [`modules`]: the read side of the module index (list, resolve, get).
 //! - [`sealing`]: resource secrets sealed at rest with the cluster key.
 //! - [`signing`]: module signatures (repository) and their verification (nodes).
@@ -27,6 +28,7 @@ pub mod modules;
 pub mod names;
 pub mod nats;
 pub mod nats_auth;
+pub mod oplog;
 pub mod protocol;
 pub mod sealing;
 pub mod shutdown;

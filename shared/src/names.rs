@@ -117,6 +117,10 @@ impl Names {
     pub fn events_stream(&self) -> String {
         format!("ZF_{}_EVENTS", self.cluster.as_str().to_ascii_uppercase())
     }
+    /// Stream: per-operation driver logs.
+    pub fn logs_stream(&self) -> String {
+        format!("ZF_{}_LOGS", self.cluster.as_str().to_ascii_uppercase())
+    }
 
     /// Every stream behind the buckets, object stores and event logs above.
     pub fn all_streams(&self) -> Vec<String> {
@@ -132,6 +136,7 @@ impl Names {
         streams.push(format!("OBJ_{}", self.module_objects()));
         streams.push(format!("OBJ_{}", self.upload_objects()));
         streams.push(self.events_stream());
+        streams.push(self.logs_stream());
         streams
     }
 
@@ -177,6 +182,13 @@ impl Names {
     }
     pub fn all_op_events(&self) -> String {
         format!("{}.evt.*", self.prefix())
+    }
+    /// One operation's driver log lines.
+    pub fn op_logs(&self, op_id: &str) -> String {
+        format!("{}.log.{op_id}", self.prefix())
+    }
+    pub fn all_op_logs(&self) -> String {
+        format!("{}.log.*", self.prefix())
     }
     /// Prefix of one management instance's own endpoints.
     pub fn management_prefix(&self, mgmt_id: &str) -> String {

@@ -142,6 +142,7 @@ pub fn permissions(names: &Names, role: ServiceRole) -> Permissions {
             p.write_kv(&names.resources_bucket());
             p.read_kv(&names.module_index_bucket());
             p.read_stream(&names.events_stream());
+            p.read_stream(&names.logs_stream());
             p.write_objects(&names.upload_objects());
         }
         ServiceRole::Repository => {
@@ -161,6 +162,8 @@ pub fn permissions(names: &Names, role: ServiceRole) -> Permissions {
                 .push(format!("$SRV.PING.{}", crate::names::MANAGEMENT_SERVICE));
             // Event appends are JetStream publishes to the event subjects.
             p.publish.push(names.all_op_events());
+            // Driver log lines are plain publishes the logs stream keeps.
+            p.publish.push(names.all_op_logs());
             p.subscribe.push(names.op_submit());
             p.subscribe.push(names.op_cancel("*"));
             p.subscribe.push(names.all_node_subjects());

@@ -224,6 +224,14 @@ pub async fn run(
         let _ = child.wait().await;
     }
     let tail = stderr_tail.await.unwrap_or_default();
+    if !tail.trim().is_empty() {
+        // Kept in the operation's log too, whether the driver failed or not.
+        let line = Output::Log {
+            level: "stderr".into(),
+            msg: tail.trim_end().to_string(),
+        };
+        let _ = tokio::time::timeout(TERM_GRACE, outputs.send(line)).await;
+    }
     let with_tail = |tail: &str| {
         if tail.trim().is_empty() {
             String::new()

@@ -265,7 +265,7 @@ impl Monitor {
                     prepared.mask(&mut data);
                     let _ = state_tx.send(data).await;
                 }
-                Output::Log { level, msg } => driver::log_line(&level, &prepared.mask_str(&msg)),
+                Output::Log { level, msg } => prepared.log(&level, &msg).await,
                 Output::Result(_) => {
                     tracing::debug!("an async operation wrote a result line; ignored")
                 }

@@ -199,6 +199,7 @@ async fn serve(
     );
     let runner = Runner {
         node: node_id.clone(),
+        names: names.clone(),
         assets: assets.clone(),
         cache,
         scratch_root,

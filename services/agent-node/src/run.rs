@@ -3,7 +3,8 @@
 //! the cache, reads the resource and opens its secrets, makes a fresh scratch
 //! dir and builds the typed stdin. A [`Run`] holds all of that for as long as
 //! the driver runs; dropping it gives the lease back and removes the scratch
-//! dir. It also writes the driver's `resource_state` reports.
+//! dir. It also writes the driver's `resource_state` reports and its log
+//! lines, to the node's log and to the operation's own ([`Run::log`]).
 
 use std::collections::{BTreeMap, HashSet};
 use std::path::PathBuf;
@@ -14,6 +15,7 @@ use async_nats::jetstream::kv;
 use serde_json::Value;
 use tokio::sync::mpsc;
 use zerofoot_shared::assets::Assets;
+use zerofoot_shared::oplog;
 use zerofoot_shared::protocol::{
     decode, encode, mask_secrets, mask_str, DriverInput, DriverResource, ExecutionContext,
     OperationKind, ResourceRecord, PROTOCOL_VERSION,
@@ -56,6 +58,7 @@ pub enum PrepareError {
 #[derive(Clone)]
 pub struct Runner {
     pub node: String,
+    pub names: zerofoot_shared::names::Names,
     pub assets: Assets,
     pub cache: ModuleCache,
     pub scratch_root: PathBuf,
@@ -78,6 +81,14 @@ pub struct Run {
     _lease: Lease,
     _slot: crate::sandbox::DriverSlot,
     scratch: PathBuf,
+    log: OperationLog,
+}
+
+/// Where a run's log lines go besides the node's own log.
+struct OperationLog {
+    jetstream: async_nats::jetstream::Context,
+    subject: String,
+    node: String,
 }
 
 impl Drop for Run {
@@ -106,6 +117,27 @@ impl Run {
 
     pub fn mask_str(&self, text: &str) -> String {
         mask_str(text, &self.secrets)
+    }
+
+    /// A driver's log line (or its stderr tail, level `stderr`), masked:
+    /// logged by the node and kept in the operation's log. Only the send is
+    /// awaited: a line that JetStream does not store is not worth stalling
+    /// the driver for.
+    pub async fn log(&self, level: &str, msg: &str) {
+        let msg = self.mask_str(msg);
+        driver::log_line(level, &msg);
+        let line = oplog::LogLine::new(level, &msg, &self.log.node);
+        let Ok(payload) = serde_json::to_vec(&line) else {
+            return;
+        };
+        if let Err(e) = self
+            .log
+            .jetstream
+            .publish(self.log.subject.clone(), payload.into())
+            .await
+        {
+            tracing::debug!(error = %e, "a driver log line was not kept in the operation's log");
+        }
     }
 }
 
@@ -187,6 +219,11 @@ impl Runner {
             _lease: lease,
             _slot: slot,
             scratch,
+            log: OperationLog {
+                jetstream: self.assets.jetstream.clone(),
+                subject: self.names.op_logs(&ctx.id.to_string()),
+                node: self.node.clone(),
+            },
         };
         Ok((run, invocation))
     }

@@ -143,7 +143,7 @@ async fn drive(
                     run.mask(&mut data);
                     let _ = state_tx.send(data).await;
                 }
-                Output::Log { level, msg } => driver::log_line(&level, &run.mask_str(&msg)),
+                Output::Log { level, msg } => run.log(&level, &msg).await,
                 Output::Event { .. } | Output::Checkpoint(_) => {
                     tracing::debug!("a sync operation wrote an event or checkpoint; ignored")
                 }

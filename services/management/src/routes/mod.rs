@@ -3,6 +3,8 @@
 pub mod cluster;
 pub mod events;
 pub mod health;
+pub mod live;
+pub mod logs;
 pub mod modules;
 pub mod operations;
 pub mod resources;
@@ -31,6 +33,7 @@ pub fn router(state: AppState) -> Router {
             get(operations::show).delete(operations::cancel),
         )
         .route("/v1/operations/{id}/events", get(events::events))
+        .route("/v1/operations/{id}/logs", get(logs::logs))
         .route("/v1/resources", get(resources::list))
         .route(
             "/v1/resources/{id}",
