@@ -54,7 +54,7 @@ for applet in $(/bin/busybox --list); do
 done
 with_libs "$(command -v jq)" /usr/bin/jq
 with_libs "$(command -v curl)" /usr/bin/curl
-for bin in zf-management zf-repository zf-agent-node zf-driver-shim; do
+for bin in zf-management zf-repository zf-agent-node zf-driver-shim zf; do
   with_libs "target/release/$bin" "/usr/local/bin/$bin"
   strip "$rootfs/usr/local/bin/$bin"
 done

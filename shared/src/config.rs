@@ -217,3 +217,18 @@ mod tests {
         assert!(parse_servers("nats://a:notaport").is_err());
     }
 }
+
+/// Where a service without an HTTP API of its own answers `GET /healthz` and
+/// `GET /metrics`; off unless given.
+#[derive(clap::Args, Clone, Debug, Default)]
+pub struct EndpointArgs {
+    /// Where to answer `GET /healthz`: 200 while the service is healthy,
+    /// else 503 with the reason.
+    #[arg(long, env = "ZF_HEALTH_ADDR")]
+    pub health_addr: Option<std::net::SocketAddr>,
+
+    /// Where to answer `GET /metrics` in Prometheus's text format (may be
+    /// the health address).
+    #[arg(long, env = "ZF_METRICS_ADDR")]
+    pub metrics_addr: Option<std::net::SocketAddr>,
+}

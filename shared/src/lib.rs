@@ -16,6 +16,7 @@
 //! - [`modules`]: the read side of the module index (list, resolve, get).
 //! - [`sealing`]: resource secrets sealed at rest with the cluster key.
 //! - [`signing`]: module signatures (repository) and their verification (nodes).
+//! - [`health`], [`metrics`]: `/healthz` and Prometheus `/metrics` endpoints.
 //! - [`telemetry`], [`shutdown`]: logging and graceful shutdown.
 
 pub mod assets;
@@ -24,6 +25,7 @@ pub mod config;
 pub mod context_store;
 pub mod eventlog;
 pub mod health;
+pub mod metrics;
 pub mod modules;
 pub mod names;
 pub mod nats;

@@ -46,7 +46,11 @@ impl LogLine {
     /// A line written now: the level normalised, the message cut to
     /// [`MAX_LINE_BYTES`] on a character boundary.
     pub fn new(level: &str, msg: &str, node: &str) -> Self {
-        let level = if LEVELS.contains(&level) { level } else { "info" };
+        let level = if LEVELS.contains(&level) {
+            level
+        } else {
+            "info"
+        };
         let mut end = msg.len().min(MAX_LINE_BYTES);
         while !msg.is_char_boundary(end) {
             end -= 1;

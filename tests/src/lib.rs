@@ -15,6 +15,7 @@ use nix::unistd::Pid;
 use serde_json::Value;
 
 pub mod modules;
+pub mod prometheus;
 pub mod proxy;
 
 /// Polls `probe` until it returns `Some`, or panics after `timeout` saying

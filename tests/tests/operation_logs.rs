@@ -100,10 +100,7 @@ async fn log_lines_and_stderr_are_kept_per_operation_masked_and_capped() {
         "the oldest lines went first (1202 written, 1000 kept)"
     );
     let seqs: Vec<u64> = lines.iter().filter_map(|l| l["seq"].as_u64()).collect();
-    assert!(
-        seqs.windows(2).all(|w| w[0] < w[1]),
-        "seqs grow: {seqs:?}"
-    );
+    assert!(seqs.windows(2).all(|w| w[0] < w[1]), "seqs grow: {seqs:?}");
 
     // A page after a seq starts right after it.
     let page = logs(&cluster, &op, &format!("?after={}&limit=5", seqs[9])).await;

@@ -137,8 +137,12 @@ impl ModuleCache {
         let dir = self.dir_of(digest);
         let known = self.known_manifest(digest);
         let manifest = match known {
-            Some(manifest) => manifest,
+            Some(manifest) => {
+                metrics::counter!("zf_module_cache_hits_total").increment(1);
+                manifest
+            }
             None => {
+                metrics::counter!("zf_module_cache_misses_total").increment(1);
                 // A tree this process did not unpack (an earlier run of the
                 // node left it) may have been changed meanwhile: it is
                 // fetched and verified again before anything runs from it.
@@ -193,6 +197,7 @@ impl ModuleCache {
                 break;
             }
             digester.update(&buf[..n]);
+            metrics::counter!("zf_module_cache_fetched_bytes_total").increment(n as u64);
             out.write_all(&buf[..n]).await.map_err(io)?;
         }
         out.flush().await.map_err(io)?;

@@ -86,10 +86,10 @@ pub struct RunArgs {
     #[command(flatten)]
     pub sandbox: SandboxArgs,
 
-    /// Where to answer `GET /healthz` (none by default): 200 while NATS is
-    /// connected and answering and the mirror is current, else 503.
-    #[arg(long, env = "ZF_HEALTH_ADDR")]
-    pub health_addr: Option<std::net::SocketAddr>,
+    /// `/healthz` (200 while NATS is connected and answering and the
+    /// mirror is current, else 503) and `/metrics`.
+    #[command(flatten)]
+    pub endpoints: zerofoot_shared::config::EndpointArgs,
 
     /// The program every driver starts through (default: `zf-driver-shim`
     /// next to this program).

@@ -57,6 +57,20 @@ pub enum DriverError {
     Io(String),
 }
 
+impl DriverError {
+    /// A short label for metrics.
+    fn reason(&self) -> &'static str {
+        match self {
+            Self::Spawn { .. } => "spawn",
+            Self::Timeout(..) => "timeout",
+            Self::LineTooLong(_) | Self::TooMuchOutput(_) => "output_limit",
+            Self::Failed(..) => "exit",
+            Self::Cancelled => "cancelled",
+            Self::Io(_) => "io",
+        }
+    }
+}
+
 /// How to run one driver.
 pub struct Invocation {
     pub program: PathBuf,
@@ -96,6 +110,38 @@ pub fn base_env(scratch: &std::path::Path) -> Vec<(String, String)> {
 /// Runs the driver to its end, sending every output line to `outputs` in
 /// order. `Ok` means exit status 0.
 pub async fn run(
+    inv: Invocation,
+    cancel: &CancellationToken,
+    outputs: tokio::sync::mpsc::Sender<Output>,
+) -> Result<(), DriverError> {
+    metrics::counter!("zf_driver_starts_total").increment(1);
+    let _running = Running::start();
+    let ended = run_to_end(inv, cancel, outputs).await;
+    if let Err(e) = &ended {
+        if !matches!(e, DriverError::Cancelled) {
+            metrics::counter!("zf_driver_failures_total", "reason" => e.reason()).increment(1);
+        }
+    }
+    ended
+}
+
+/// Counts a driver in `zf_drivers_running` while it lives.
+struct Running;
+
+impl Running {
+    fn start() -> Self {
+        metrics::gauge!("zf_drivers_running").increment(1.0);
+        Self
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        metrics::gauge!("zf_drivers_running").decrement(1.0);
+    }
+}
+
+async fn run_to_end(
     inv: Invocation,
     cancel: &CancellationToken,
     outputs: tokio::sync::mpsc::Sender<Output>,

@@ -305,6 +305,9 @@ pub async fn run(shell: Shell, cancel: CancellationToken) {
                     Ok(revision) => {
                         election.claimed(term, revision, Instant::now());
                         tracing::info!(term, "won the lead claim: leading");
+                        metrics::counter!("zf_elections_won_total").increment(1);
+                        metrics::gauge!("zf_lead_term").set(term as f64);
+                        metrics::gauge!("zf_leading").set(1.0);
                     }
                     Err(e) => {
                         tracing::debug!(term, error = %e, "lost the lead claim to another node");
@@ -317,6 +320,7 @@ pub async fn run(shell: Shell, cancel: CancellationToken) {
                 }
             }
             Some(Action::StepDown { reason }) => {
+                metrics::gauge!("zf_leading").set(0.0);
                 tracing::warn!(%reason, "stepping down: every monitor on this node is stopped")
             }
             None => {}

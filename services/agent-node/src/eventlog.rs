@@ -47,6 +47,7 @@ impl EventLog {
         );
         let mut delay = Duration::from_millis(50);
         let mut last_error = String::new();
+        let started = std::time::Instant::now();
         for _ in 0..ATTEMPTS {
             let publish = jetstream::message::PublishMessage::build()
                 .payload(payload.clone())
@@ -58,6 +59,9 @@ impl EventLog {
             };
             match outcome {
                 Ok(ack) => {
+                    metrics::counter!("zf_event_appends_total").increment(1);
+                    metrics::histogram!("zf_event_append_seconds")
+                        .record(started.elapsed().as_secs_f64());
                     self.last_position = ack.sequence;
                     return Ok(ack.sequence);
                 }

@@ -217,12 +217,14 @@ async fn follow_once(
         };
         let first = first.ok_or("watch ended")?.map_err(|e| e.to_string())?;
         let mut revision = first.revision;
+        let mut behind = first.delta;
         let mut batch = vec![change_of(&first)];
         // Take whatever else is already waiting, without waiting for more.
         while batch.len() < MAX_BATCH {
             match watch.next().now_or_never() {
                 Some(Some(Ok(entry))) => {
                     revision = revision.max(entry.revision);
+                    behind = entry.delta;
                     batch.push(change_of(&entry));
                 }
                 Some(Some(Err(e))) => return Err(e.to_string()),
@@ -236,6 +238,7 @@ async fn follow_once(
             .await
             .map_err(|e| e.to_string())?;
         announce(notify, batch);
+        metrics::gauge!("zf_mirror_lag_revisions", "table" => what.name()).set(behind as f64);
         if durable {
             last_durable = std::time::Instant::now();
         }

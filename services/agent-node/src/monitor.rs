@@ -107,7 +107,8 @@ impl Monitor {
                             backoff.failures()
                         )));
                     };
-                    tracing::warn!(failures = backoff.failures(), error = %error, "monitor driver failed");
+                    tracing::warn!(failures = backoff.failures(), error = %error, "monitor driver failed; restarting it after {delay:?}");
+                    metrics::counter!("zf_driver_restarts_total").increment(1);
                     tokio::select! {
                         _ = self.owned.stopper().token().cancelled() => {}
                         _ = tokio::time::sleep(delay) => {}

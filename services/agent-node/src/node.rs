@@ -154,23 +154,23 @@ async fn serve(
     };
     let launcher = crate::launcher::Launcher::new(shim, Some(watchdog));
     let liveness = Liveness::new(lapse, interval);
-    if let Some(addr) = args.health_addr {
-        let check = node_health(
-            client.clone(),
-            liveness.clone(),
-            assets.clone(),
-            store.clone(),
-        );
-        let shutdown = shutdown.clone();
-        tasks.spawn(
-            async move {
-                if let Err(e) = zerofoot_shared::health::serve(addr, check, shutdown).await {
-                    tracing::error!(%addr, error = %e, "cannot serve /healthz; is the address in use?");
-                }
-            }
+    let metrics = match args.endpoints.metrics_addr {
+        Some(_) => Some(zerofoot_shared::metrics::install(
+            "agent-node",
+            shutdown.clone(),
+        )?),
+        None => None,
+    };
+    let check = node_health(
+        client.clone(),
+        liveness.clone(),
+        assets.clone(),
+        store.clone(),
+    );
+    tasks.spawn(
+        zerofoot_shared::health::serve(args.endpoints.clone(), check, metrics, shutdown.clone())
             .in_current_span(),
-        );
-    }
+    );
     tracing::info!(fence_budget = ?liveness.budget(), "this node fences itself when NATS has not answered for the fence budget");
     tasks.spawn(
         crate::liveness::run(

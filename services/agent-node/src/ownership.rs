@@ -350,6 +350,9 @@ impl Claim {
             tracing::info!(op = %ctx.id, state = ctx.state.as_str(), "closed without running");
             return Ok(Taken::Closed);
         };
+        if ctx.attempts.len() > 1 {
+            metrics::counter!("zf_takeovers_total", "kind" => ctx.kind.as_str()).increment(1);
+        }
         Ok(Taken::Run(Box::new(Owned {
             owners,
             ctx,

@@ -166,6 +166,7 @@ impl StreamSlots {
             });
         }
         *count += 1;
+        metrics::gauge!("zf_sse_clients").increment(1.0);
         Ok(StreamSlot {
             slots: self.clone(),
             client: client.to_string(),
@@ -186,6 +187,7 @@ pub struct StreamSlot {
 
 impl Drop for StreamSlot {
     fn drop(&mut self) {
+        metrics::gauge!("zf_sse_clients").decrement(1.0);
         let mut open = self.slots.open();
         if let Some(count) = open.get_mut(&self.client) {
             *count = count.saturating_sub(1);

@@ -6,6 +6,7 @@ mod cluster_view;
 mod config;
 mod context_watch;
 mod error;
+mod http_metrics;
 mod operation_index;
 mod routes;
 mod startup;

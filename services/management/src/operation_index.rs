@@ -36,6 +36,17 @@ impl Filter {
     }
 }
 
+/// Moves `zf_operations{module, kind, state}` by `by` for one context.
+fn count(summary: &Summary, by: f64) {
+    metrics::gauge!(
+        "zf_operations",
+        "module" => summary.module.clone(),
+        "kind" => summary.kind.as_str(),
+        "state" => summary.state.as_str()
+    )
+    .increment(by);
+}
+
 #[derive(Clone, Default)]
 pub struct OperationIndex {
     summaries: Arc<Mutex<HashMap<Uuid, Summary>>>,
@@ -49,11 +60,16 @@ impl OperationIndex {
     }
 
     pub fn put(&self, op: Uuid, summary: Summary) {
-        self.summaries().insert(op, summary);
+        count(&summary, 1.0);
+        if let Some(old) = self.summaries().insert(op, summary) {
+            count(&old, -1.0);
+        }
     }
 
     pub fn remove(&self, op: &Uuid) {
-        self.summaries().remove(op);
+        if let Some(old) = self.summaries().remove(op) {
+            count(&old, -1.0);
+        }
     }
 
     /// A new watch starts replaying: until it is current, listings read the bucket.

@@ -44,6 +44,7 @@ struct Inner {
     nats: OnceLock<Nats>,
     view: ClusterView,
     stream_slots: crate::client_limits::StreamSlots,
+    metrics: metrics_exporter_prometheus::PrometheusHandle,
 }
 
 impl AppState {
@@ -51,6 +52,7 @@ impl AppState {
         config: Config,
         tokens: crate::auth::Tokens,
         secrets_key: Option<zerofoot_shared::sealing::SecretsKey>,
+        metrics: metrics_exporter_prometheus::PrometheusHandle,
         shutdown: CancellationToken,
     ) -> Self {
         let id = config
@@ -60,6 +62,7 @@ impl AppState {
         let names = config.nats.names();
         let stream_slots =
             crate::client_limits::StreamSlots::new(config.max_event_streams_per_client as usize);
+        metrics::gauge!("zf_sse_clients").set(0.0);
         Self {
             inner: Arc::new(Inner {
                 secrets_key,
@@ -71,6 +74,7 @@ impl AppState {
                 nats: OnceLock::new(),
                 view: ClusterView::default(),
                 stream_slots,
+                metrics,
             }),
         }
     }
@@ -107,6 +111,10 @@ impl AppState {
     pub fn config(&self) -> &Config {
         &self.inner.config
     }
+    /// This process's metrics recorder.
+    pub fn metrics(&self) -> &metrics_exporter_prometheus::PrometheusHandle {
+        &self.inner.metrics
+    }
     /// Live event streams per client on this instance.
     pub fn stream_slots(&self) -> &crate::client_limits::StreamSlots {
         &self.inner.stream_slots
@@ -132,7 +140,8 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         tracing::warn!("no secrets key (ZF_SECRETS_KEY): resources with secrets will be refused");
     }
     let nats_settings = ConnectSettings::from_args(&config.nats, ServiceRole::Management).await?;
-    let state = AppState::new(config, tokens, secrets_key, shutdown.clone());
+    let metrics = zerofoot_shared::metrics::install("management", shutdown.clone())?;
+    let state = AppState::new(config, tokens, secrets_key, metrics, shutdown.clone());
     let span =
         tracing::info_span!("management", id = %state.id(), cluster = %state.names().cluster());
     let _enter = span.enter();

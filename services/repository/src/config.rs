@@ -41,9 +41,9 @@ pub struct Config {
     #[arg(long, env = "ZF_NO_STOCK_MODULES")]
     pub no_stock_modules: bool,
 
-    /// Where to answer `GET /healthz` (none by default).
-    #[arg(long, env = "ZF_HEALTH_ADDR")]
-    pub health_addr: Option<std::net::SocketAddr>,
+    /// `/healthz` (200 while NATS is connected) and `/metrics`.
+    #[command(flatten)]
+    pub endpoints: zerofoot_shared::config::EndpointArgs,
 }
 
 #[derive(Subcommand, Clone, Debug)]

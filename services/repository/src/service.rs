@@ -35,22 +35,26 @@ async fn serve(config: Config, id: String, shutdown: CancellationToken) -> anyho
     else {
         return Ok(());
     };
-    if let Some(addr) = config.health_addr {
-        let health_client = client.clone();
-        let check: zerofoot_shared::health::Check = std::sync::Arc::new(move || {
-            let client = health_client.clone();
-            Box::pin(async move {
-                zerofoot_shared::health::nats_connected(&client)?;
-                Ok(serde_json::json!({"nats": "connected"}))
-            })
-        });
-        let shutdown = shutdown.clone();
-        tokio::spawn(async move {
-            if let Err(e) = zerofoot_shared::health::serve(addr, check, shutdown).await {
-                tracing::error!(%addr, error = %e, "cannot serve /healthz; is the address in use?");
-            }
-        });
-    }
+    let metrics = match config.endpoints.metrics_addr {
+        Some(_) => Some(zerofoot_shared::metrics::install(
+            "repository",
+            shutdown.clone(),
+        )?),
+        None => None,
+    };
+    let health_client = client.clone();
+    let check: zerofoot_shared::health::Check = std::sync::Arc::new(move || {
+        let client = health_client.clone();
+        Box::pin(async move {
+            zerofoot_shared::health::nats_connected(&client)?;
+            Ok(serde_json::json!({"nats": "connected"}))
+        })
+    });
+    let endpoints = config.endpoints.clone();
+    let served = shutdown.clone();
+    tokio::spawn(
+        async move { zerofoot_shared::health::serve(endpoints, check, metrics, served).await },
+    );
     let assets = loop {
         match Assets::open(client.clone(), &names, &config.nats.asset_settings()).await {
             Ok(assets) => break assets,
@@ -107,21 +111,21 @@ async fn serve(config: Config, id: String, shutdown: CancellationToken) -> anyho
     tracing::info!("ready");
 
     let tasks = [
-        tokio::spawn(handle(put, shutdown.clone(), {
+        tokio::spawn(handle(put, "put", shutdown.clone(), {
             let store = store.clone();
             move |req: PutModule| {
                 let store = store.clone();
                 async move { store.accept_upload(&req.upload).await }
             }
         })),
-        tokio::spawn(handle(get, shutdown.clone(), {
+        tokio::spawn(handle(get, "get", shutdown.clone(), {
             let catalog = catalog.clone();
             move |req: GetModule| {
                 let catalog = catalog.clone();
                 async move { get_module(&catalog, req).await }
             }
         })),
-        tokio::spawn(handle(list, shutdown.clone(), {
+        tokio::spawn(handle(list, "list", shutdown.clone(), {
             let catalog = catalog.clone();
             move |_: serde_json::Value| {
                 let catalog = catalog.clone();
@@ -190,8 +194,11 @@ async fn get_module(catalog: &ModuleCatalog, req: GetModule) -> Result<ModuleRec
 
 /// Serves one endpoint: decode the request, run `f` in its own task, answer
 /// with a [`Reply`]. A malformed request gets an error reply, never a crash.
+/// Counted in `zf_repository_requests_total` by outcome, timed in
+/// `zf_repository_request_seconds`.
 async fn handle<Req, Resp, F, Fut>(
     mut endpoint: service::endpoint::Endpoint,
+    name: &'static str,
     cancel: CancellationToken,
     f: F,
 ) where
@@ -212,10 +219,19 @@ async fn handle<Req, Resp, F, Fut>(
             });
         let work = parsed.map(&f);
         tokio::spawn(async move {
+            let started = std::time::Instant::now();
             let reply: Reply<Resp> = match work {
                 Ok(fut) => fut.await.into(),
                 Err(e) => Reply::Error(e),
             };
+            let outcome = match &reply {
+                Reply::Error(e) => e.code.clone(),
+                _ => "ok".to_string(),
+            };
+            metrics::counter!("zf_repository_requests_total", "endpoint" => name, "outcome" => outcome)
+                .increment(1);
+            metrics::histogram!("zf_repository_request_seconds", "endpoint" => name)
+                .record(started.elapsed().as_secs_f64());
             if let Err(e) = request.respond(Ok(encode(&reply))).await {
                 tracing::debug!(error = %e, "cannot answer a request (requester gone?)");
             }

@@ -21,6 +21,7 @@ pub const MAX_JSON_BODY_BYTES: usize = 1024 * 1024;
 pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/healthz", get(health::healthz))
+        .route("/metrics", get(crate::http_metrics::render))
         .route("/v1/cluster", get(cluster::show))
         .route("/v1/modules", post(modules::upload).get(modules::list))
         .route("/v1/modules/{name}", get(modules::show))
@@ -49,6 +50,7 @@ pub fn router(state: AppState) -> Router {
             state.clone(),
             crate::auth::authorize,
         ))
+        .layer(axum::middleware::from_fn(crate::http_metrics::track))
         .with_state(state)
 }
 
