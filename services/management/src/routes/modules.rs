@@ -19,6 +19,8 @@ use crate::startup::AppState;
 
 /// Validating and storing a large bundle takes a while.
 const REPOSITORY_TIMEOUT: Duration = Duration::from_secs(120);
+/// How long an upload waits for the module index watch to show the version.
+const CATALOG_CATCH_UP: Duration = Duration::from_secs(5);
 
 pub async fn upload(
     State(state): State<AppState>,
@@ -112,6 +114,17 @@ pub async fn upload(
         StatusCode::OK
     };
     let m = &outcome.module;
+    // Runnable through this instance once the caller hears it is stored:
+    // wait (briefly) for the index watch to bring the new version here.
+    let _ = tokio::time::timeout(CATALOG_CATCH_UP, async {
+        while !matches!(
+            nats.catalog.resolve(&m.name, Some(&m.version)).await,
+            Ok(Some(_))
+        ) {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await;
     Ok((
         status,
         Json(json!({"name": m.name, "version": m.version, "digest": m.digest, "size": m.size})),
