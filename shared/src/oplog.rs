@@ -9,6 +9,7 @@
 use async_nats::jetstream::stream;
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
+use utoipa::ToSchema;
 
 use crate::eventlog::{self, LogError};
 use crate::protocol::v1;
@@ -23,15 +24,18 @@ pub const MAX_LINE_BYTES: usize = 8 * 1024;
 const LEVELS: [&str; 5] = ["debug", "info", "warn", "error", "stderr"];
 
 /// One line of an operation's log.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, ToSchema)]
 pub struct LogLine {
     #[serde(default = "v1")]
+    #[schema(required = true)]
     pub v: u32,
     /// Position in the logs stream; set when read, 0 in what is stored.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub seq: u64,
     #[serde(with = "time::serde::rfc3339")]
     pub at: OffsetDateTime,
+    /// `debug`, `info`, `warn`, `error`, or `stderr` for the tail of a driver's stderr.
+    #[schema(pattern = "^(debug|info|warn|error|stderr)$")]
     pub level: String,
     pub msg: String,
     /// The node whose driver wrote it.
@@ -86,10 +90,16 @@ pub async fn read(
     if limit == 0 {
         return Ok(lines);
     }
-    eventlog::visit_messages(logs, subject, after + 1, end, |position, payload| {
-        lines.extend(LogLine::decode(position, payload));
-        lines.len() < limit
-    })
+    eventlog::visit_messages(
+        logs,
+        subject,
+        after.saturating_add(1),
+        end,
+        |position, payload| {
+            lines.extend(LogLine::decode(position, payload));
+            lines.len() < limit
+        },
+    )
     .await?;
     Ok(lines)
 }

@@ -33,7 +33,7 @@ impl Role {
             _ => None,
         }
     }
-    fn name(self) -> &'static str {
+    pub(crate) fn name(self) -> &'static str {
         match self {
             Self::Viewer => "viewer",
             Self::Operator => "operator",
@@ -143,8 +143,8 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     diff == 0
 }
 
-/// The role a request needs.
-fn required(method: &Method, path: &str) -> Option<Role> {
+/// The role a request needs (the OpenAPI document names it per operation).
+pub(crate) fn required(method: &Method, path: &str) -> Option<Role> {
     if path == "/healthz" {
         return None;
     }

@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
+use utoipa::ToSchema;
 use zerofoot_shared::names::{Names, MANAGEMENT_SERVICE};
 use zerofoot_shared::nats::discover;
 use zerofoot_shared::protocol::{decode, Heartbeat, Registration, ResourceView, Role};
@@ -94,12 +95,22 @@ pub struct ClusterView {
     inventories: Arc<Mutex<Inventories>>,
 }
 
-#[derive(Clone, Debug, Serialize)]
+/// Whether a node is heard from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Liveness {
+    Up,
+    /// No heartbeat came for the node's lapse time.
+    Down,
+}
+
+/// An agent node as its heartbeats show it.
+#[derive(Clone, Debug, Serialize, ToSchema)]
 pub struct NodeStatus {
     pub id: String,
     pub role: Role,
     /// `up`, or `down` once no heartbeat came for the node's lapse time.
-    pub status: &'static str,
+    pub status: Liveness,
     pub term: u64,
     pub heartbeat_age_ms: u64,
     pub running: u32,
@@ -115,13 +126,15 @@ pub struct NodeStatus {
     pub inventory: usize,
 }
 
-#[derive(Clone, Debug, Serialize)]
+/// A management instance found by micro-service discovery.
+#[derive(Clone, Debug, Serialize, ToSchema)]
 pub struct ManagementInstance {
     pub id: String,
     pub version: String,
 }
 
-#[derive(Clone, Debug, Serialize)]
+/// The node that leads, and its term.
+#[derive(Clone, Debug, Serialize, ToSchema)]
 pub struct Lead {
     pub node: String,
     pub term: u64,
@@ -141,9 +154,9 @@ impl ClusterView {
                     id: hb.node.clone(),
                     role: hb.role,
                     status: if age.as_millis() as u64 > hb.lapse_ms {
-                        "down"
+                        Liveness::Down
                     } else {
-                        "up"
+                        Liveness::Up
                     },
                     term: hb.term,
                     heartbeat_age_ms: age.as_millis() as u64,
@@ -164,7 +177,7 @@ impl ClusterView {
     pub fn lead(&self) -> Option<Lead> {
         self.nodes()
             .into_iter()
-            .filter(|n| n.status == "up" && n.role == Role::Lead)
+            .filter(|n| n.status == Liveness::Up && n.role == Role::Lead)
             .max_by_key(|n| n.term)
             .map(|n| Lead {
                 node: n.id,

@@ -1,10 +1,13 @@
 //! The one error type of the HTTP API: every failure becomes
 //! `{"error":{"code","message"}}` with the right status (SPEC §8), plus
-//! fields that say more where there are some (e.g. `violations`).
+//! fields that say more where there are some (e.g. `violations`). The
+//! body's type, [`ErrorBody`], is the one the OpenAPI document shows.
 
-use axum::extract::rejection::JsonRejection;
+use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
+use serde::Serialize;
+use utoipa::ToSchema;
 use zerofoot_shared::protocol::RemoteError;
 
 #[derive(Debug, thiserror::Error)]
@@ -13,8 +16,8 @@ pub struct ApiError {
     pub status: StatusCode,
     pub code: String,
     pub message: String,
-    /// More fields of the `error` object.
-    pub details: serde_json::Map<String, serde_json::Value>,
+    /// Every violation of an operation's params schema (422 `invalid_params`).
+    pub violations: Option<Vec<String>>,
 }
 
 impl ApiError {
@@ -23,12 +26,12 @@ impl ApiError {
             status,
             code: code.to_string(),
             message: message.into(),
-            details: serde_json::Map::new(),
+            violations: None,
         }
     }
-    /// Adds a field to the `error` object.
-    pub fn with(mut self, field: &str, value: serde_json::Value) -> Self {
-        self.details.insert(field.to_string(), value);
+    /// Lists every violation of an operation's params schema.
+    pub fn with_violations(mut self, violations: Vec<String>) -> Self {
+        self.violations = Some(violations);
         self
     }
     pub fn bad_request(code: &str, message: impl Into<String>) -> Self {
@@ -77,7 +80,8 @@ impl From<JsonRejection> for ApiError {
                 "invalid_json",
                 format!("the body is not valid JSON: {}", e.body_text()),
             ),
-            JsonRejection::MissingJsonContentType(_) => Self::bad_request(
+            JsonRejection::MissingJsonContentType(_) => Self::new(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
                 "invalid_content_type",
                 "send the body as JSON with Content-Type: application/json",
             ),
@@ -91,15 +95,71 @@ impl From<JsonRejection> for ApiError {
     }
 }
 
+impl From<PathRejection> for ApiError {
+    fn from(rejection: PathRejection) -> Self {
+        Self::bad_request(
+            "invalid_path",
+            format!("the path does not fit: {}", rejection.body_text()),
+        )
+    }
+}
+
+impl From<QueryRejection> for ApiError {
+    fn from(rejection: QueryRejection) -> Self {
+        Self::bad_request(
+            "invalid_query",
+            format!("the query string does not fit: {}", rejection.body_text()),
+        )
+    }
+}
+
+/// The body of every error answer. The OpenAPI document shows this type,
+/// and [`ApiError`] is written through it, so the two cannot drift apart.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ErrorBody {
+    pub error: ErrorDetail,
+}
+
+/// What went wrong: a stable `code` to act on, a `message` for people, and
+/// fields that say more where there are some (a client should ignore the
+/// ones it does not know: more may come).
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ErrorDetail {
+    /// A stable snake_case word, e.g. `operation_not_found`.
+    #[schema(pattern = "^[a-z0-9_]+$")]
+    pub code: String,
+    /// What was wrong and how to fix it.
+    pub message: String,
+    /// With 422 `invalid_params`: every way the params break the
+    /// operation's schema, as `<path>: <what>`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
+    pub violations: Option<Vec<String>>,
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let mut error = self.details;
-        error.insert("code".into(), self.code.into());
-        error.insert("message".into(), self.message.into());
-        let body = serde_json::json!({ "error": error });
+        let body = ErrorBody {
+            error: ErrorDetail {
+                code: self.code,
+                message: self.message,
+                violations: self.violations,
+            },
+        };
         (self.status, axum::Json(body)).into_response()
     }
 }
+
+/// `Path` whose rejections are [`ApiError`]s (e.g. a segment that is not
+/// UTF-8 once percent-decoded), not axum's plain-text answers.
+#[derive(axum::extract::FromRequestParts)]
+#[from_request(via(axum::extract::Path), rejection(ApiError))]
+pub struct ApiPath<T>(pub T);
+
+/// `Query` whose rejections are [`ApiError`]s.
+#[derive(axum::extract::FromRequestParts)]
+#[from_request(via(axum::extract::Query), rejection(ApiError))]
+pub struct ApiQuery<T>(pub T);
 
 /// `Json` whose rejections are [`ApiError`]s.
 #[derive(axum::extract::FromRequest)]
@@ -109,5 +169,39 @@ pub struct ApiJson<T>(pub T);
 impl<T: serde::Serialize> IntoResponse for ApiJson<T> {
     fn into_response(self) -> Response {
         axum::Json(self.0).into_response()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn body_of(error: ApiError) -> (StatusCode, serde_json::Value) {
+        let response = error.into_response();
+        let status = response.status();
+        let bytes = axum::body::to_bytes(response.into_body(), usize::MAX)
+            .await
+            .expect("a body");
+        (status, serde_json::from_slice(&bytes).expect("JSON"))
+    }
+
+    #[tokio::test]
+    async fn errors_answer_with_the_documented_body() {
+        let (status, body) = body_of(ApiError::not_found("x_not_found", "no x")).await;
+        assert_eq!(status, StatusCode::NOT_FOUND);
+        assert_eq!(
+            body,
+            serde_json::json!({"error": {"code": "x_not_found", "message": "no x"}})
+        );
+        let (status, body) = body_of(
+            ApiError::unprocessable("invalid_params", "bad")
+                .with_violations(vec!["/: \"path\" is a required property".into()]),
+        )
+        .await;
+        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+        assert_eq!(
+            body["error"]["violations"],
+            serde_json::json!(["/: \"path\" is a required property"])
+        );
     }
 }

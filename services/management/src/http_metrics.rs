@@ -38,6 +38,18 @@ pub async fn track(request: Request, next: Next) -> Response {
 }
 
 /// `GET /metrics`, in Prometheus's text format.
+#[utoipa::path(
+    get,
+    path = "/metrics",
+    operation_id = "metrics",
+    tag = "health",
+    security(("bearer" = ["viewer"])),
+    responses(
+        (status = 200, description = "Prometheus's text exposition format (0.0.4).", body = String, content_type = "text/plain"),
+        (status = 401, description = "`unauthorized`: a missing or unknown token.", body = crate::error::ErrorBody),
+        (status = 403, description = "`forbidden` (the token's role may not) or `host_not_allowed` (a token-less instance, not addressed to a loopback name).", body = crate::error::ErrorBody),
+    )
+)]
 pub async fn render(State(state): State<AppState>) -> Response {
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],

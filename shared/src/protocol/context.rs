@@ -5,11 +5,13 @@
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use time::OffsetDateTime;
+use utoipa::ToSchema;
 use uuid::Uuid;
 
 use super::{v1, OperationKind};
 
-#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
+/// Where an operation stands; `complete`, `failed` and `cancelled` are final.
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq, ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum OperationState {
     Pending,
@@ -58,7 +60,8 @@ impl std::str::FromStr for OperationState {
     }
 }
 
-#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
+/// How one attempt ended (`running` while it runs).
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq, ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum AttemptOutcome {
     Running,
@@ -70,7 +73,7 @@ pub enum AttemptOutcome {
 }
 
 /// One try at running the operation, on one node.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, ToSchema)]
 pub struct Attempt {
     pub node: String,
     pub epoch: u64,
@@ -80,15 +83,19 @@ pub struct Attempt {
 }
 
 /// Where in the event log a checkpoint stands.
-#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq, ToSchema)]
 pub struct CheckpointPosition {
     pub seq: u64,
     pub log_position: u64,
 }
 
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+/// The execution context of one operation: what it runs, who owns it,
+/// its attempts and, once final, its result or error. (`Option` fields the
+/// API always writes are marked required: they are `null`, never missing.)
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, ToSchema)]
 pub struct ExecutionContext {
     #[serde(default = "v1")]
+    #[schema(required = true)]
     pub v: u32,
     pub id: Uuid,
     pub module: String,
@@ -96,11 +103,15 @@ pub struct ExecutionContext {
     pub digest: String,
     pub operation: String,
     pub kind: OperationKind,
+    #[schema(required = true)]
     pub resource: Option<String>,
     pub params: Value,
     pub state: OperationState,
+    #[schema(required = true)]
     pub checkpoint: Option<Value>,
+    #[schema(required = true)]
     pub checkpoint_at: Option<CheckpointPosition>,
+    #[schema(required = true)]
     pub owner: Option<String>,
     pub epoch: u64,
     pub attempts: Vec<Attempt>,
@@ -108,11 +119,14 @@ pub struct ExecutionContext {
     pub timeout_ms: u64,
     /// How many more attempts a sync operation gets after losing its node.
     pub retries: u32,
+    #[schema(required = true)]
     pub result: Option<Value>,
+    #[schema(required = true)]
     pub error: Option<String>,
     /// Who submitted it: the API client's label (role and a digest of its
     /// token, never the token), counted against its limit of unfinished operations.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
     pub client: Option<String>,
     #[serde(with = "time::serde::rfc3339")]
     pub created_at: OffsetDateTime,

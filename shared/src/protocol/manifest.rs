@@ -7,6 +7,7 @@ use std::path::{Component, Path};
 
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
+use utoipa::ToSchema;
 
 use super::v1;
 
@@ -15,7 +16,8 @@ pub const DEFAULT_SYNC_TIMEOUT_MS: u64 = 30_000;
 /// Retries of a sync operation whose node was lost, when the manifest names none.
 pub const DEFAULT_RETRIES: u32 = 1;
 
-#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
+/// `sync` operations answer with a result; `async` ones are monitors that stream events.
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq, ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum OperationKind {
     Sync,
@@ -31,13 +33,16 @@ impl OperationKind {
     }
 }
 
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+/// One operation of a module, as its manifest declares it.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct OperationSpec {
     pub kind: OperationKind,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
     pub timeout_ms: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
     pub retries: Option<u32>,
     /// Resource limits of this operation's driver, each under the node's
     /// ceiling (a larger value gets the ceiling).
@@ -45,28 +50,34 @@ pub struct OperationSpec {
     pub limits: DriverLimits,
     /// What the operation does, for people.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
     pub description: Option<String>,
     /// A JSON Schema its `params` must match; management refuses a
     /// submission that does not (422, every violation listed).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
     pub params: Option<serde_json::Value>,
 }
 
 /// Per-driver resource limits (setrlimit); unset means the node's ceiling.
-#[derive(Clone, Copy, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, Serialize, Deserialize, PartialEq, Eq, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct DriverLimits {
     /// Address space, MiB.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
     pub memory_mb: Option<u64>,
     /// Open file descriptors.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
     pub open_files: Option<u64>,
     /// Processes (and threads) the driver may have at once.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
     pub processes: Option<u64>,
     /// CPU time, seconds.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
     pub cpu_s: Option<u64>,
 }
 
@@ -229,17 +240,21 @@ pub fn is_inside_root(path: &str) -> bool {
 }
 
 /// One stored module version: the module index value, key `<name>.<version>`.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, ToSchema)]
 pub struct ModuleRecord {
     #[serde(default = "v1")]
+    #[schema(required = true)]
     pub v: u32,
     pub name: String,
+    /// A semantic version, e.g. `1.2.0`.
+    #[schema(value_type = String)]
     pub version: semver::Version,
     /// `sha256:<hex>` of the bundle bytes.
     pub digest: String,
     /// Bundle size in bytes.
     pub size: u64,
     #[serde(default)]
+    #[schema(required = true)]
     pub description: String,
     pub entrypoint: String,
     pub operations: BTreeMap<String, OperationSpec>,
@@ -247,6 +262,7 @@ pub struct ModuleRecord {
     pub published_at: OffsetDateTime,
     /// The repository's ed25519 signature of (name, version, digest), hex.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
     pub signature: Option<String>,
 }
 

@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use time::OffsetDateTime;
+use utoipa::ToSchema;
 
 use super::v1;
 
@@ -42,15 +43,22 @@ impl std::fmt::Display for ResourceRecord {
 }
 
 /// What the API answers for a resource: secret names, never their values.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, ToSchema)]
 pub struct ResourceView {
     pub id: String,
     pub kind: String,
+    /// Always a JSON object.
+    #[schema(value_type = Object)]
     pub config: Value,
     pub secret_names: Vec<String>,
+    /// The state its drivers last reported, `null` until one did.
+    #[schema(required = true)]
     pub state: Option<Value>,
     #[serde(with = "time::serde::rfc3339::option")]
+    #[schema(required = true)]
     pub state_updated_at: Option<OffsetDateTime>,
+    /// The node that reported the state.
+    #[schema(required = true)]
     pub reported_by: Option<String>,
     #[serde(with = "time::serde::rfc3339")]
     pub updated_at: OffsetDateTime,

@@ -27,7 +27,7 @@ fn number(query: &HashMap<String, String>, name: &str) -> Result<Option<u64>, Ap
             v.parse::<u64>().map_err(|_| {
                 ApiError::bad_request(
                     "invalid_query",
-                    format!("?{name}={v} is not a whole number"),
+                    format!("?{name}={v} is not a whole number from 0 to {}", u64::MAX),
                 )
             })
         })
@@ -43,13 +43,30 @@ pub fn wants_stream(headers: &HeaderMap) -> bool {
 }
 
 /// Where to start: after the resumed stream's `Last-Event-ID`, else after
-/// `?after=`, else from the start.
+/// `?after=`, else from the start. An id that is not one of ours (a seq) is
+/// refused rather than ignored: ignoring it would replay the stream from
+/// its start. An empty one means none, as in the SSE spec.
 pub fn after(query: &HashMap<String, String>, headers: &HeaderMap) -> Result<u64, ApiError> {
-    let resume = headers
-        .get("last-event-id")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.trim().parse::<u64>().ok());
-    Ok(resume.or(number(query, "after")?).unwrap_or(0))
+    let after = number(query, "after")?;
+    let resume = match headers.get("last-event-id") {
+        None => None,
+        Some(value) => {
+            let text = String::from_utf8_lossy(value.as_bytes());
+            let text = text.trim();
+            if text.is_empty() {
+                None
+            } else {
+                Some(text.parse::<u64>().map_err(|_| {
+                    let shown: String = text.chars().take(100).collect();
+                    ApiError::bad_request(
+                        "invalid_last_event_id",
+                        format!("Last-Event-ID {shown:?} is not an event id of this stream (a whole number)"),
+                    )
+                })?)
+            }
+        }
+    };
+    Ok(resume.or(after).unwrap_or(0))
 }
 
 /// The page size of `?limit=`.
@@ -122,4 +139,48 @@ where
     Ok(Sse::new(events)
         .keep_alive(KeepAlive::default())
         .into_response())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn start(query: &[(&str, &str)], last_event_id: Option<&str>) -> Result<u64, String> {
+        let query = query
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        let mut headers = HeaderMap::new();
+        if let Some(id) = last_event_id {
+            headers.insert("last-event-id", id.parse().expect("header value"));
+        }
+        after(&query, &headers).map_err(|e| e.code)
+    }
+
+    #[test]
+    fn a_resume_starts_after_last_event_id_else_after_the_query() {
+        assert_eq!(start(&[], None), Ok(0));
+        assert_eq!(start(&[("after", "7")], None), Ok(7));
+        assert_eq!(start(&[("after", "7")], Some("9")), Ok(9));
+        assert_eq!(start(&[("after", "7")], Some(" ")), Ok(7), "empty: none");
+        assert_eq!(
+            start(&[], Some("x")),
+            Err("invalid_last_event_id".to_string())
+        );
+        assert_eq!(
+            start(&[("after", "-1")], Some("9")),
+            Err("invalid_query".to_string())
+        );
+        let largest = u64::MAX.to_string();
+        assert_eq!(start(&[("after", largest.as_str())], None), Ok(u64::MAX));
+    }
+
+    #[test]
+    fn limits_stay_in_their_range() {
+        let query = |v: &str| HashMap::from([("limit".to_string(), v.to_string())]);
+        assert_eq!(limit(&HashMap::new()).ok(), Some(DEFAULT_LIMIT));
+        assert_eq!(limit(&query("10000")).ok(), Some(MAX_LIMIT));
+        assert!(limit(&query("0")).is_err());
+        assert!(limit(&query("10001")).is_err());
+    }
 }

@@ -6,10 +6,10 @@ pub mod health;
 pub mod live;
 pub mod logs;
 pub mod modules;
+pub mod openapi;
 pub mod operations;
 pub mod resources;
 
-use axum::routing::{get, post, put};
 use axum::Router;
 
 use crate::error::ApiError;
@@ -18,31 +18,45 @@ use crate::startup::AppState;
 /// Largest JSON request body.
 pub const MAX_JSON_BODY_BYTES: usize = 1024 * 1024;
 
+/// Declares every endpoint once: the router is built from this table and
+/// [`ROUTES`] lists the same (method, path) pairs, which the OpenAPI
+/// document must describe (a test in [`openapi`] checks), so no endpoint
+/// can be served without documentation.
+macro_rules! endpoints {
+    ($($method:ident $path:literal => $handler:path,)*) => {
+        /// Every endpoint the router serves, as (method, path).
+        #[cfg(test)]
+        pub const ROUTES: &[(&str, &str)] = &[$((stringify!($method), $path),)*];
+
+        fn endpoints(router: Router<AppState>) -> Router<AppState> {
+            router$(.route($path, axum::routing::$method($handler)))*
+        }
+    };
+}
+
+endpoints! {
+    get "/healthz" => health::healthz,
+    get "/metrics" => crate::http_metrics::render,
+    get "/v1/openapi.json" => openapi::serve,
+    get "/v1/cluster" => cluster::show,
+    post "/v1/modules" => modules::upload,
+    get "/v1/modules" => modules::list,
+    get "/v1/modules/{name}" => modules::show,
+    post "/v1/operations" => operations::submit,
+    get "/v1/operations" => operations::list,
+    get "/v1/operations/{id}" => operations::show,
+    delete "/v1/operations/{id}" => operations::cancel,
+    get "/v1/operations/{id}/events" => events::events,
+    get "/v1/operations/{id}/logs" => logs::logs,
+    get "/v1/resources" => resources::list,
+    put "/v1/resources/{id}" => resources::put,
+    get "/v1/resources/{id}" => resources::get,
+    delete "/v1/resources/{id}" => resources::delete,
+    post "/v1/admin/reseal-secrets" => resources::reseal,
+}
+
 pub fn router(state: AppState) -> Router {
-    Router::new()
-        .route("/healthz", get(health::healthz))
-        .route("/metrics", get(crate::http_metrics::render))
-        .route("/v1/cluster", get(cluster::show))
-        .route("/v1/modules", post(modules::upload).get(modules::list))
-        .route("/v1/modules/{name}", get(modules::show))
-        .route(
-            "/v1/operations",
-            post(operations::submit).get(operations::list),
-        )
-        .route(
-            "/v1/operations/{id}",
-            get(operations::show).delete(operations::cancel),
-        )
-        .route("/v1/operations/{id}/events", get(events::events))
-        .route("/v1/operations/{id}/logs", get(logs::logs))
-        .route("/v1/resources", get(resources::list))
-        .route(
-            "/v1/resources/{id}",
-            put(resources::put)
-                .get(resources::get)
-                .delete(resources::delete),
-        )
-        .route("/v1/admin/reseal-secrets", post(resources::reseal))
+    endpoints(Router::new())
         .fallback(not_found)
         // JSON bodies; bundle uploads stream past this with their own limit.
         .layer(axum::extract::DefaultBodyLimit::max(MAX_JSON_BODY_BYTES))

@@ -6,15 +6,17 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::Body;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
-use axum::Json;
 use futures::StreamExt;
-use serde_json::{json, Value};
+use serde::Serialize;
 use tokio_util::io::StreamReader;
-use zerofoot_shared::protocol::{encode, PutModule, PutModuleOutcome, Reply, PROTOCOL_VERSION};
+use utoipa::ToSchema;
+use zerofoot_shared::protocol::{
+    encode, ModuleRecord, PutModule, PutModuleOutcome, Reply, PROTOCOL_VERSION,
+};
 
-use crate::error::ApiError;
+use crate::error::{ApiError, ApiJson, ApiPath, ErrorBody};
 use crate::startup::AppState;
 
 /// Validating and storing a large bundle takes a while.
@@ -22,11 +24,87 @@ const REPOSITORY_TIMEOUT: Duration = Duration::from_secs(120);
 /// How long an upload waits for the module index watch to show the version.
 const CATALOG_CATCH_UP: Duration = Duration::from_secs(5);
 
+/// A stored module version, as an upload answers.
+#[derive(Serialize, ToSchema)]
+pub struct ModuleStored {
+    pub name: String,
+    /// A semantic version, e.g. `1.2.0`.
+    pub version: String,
+    /// `sha256:<hex>` of the bundle bytes.
+    pub digest: String,
+    /// Bundle size in bytes.
+    pub size: u64,
+}
+
+/// The body of an upload in the OpenAPI document: the bundle's bytes, not
+/// JSON (utoipa would show `Vec<u8>` as an array of numbers).
+pub struct BundleBytes;
+
+impl utoipa::PartialSchema for BundleBytes {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        use utoipa::openapi::schema::{KnownFormat, ObjectBuilder, SchemaFormat, Type};
+        ObjectBuilder::new()
+            .schema_type(Type::String)
+            .format(Some(SchemaFormat::KnownFormat(KnownFormat::Binary)))
+            .description(Some("A .tar.gz bundle with module.json at its root."))
+            .into()
+    }
+}
+
+impl ToSchema for BundleBytes {}
+
+/// Every stored module version.
+#[derive(Serialize, ToSchema)]
+pub struct ModuleList {
+    /// By name, newest version first.
+    pub modules: Vec<ModuleRecord>,
+}
+
+/// One module's versions.
+#[derive(Serialize, ToSchema)]
+pub struct ModuleVersions {
+    pub name: String,
+    /// Newest first; never empty.
+    pub versions: Vec<ModuleRecord>,
+}
+
+/// Uploads a module bundle (a `.tar.gz` with `module.json` at its root, as
+/// `scripts/pack-module.sh` packs it), streamed, at most
+/// `--max-bundle-bytes` (64 MiB). The repository validates, signs and
+/// stores it; versions are immutable. Any `Content-Type` is taken: the body
+/// is read as bytes.
+#[utoipa::path(
+    post,
+    path = "/v1/modules",
+    operation_id = "module_upload",
+    tag = "modules",
+    security(("bearer" = ["admin"])),
+    request_body(
+        description = "The bundle bytes.",
+        content(
+            (inline(BundleBytes) = "application/gzip"),
+            (inline(BundleBytes) = "application/octet-stream"),
+        ),
+    ),
+    responses(
+        (status = 201, description = "A new module version, stored.", body = ModuleStored),
+        (status = 200, description = "The same bytes were stored before: nothing changed.", body = ModuleStored),
+        (status = 400, description = "`empty_body`: no bytes were sent.", body = ErrorBody),
+        (status = 401, description = "`unauthorized`: a missing or unknown token.", body = ErrorBody),
+        (status = 403, description = "`forbidden` (the token's role may not) or `host_not_allowed` (a token-less instance, not addressed to a loopback name).", body = ErrorBody),
+        (status = 404, description = "`upload_not_found`: the staged upload was gone before the repository read it; upload again.", body = ErrorBody),
+        (status = 409, description = "`version_exists`: this name and version are stored with other bytes; raise the version.", body = ErrorBody),
+        (status = 413, description = "`bundle_too_large`: over the size limit.", body = ErrorBody),
+        (status = 422, description = "`invalid_bundle`: not a valid bundle (what is wrong is in the message).", body = ErrorBody),
+        (status = 500, description = "`internal`: the repository failed unexpectedly.", body = ErrorBody),
+        (status = 503, description = "`unavailable`: NATS or the repository did not answer.", body = ErrorBody),
+    )
+)]
 pub async fn upload(
     State(state): State<AppState>,
     headers: HeaderMap,
     body: Body,
-) -> Result<(StatusCode, Json<Value>), ApiError> {
+) -> Result<(StatusCode, ApiJson<ModuleStored>), ApiError> {
     let nats = state.nats()?;
     let limit = state.config().max_bundle_bytes;
     let too_large = || {
@@ -127,7 +205,12 @@ pub async fn upload(
     .await;
     Ok((
         status,
-        Json(json!({"name": m.name, "version": m.version, "digest": m.digest, "size": m.size})),
+        ApiJson(ModuleStored {
+            name: m.name.clone(),
+            version: m.version.to_string(),
+            digest: m.digest.clone(),
+            size: m.size,
+        }),
     ))
 }
 
@@ -138,20 +221,52 @@ async fn seen_nothing(
     matches!(store.info(name).await, Ok(info) if info.size == 0)
 }
 
-pub async fn list(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
+/// Every stored module version, by name, newest version first.
+#[utoipa::path(
+    get,
+    path = "/v1/modules",
+    operation_id = "module_list",
+    tag = "modules",
+    security(("bearer" = ["viewer"])),
+    responses(
+        (status = 200, description = "The modules.", body = ModuleList),
+        (status = 401, description = "`unauthorized`: a missing or unknown token.", body = ErrorBody),
+        (status = 403, description = "`forbidden` (the token's role may not) or `host_not_allowed` (a token-less instance, not addressed to a loopback name).", body = ErrorBody),
+        (status = 503, description = "`unavailable`: not connected to NATS, or the module index is not read yet.", body = ErrorBody),
+    )
+)]
+pub async fn list(State(state): State<AppState>) -> Result<ApiJson<ModuleList>, ApiError> {
     let nats = state.nats()?;
     let modules = nats
         .catalog
         .list()
         .await
         .map_err(|e| ApiError::unavailable(e.to_string()))?;
-    Ok(Json(json!({"modules": modules})))
+    Ok(ApiJson(ModuleList { modules }))
 }
 
+/// One module's versions, newest first, with their operations (and their
+/// descriptions and params schemas).
+#[utoipa::path(
+    get,
+    path = "/v1/modules/{name}",
+    operation_id = "module_show",
+    tag = "modules",
+    security(("bearer" = ["viewer"])),
+    params(("name" = String, Path, description = "The module's name.")),
+    responses(
+        (status = 200, description = "The module's versions.", body = ModuleVersions),
+        (status = 400, description = "`invalid_path`: the name is not UTF-8.", body = ErrorBody),
+        (status = 401, description = "`unauthorized`: a missing or unknown token.", body = ErrorBody),
+        (status = 403, description = "`forbidden` (the token's role may not) or `host_not_allowed` (a token-less instance, not addressed to a loopback name).", body = ErrorBody),
+        (status = 404, description = "`module_not_found`: no module of that name.", body = ErrorBody),
+        (status = 503, description = "`unavailable`: not connected to NATS, or the module index is not read yet.", body = ErrorBody),
+    )
+)]
 pub async fn show(
     State(state): State<AppState>,
-    Path(name): Path<String>,
-) -> Result<Json<Value>, ApiError> {
+    ApiPath(name): ApiPath<String>,
+) -> Result<ApiJson<ModuleVersions>, ApiError> {
     let nats = state.nats()?;
     let versions = nats
         .catalog
@@ -164,5 +279,5 @@ pub async fn show(
             format!("no module named {name:?}; GET /v1/modules lists them"),
         ));
     }
-    Ok(Json(json!({"name": name, "versions": versions})))
+    Ok(ApiJson(ModuleVersions { name, versions }))
 }

@@ -5,11 +5,12 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use axum::extract::{Extension, Path, Query, State};
+use axum::extract::{Extension, State};
 use axum::http::StatusCode;
 use futures::StreamExt;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
+use utoipa::ToSchema;
 use uuid::Uuid;
 use zerofoot_shared::context_store::ContextStoreError;
 use zerofoot_shared::protocol::{
@@ -18,7 +19,7 @@ use zerofoot_shared::protocol::{
 };
 
 use crate::auth::ApiClient;
-use crate::error::{ApiError, ApiJson};
+use crate::error::{ApiError, ApiJson, ApiPath, ApiQuery, ErrorBody};
 use crate::operation_index::Filter;
 use crate::startup::{AppState, Nats};
 
@@ -39,17 +40,33 @@ const MAX_PARAMS_BYTES: usize = 256 * 1024;
 const DEFAULT_LIST_LIMIT: usize = 100;
 const MAX_LIST_LIMIT: usize = 1000;
 
-#[derive(Deserialize)]
+/// A new operation.
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(example = json!({"module": "shell", "operation": "run", "params": {"command": "uname", "args": ["-s"]}}))]
 pub struct Submit {
+    /// The module's name.
     module: String,
+    /// A semantic version of the module; the newest when left out.
     #[serde(default)]
     version: Option<String>,
+    /// One of the module's operations.
     operation: String,
+    /// The id of the resource to run it against.
     #[serde(default)]
+    #[schema(pattern = "^[A-Za-z0-9_-]{1,64}$")]
     resource: Option<String>,
+    /// A JSON object (at most 256 KiB), checked against the operation's
+    /// params schema when it has one; `{}` when left out or `null`.
     #[serde(default)]
+    #[schema(value_type = Option<Object>)]
     params: Option<Value>,
+}
+
+/// Operations, newest first.
+#[derive(Serialize, ToSchema)]
+pub struct OperationList {
+    pub operations: Vec<ExecutionContext>,
 }
 
 fn flag(query: &HashMap<String, String>, name: &str, default: bool) -> Result<bool, ApiError> {
@@ -64,9 +81,47 @@ fn flag(query: &HashMap<String, String>, name: &str, default: bool) -> Result<bo
     }
 }
 
+/// Runs an operation. The context is recorded before the call answers. A
+/// sync operation is waited for (unless `?wait=false`): 200 with its final
+/// context, or 202 with the context as it stands once it outlasts
+/// `timeout_ms × (retries + 1) + 10 s`. An async one (a monitor) answers
+/// 202 `pending` at once; the lead starts it.
+#[utoipa::path(
+    post,
+    path = "/v1/operations",
+    operation_id = "operation_submit",
+    tag = "operations",
+    security(("bearer" = ["operator"])),
+    params(("wait" = Option<bool>, Query, description = "Whether a sync call waits for the end (default true).")),
+    request_body(content = Submit, content_type = "application/json"),
+    responses(
+        (status = 200, description = "A sync operation, finished: `complete`, `failed` or `cancelled`.", body = ExecutionContext, links(
+            ("show" = (operation_id = "operation_show", parameters(("id" = "$response.body#/id")))),
+            ("cancel" = (operation_id = "operation_cancel", parameters(("id" = "$response.body#/id")))),
+            ("events" = (operation_id = "operation_events", parameters(("id" = "$response.body#/id")))),
+            ("logs" = (operation_id = "operation_logs", parameters(("id" = "$response.body#/id")))),
+        )),
+        (status = 202, description = "Recorded, not finished: an async operation (`pending`), a sync one with `?wait=false` or one that outlasted its time budget.", body = ExecutionContext, links(
+            ("show" = (operation_id = "operation_show", parameters(("id" = "$response.body#/id")))),
+            ("cancel" = (operation_id = "operation_cancel", parameters(("id" = "$response.body#/id")))),
+            ("events" = (operation_id = "operation_events", parameters(("id" = "$response.body#/id")))),
+            ("logs" = (operation_id = "operation_logs", parameters(("id" = "$response.body#/id")))),
+        )),
+        (status = 400, description = "`invalid_json`, `invalid_body` (does not fit the schema), `invalid_params` (not an object), `invalid_version` (not semver), `invalid_resource_id` or `invalid_query` (`?wait`).", body = ErrorBody),
+        (status = 401, description = "`unauthorized`: a missing or unknown token.", body = ErrorBody),
+        (status = 403, description = "`forbidden` (the token's role may not) or `host_not_allowed` (a token-less instance, not addressed to a loopback name).", body = ErrorBody),
+        (status = 404, description = "`module_not_found` (no such module or version) or `resource_not_found`.", body = ErrorBody),
+        (status = 413, description = "`params_too_large` (over 256 KiB) or `unreadable_body` (the body is over 1 MiB).", body = ErrorBody),
+        (status = 415, description = "`invalid_content_type`: the body is not sent as `application/json`.", body = ErrorBody),
+        (status = 422, description = "`unknown_operation` (the module has no such operation) or `invalid_params` (the params break the operation's schema; every violation in `error.violations`).", body = ErrorBody),
+        (status = 429, description = "`too_many_operations`: the client's limit of unfinished operations is reached.", body = ErrorBody),
+        (status = 500, description = "`internal`: the operation's stored params schema is unusable.", body = ErrorBody),
+        (status = 503, description = "`unavailable`: NATS did not answer, the module index is not read yet, or no agent node is running (the operation is then recorded as failed).", body = ErrorBody),
+    )
+)]
 pub async fn submit(
     State(state): State<AppState>,
-    Query(query): Query<HashMap<String, String>>,
+    ApiQuery(query): ApiQuery<HashMap<String, String>>,
     Extension(client): Extension<ApiClient>,
     ApiJson(body): ApiJson<Submit>,
 ) -> Result<(StatusCode, ApiJson<ExecutionContext>), ApiError> {
@@ -142,10 +197,12 @@ pub async fn submit(
                     violations.join("; ")
                 ),
             )
-            .with("violations", json!(violations)));
+            .with_violations(violations));
         }
     }
     if let Some(resource) = &body.resource {
+        // Before the bucket is asked: it refuses such keys as an error of its own.
+        super::resources::check_id(resource)?;
         let exists = nats
             .assets
             .resources
@@ -360,9 +417,27 @@ pub async fn load(nats: &Nats, op: &Uuid) -> Result<(ExecutionContext, u64), Api
     }
 }
 
+/// One operation's execution context: state, owner, attempts, result, error.
+#[utoipa::path(
+    get,
+    path = "/v1/operations/{id}",
+    operation_id = "operation_show",
+    tag = "operations",
+    security(("bearer" = ["viewer"])),
+    params(("id" = Uuid, Path, description = "The operation's id.")),
+    responses(
+        (status = 200, description = "The execution context.", body = ExecutionContext),
+        (status = 400, description = "`invalid_operation_id`: not a UUID.", body = ErrorBody),
+        (status = 401, description = "`unauthorized`: a missing or unknown token.", body = ErrorBody),
+        (status = 403, description = "`forbidden` (the token's role may not) or `host_not_allowed` (a token-less instance, not addressed to a loopback name).", body = ErrorBody),
+        (status = 404, description = "`operation_not_found`.", body = ErrorBody),
+        (status = 500, description = "`internal`: the stored context is unreadable.", body = ErrorBody),
+        (status = 503, description = "`unavailable`: NATS did not answer.", body = ErrorBody),
+    )
+)]
 pub async fn show(
     State(state): State<AppState>,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
 ) -> Result<ApiJson<ExecutionContext>, ApiError> {
     let id = parse_id(&id)?;
     let (ctx, _) = load(state.nats()?, &id).await?;
@@ -380,9 +455,27 @@ const CANCEL_NUDGE_TIMEOUT: Duration = Duration::from_secs(2);
 /// now or after a failover, stops the driver and writes `cancelled`. Only
 /// then does the call answer 202, so a cancel survives the owner's death.
 /// Asking the owner on `op.<id>.cancel` afterwards only makes it quicker.
+#[utoipa::path(
+    delete,
+    path = "/v1/operations/{id}",
+    operation_id = "operation_cancel",
+    tag = "operations",
+    security(("bearer" = ["operator"])),
+    params(("id" = Uuid, Path, description = "The operation's id.")),
+    responses(
+        (status = 202, description = "The cancel is recorded: `cancelled` at once when the operation was pending, else `cancelling` (its owner stops the driver and writes `cancelled`).", body = ExecutionContext),
+        (status = 400, description = "`invalid_operation_id`: not a UUID.", body = ErrorBody),
+        (status = 401, description = "`unauthorized`: a missing or unknown token.", body = ErrorBody),
+        (status = 403, description = "`forbidden` (the token's role may not) or `host_not_allowed` (a token-less instance, not addressed to a loopback name).", body = ErrorBody),
+        (status = 404, description = "`operation_not_found`.", body = ErrorBody),
+        (status = 409, description = "`already_finished`, or `busy` (the context kept changing; try again).", body = ErrorBody),
+        (status = 500, description = "`internal`: the stored context is unreadable.", body = ErrorBody),
+        (status = 503, description = "`unavailable`: NATS did not answer.", body = ErrorBody),
+    )
+)]
 pub async fn cancel(
     State(state): State<AppState>,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
 ) -> Result<(StatusCode, ApiJson<ExecutionContext>), ApiError> {
     let id = parse_id(&id)?;
     let nats = state.nats()?;
@@ -449,10 +542,31 @@ fn nudge_owner(state: &AppState, nats: &Nats, ctx: &ExecutionContext) {
     });
 }
 
+/// Operations, newest first, filtered.
+#[utoipa::path(
+    get,
+    path = "/v1/operations",
+    operation_id = "operation_list",
+    tag = "operations",
+    security(("bearer" = ["viewer"])),
+    params(
+        ("state" = Option<OperationState>, Query, description = "Only operations in this state."),
+        ("module" = Option<String>, Query, description = "Only operations of this module."),
+        ("kind" = Option<OperationKind>, Query, description = "Only sync or only async operations."),
+        ("limit" = Option<u32>, Query, minimum = 1, maximum = 1000, description = "At most this many (default 100)."),
+    ),
+    responses(
+        (status = 200, description = "The operations.", body = OperationList),
+        (status = 400, description = "`invalid_query`: a filter or limit that is not one of the documented values.", body = ErrorBody),
+        (status = 401, description = "`unauthorized`: a missing or unknown token.", body = ErrorBody),
+        (status = 403, description = "`forbidden` (the token's role may not) or `host_not_allowed` (a token-less instance, not addressed to a loopback name).", body = ErrorBody),
+        (status = 503, description = "`unavailable`: NATS did not answer.", body = ErrorBody),
+    )
+)]
 pub async fn list(
     State(state): State<AppState>,
-    Query(query): Query<HashMap<String, String>>,
-) -> Result<ApiJson<Value>, ApiError> {
+    ApiQuery(query): ApiQuery<HashMap<String, String>>,
+) -> Result<ApiJson<OperationList>, ApiError> {
     let nats = state.nats()?;
     let wanted_state = query
         .get("state")
@@ -515,5 +629,7 @@ pub async fn list(
         .await;
     contexts.sort_by_key(|c| std::cmp::Reverse(c.created_at));
     contexts.truncate(limit);
-    Ok(ApiJson(json!({"operations": contexts})))
+    Ok(ApiJson(OperationList {
+        operations: contexts,
+    }))
 }

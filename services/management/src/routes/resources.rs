@@ -4,26 +4,61 @@
 use std::collections::BTreeMap;
 
 use async_nats::jetstream::kv;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::StatusCode;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
+use utoipa::ToSchema;
 use zerofoot_shared::protocol::{decode, encode, ResourceRecord, ResourceView, PROTOCOL_VERSION};
 
-use crate::error::{ApiError, ApiJson};
+use crate::error::{ApiError, ApiJson, ApiPath, ErrorBody};
 use crate::startup::AppState;
 
-#[derive(Deserialize)]
+/// A resource's kind, configuration and secrets.
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(example = json!({"kind": "file", "config": {"path": "/var/log/syslog"}, "secrets": {"token": "s3cret"}}))]
 pub struct PutResource {
+    /// What the resource is, e.g. `ssh-host`: not empty.
+    #[schema(min_length = 1, pattern = "\\S")]
     kind: String,
+    /// A JSON object handed to the drivers; `{}` when left out or `null`.
     #[serde(default)]
+    #[schema(value_type = Option<Object>)]
     config: Value,
+    /// Secret values by name: sealed at rest, handed only to drivers, never
+    /// answered (only their names are). Needs a secrets key.
     #[serde(default)]
     secrets: BTreeMap<String, String>,
 }
 
-fn check_id(id: &str) -> Result<(), ApiError> {
+/// Every resource, by id.
+#[derive(Serialize, ToSchema)]
+pub struct ResourceList {
+    pub resources: Vec<ResourceView>,
+}
+
+/// What resealing did, counted by resource.
+#[derive(Serialize, ToSchema)]
+pub struct ResealReport {
+    /// Sealed again under the current key.
+    pub resealed: u64,
+    /// Already sealed under the current key.
+    pub already_current: u64,
+    pub without_secrets: u64,
+    /// Resources whose secrets could not be resealed, and why.
+    pub failed: Vec<ResealFailure>,
+}
+
+/// A resource whose secrets could not be resealed.
+#[derive(Serialize, ToSchema)]
+pub struct ResealFailure {
+    pub id: String,
+    pub error: String,
+}
+
+/// Checks a resource id: 1 to 64 characters from A-Z, a-z, 0-9, '-' and '_'.
+pub(super) fn check_id(id: &str) -> Result<(), ApiError> {
     zerofoot_shared::names::validate_instance_id(id).map_err(|_| {
         ApiError::bad_request(
             "invalid_resource_id",
@@ -32,9 +67,38 @@ fn check_id(id: &str) -> Result<(), ApiError> {
     })
 }
 
+/// Creates or replaces a resource; a replaced one keeps its reported state.
+#[utoipa::path(
+    put,
+    path = "/v1/resources/{id}",
+    operation_id = "resource_put",
+    tag = "resources",
+    security(("bearer" = ["admin"])),
+    params(("id" = String, Path, pattern = "^[A-Za-z0-9_-]{1,64}$", example = "web-1", description = "The resource's id.")),
+    request_body(content = PutResource, content_type = "application/json"),
+    responses(
+        (status = 201, description = "Created.", body = ResourceView, links(
+            ("get" = (operation_id = "resource_get", parameters(("id" = "$request.path.id")))),
+            ("delete" = (operation_id = "resource_delete", parameters(("id" = "$request.path.id")))),
+        )),
+        (status = 200, description = "Replaced.", body = ResourceView, links(
+            ("get" = (operation_id = "resource_get", parameters(("id" = "$request.path.id")))),
+            ("delete" = (operation_id = "resource_delete", parameters(("id" = "$request.path.id")))),
+        )),
+        (status = 400, description = "`invalid_resource_id`, `invalid_json` or `invalid_body` (does not fit the schema).", body = ErrorBody),
+        (status = 401, description = "`unauthorized`: a missing or unknown token.", body = ErrorBody),
+        (status = 403, description = "`forbidden` (the token's role may not) or `host_not_allowed` (a token-less instance, not addressed to a loopback name).", body = ErrorBody),
+        (status = 409, description = "`concurrent_update`: the resource changed while it was being written; send it again.", body = ErrorBody),
+        (status = 413, description = "`unreadable_body`: the body is over 1 MiB.", body = ErrorBody),
+        (status = 415, description = "`invalid_content_type`: the body is not sent as `application/json`.", body = ErrorBody),
+        (status = 422, description = "`invalid_kind` (empty), `invalid_config` (not an object) or `no_secrets_key` (secrets sent to an instance without a secrets key).", body = ErrorBody),
+        (status = 500, description = "`internal`: the secrets cannot be sealed, or the stored record is unreadable.", body = ErrorBody),
+        (status = 503, description = "`unavailable`: NATS did not answer.", body = ErrorBody),
+    )
+)]
 pub async fn put(
     State(state): State<AppState>,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
     ApiJson(body): ApiJson<PutResource>,
 ) -> Result<(StatusCode, ApiJson<ResourceView>), ApiError> {
     check_id(&id)?;
@@ -138,9 +202,27 @@ fn not_found(id: &str) -> ApiError {
     )
 }
 
+/// One resource: configuration, reported state, secret names (never values).
+#[utoipa::path(
+    get,
+    path = "/v1/resources/{id}",
+    operation_id = "resource_get",
+    tag = "resources",
+    security(("bearer" = ["viewer"])),
+    params(("id" = String, Path, pattern = "^[A-Za-z0-9_-]{1,64}$", example = "web-1", description = "The resource's id.")),
+    responses(
+        (status = 200, description = "The resource.", body = ResourceView),
+        (status = 400, description = "`invalid_resource_id`.", body = ErrorBody),
+        (status = 401, description = "`unauthorized`: a missing or unknown token.", body = ErrorBody),
+        (status = 403, description = "`forbidden` (the token's role may not) or `host_not_allowed` (a token-less instance, not addressed to a loopback name).", body = ErrorBody),
+        (status = 404, description = "`resource_not_found`.", body = ErrorBody),
+        (status = 500, description = "`internal`: the stored record is unreadable.", body = ErrorBody),
+        (status = 503, description = "`unavailable`: NATS did not answer.", body = ErrorBody),
+    )
+)]
 pub async fn get(
     State(state): State<AppState>,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
 ) -> Result<ApiJson<ResourceView>, ApiError> {
     check_id(&id)?;
     let store = &state.nats()?.assets.resources;
@@ -148,7 +230,22 @@ pub async fn get(
     Ok(ApiJson(ResourceView::from(&record)))
 }
 
-pub async fn list(State(state): State<AppState>) -> Result<ApiJson<Value>, ApiError> {
+/// Every resource, by id; secret names only.
+#[utoipa::path(
+    get,
+    path = "/v1/resources",
+    operation_id = "resource_list",
+    tag = "resources",
+    security(("bearer" = ["viewer"])),
+    responses(
+        (status = 200, description = "The resources.", body = ResourceList),
+        (status = 401, description = "`unauthorized`: a missing or unknown token.", body = ErrorBody),
+        (status = 403, description = "`forbidden` (the token's role may not) or `host_not_allowed` (a token-less instance, not addressed to a loopback name).", body = ErrorBody),
+        (status = 500, description = "`internal`: a stored record is unreadable.", body = ErrorBody),
+        (status = 503, description = "`unavailable`: NATS did not answer.", body = ErrorBody),
+    )
+)]
+pub async fn list(State(state): State<AppState>) -> Result<ApiJson<ResourceList>, ApiError> {
     let store = &state.nats()?.assets.resources;
     let keys = super::bucket_keys(store, "resources bucket").await?;
     let mut resources = Vec::with_capacity(keys.len());
@@ -158,7 +255,7 @@ pub async fn list(State(state): State<AppState>) -> Result<ApiJson<Value>, ApiEr
         }
     }
     resources.sort_by(|a, b| a.id.cmp(&b.id));
-    Ok(ApiJson(json!({"resources": resources})))
+    Ok(ApiJson(ResourceList { resources }))
 }
 
 /// What resealing did to one resource.
@@ -173,7 +270,22 @@ enum Resealing {
 /// under the current secrets key, so that the previous keys can be dropped
 /// from every service. Safe to repeat; each record is written with
 /// compare-and-set, so a concurrent state report is never lost.
-pub async fn reseal(State(state): State<AppState>) -> Result<ApiJson<Value>, ApiError> {
+#[utoipa::path(
+    post,
+    path = "/v1/admin/reseal-secrets",
+    operation_id = "reseal_secrets",
+    tag = "resources",
+    security(("bearer" = ["admin"])),
+    responses(
+        (status = 200, description = "Every resource visited.", body = ResealReport),
+        (status = 401, description = "`unauthorized`: a missing or unknown token.", body = ErrorBody),
+        (status = 403, description = "`forbidden` (the token's role may not) or `host_not_allowed` (a token-less instance, not addressed to a loopback name).", body = ErrorBody),
+        (status = 422, description = "`no_secrets_key`: this instance has no secrets key.", body = ErrorBody),
+        (status = 500, description = "`internal`: a stored record is unreadable.", body = ErrorBody),
+        (status = 503, description = "`unavailable`: NATS did not answer.", body = ErrorBody),
+    )
+)]
+pub async fn reseal(State(state): State<AppState>) -> Result<ApiJson<ResealReport>, ApiError> {
     let key = state.secrets_key().ok_or_else(|| {
         ApiError::unprocessable(
             "no_secrets_key",
@@ -218,7 +330,7 @@ pub async fn reseal(State(state): State<AppState>) -> Result<ApiJson<Value>, Api
             Ok(Resealing::Current) => current += 1,
             Ok(Resealing::NoSecrets) => without_secrets += 1,
             Ok(Resealing::Gone) => {}
-            Err(error) => failed.push(json!({"id": id, "error": error})),
+            Err(error) => failed.push(ResealFailure { id, error }),
         }
     }
     tracing::info!(
@@ -227,17 +339,35 @@ pub async fn reseal(State(state): State<AppState>) -> Result<ApiJson<Value>, Api
         failed = failed.len(),
         "resealed resource secrets under the current key"
     );
-    Ok(ApiJson(json!({
-        "resealed": resealed,
-        "already_current": current,
-        "without_secrets": without_secrets,
-        "failed": failed,
-    })))
+    Ok(ApiJson(ResealReport {
+        resealed,
+        already_current: current,
+        without_secrets,
+        failed,
+    }))
 }
 
+/// Deletes a resource.
+#[utoipa::path(
+    delete,
+    path = "/v1/resources/{id}",
+    operation_id = "resource_delete",
+    tag = "resources",
+    security(("bearer" = ["admin"])),
+    params(("id" = String, Path, pattern = "^[A-Za-z0-9_-]{1,64}$", example = "web-1", description = "The resource's id.")),
+    responses(
+        (status = 204, description = "Deleted."),
+        (status = 400, description = "`invalid_resource_id`.", body = ErrorBody),
+        (status = 401, description = "`unauthorized`: a missing or unknown token.", body = ErrorBody),
+        (status = 403, description = "`forbidden` (the token's role may not) or `host_not_allowed` (a token-less instance, not addressed to a loopback name).", body = ErrorBody),
+        (status = 404, description = "`resource_not_found`.", body = ErrorBody),
+        (status = 500, description = "`internal`: the stored record is unreadable.", body = ErrorBody),
+        (status = 503, description = "`unavailable`: NATS did not answer.", body = ErrorBody),
+    )
+)]
 pub async fn delete(
     State(state): State<AppState>,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
 ) -> Result<StatusCode, ApiError> {
     check_id(&id)?;
     let store = &state.nats()?.assets.resources;
