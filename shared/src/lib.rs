@@ -14,6 +14,7 @@
 //! - [`eventlog`]: the per-operation event log: entries and reading.
 //! - [`oplog`]: per-operation driver log lines: what a line holds, and reading them.
 //! - [`modules`]: the read side of the module index (list, resolve, get).
+//! - [`selector`]: resource labels and the selectors that pick resources by them.
 //! - [`sealing`]: resource secrets sealed at rest with the cluster key.
 //! - [`signing`]: module signatures (repository) and their verification (nodes).
 //! - [`health`], [`metrics`]: `/healthz` and Prometheus `/metrics` endpoints.
@@ -33,6 +34,7 @@ pub mod nats_auth;
 pub mod oplog;
 pub mod protocol;
 pub mod sealing;
+pub mod selector;
 pub mod shutdown;
 pub mod signing;
 pub mod telemetry;
