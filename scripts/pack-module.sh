@@ -8,5 +8,7 @@ set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 dir=${1:?usage: scripts/pack-module.sh DIR [OUT]}
 zf="$root/target/release/zf"
-cargo build --quiet --release --manifest-path "$root/Cargo.toml" -p zerofoot-cli
+# The same build as up.sh and docker-images.sh (all binaries, one feature
+# set), so it is a no-op after either.
+(cd "$root" && cargo build --quiet --release --bins)
 if [ $# -ge 2 ]; then exec "$zf" module pack "$dir" -o "$2"; else exec "$zf" module pack "$dir"; fi
