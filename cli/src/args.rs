@@ -121,8 +121,13 @@ pub enum ResourceCommand {
         /// The resource id.
         id: String,
     },
-    /// List resources.
-    Ls,
+    /// List resources, or those a label selector picks.
+    Ls {
+        /// e.g. `role=web,env in (prod,stage),!canary`: `k=v`, `k!=v`,
+        /// `k in (a,b)`, `k notin (a,b)`, `k` (set), `!k` (not set).
+        #[arg(long, short = 'l')]
+        selector: Option<String>,
+    },
     /// Delete a resource.
     Rm {
         /// The resource id.

@@ -413,7 +413,7 @@ async fn zf_puts_a_resource_from_yaml_then_gets_lists_and_removes_it() {
     let yaml = work.path().join("web-1.yaml");
     std::fs::write(
         &yaml,
-        "# a file resource\nid: web-1\nkind: file\nconfig:\n  path: /var/log/syslog\n  follow: true\n  lines: 20\nsecrets:\n  token: s3cret-value\n",
+        "# a file resource\nid: web-1\nkind: file\nlabels:\n  role: web\n  env: prod\nconfig:\n  path: /var/log/syslog\n  follow: true\n  lines: 20\nsecrets:\n  token: s3cret-value\n",
     )
     .expect("write the YAML");
     let yaml_arg = yaml.display().to_string();
@@ -440,13 +440,19 @@ async fn zf_puts_a_resource_from_yaml_then_gets_lists_and_removes_it() {
         "YAML became the JSON config: {view}"
     );
     assert_eq!(view["secret_names"], json!(["token"]), "{view}");
+    assert_eq!(
+        view["labels"],
+        json!({"role": "web", "env": "prod"}),
+        "{view}"
+    );
     let text = zf(&url, &["resource", "get", "web-1"])
         .await
         .expect(0, "zf resource get");
     assert!(
         text.stdout.contains("kind:        file")
             && text.stdout.contains("/var/log/syslog")
-            && text.stdout.contains("secrets:     token"),
+            && text.stdout.contains("secrets:     token")
+            && text.stdout.contains("labels:      env=prod,role=web"),
         "{}",
         text.stdout
     );
@@ -458,7 +464,7 @@ async fn zf_puts_a_resource_from_yaml_then_gets_lists_and_removes_it() {
     let json_file = work.path().join("db-1.json");
     std::fs::write(
         &json_file,
-        r#"{"id": "db-1", "kind": "postgres", "config": {"port": 5432}}"#,
+        r#"{"id": "db-1", "kind": "postgres", "labels": {"role": "db", "env": "prod"}, "config": {"port": 5432}}"#,
     )
     .expect("write the JSON");
     zf(&url, &["resource", "put", &json_file.display().to_string()])
@@ -478,6 +484,64 @@ async fn zf_puts_a_resource_from_yaml_then_gets_lists_and_removes_it() {
         rows[1].starts_with("web-1 ") && rows[1].contains("token"),
         "{}",
         listed.stdout
+    );
+
+    // Selectors pick by label; a bad selector or bad labels say what is wrong.
+    let picked = zf(
+        &url,
+        &["resource", "ls", "--selector", "env=prod,role notin (db)"],
+    )
+    .await
+    .expect(0, "zf resource ls --selector");
+    let rows: Vec<&str> = picked.stdout.lines().skip(1).collect();
+    assert!(
+        rows.len() == 1 && rows[0].starts_with("web-1 ") && rows[0].contains("env=prod,role=web"),
+        "{}",
+        picked.stdout
+    );
+    let picked = zf(
+        &url,
+        &[
+            "resource",
+            "ls",
+            "-l",
+            "role in (db,cache),!canary",
+            "--json",
+        ],
+    )
+    .await
+    .expect(0, "zf resource ls -l --json");
+    assert_eq!(
+        picked.json()["resources"][0]["id"],
+        "db-1",
+        "{}",
+        picked.stdout
+    );
+    assert_eq!(picked.json()["resources"].as_array().map(Vec::len), Some(1));
+    let bad = zf(&url, &["resource", "ls", "-l", "role in (web"])
+        .await
+        .expect(3, "a selector that does not parse");
+    assert!(
+        bad.stderr.contains("400 invalid_selector") && bad.stderr.contains("expected ',' or ')'"),
+        "{}",
+        bad.stderr
+    );
+    let bad_labels = work.path().join("bad.yaml");
+    std::fs::write(
+        &bad_labels,
+        "id: bad-1\nkind: file\nlabels:\n  role: \"web server\"\n",
+    )
+    .expect("write");
+    let refused = zf(
+        &url,
+        &["resource", "put", &bad_labels.display().to_string()],
+    )
+    .await
+    .expect(3, "labels out of the rules");
+    assert!(
+        refused.stderr.contains("422 invalid_labels") && refused.stderr.contains("\"web server\""),
+        "{}",
+        refused.stderr
     );
 
     let removed = zf(&url, &["resource", "rm", "web-1"])

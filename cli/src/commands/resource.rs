@@ -17,7 +17,7 @@ pub async fn run(ctx: &Ctx, command: ResourceCommand) -> Result<(), CliError> {
     match command {
         ResourceCommand::Put { file } => put(ctx, &file).await,
         ResourceCommand::Get { id } => get(ctx, &id).await,
-        ResourceCommand::Ls => list(ctx).await,
+        ResourceCommand::Ls { selector } => list(ctx, selector.as_deref()).await,
         ResourceCommand::Rm { id } => remove(ctx, &id).await,
     }
 }
@@ -74,6 +74,7 @@ async fn get(ctx: &Ctx, id: &str) -> Result<(), CliError> {
     let lines = [
         format!("id:          {}", text(&r["id"])),
         format!("kind:        {}", text(&r["kind"])),
+        format!("labels:      {}", labels(&r["labels"])),
         format!("updated:     {}", text(&r["updated_at"])),
         format!("secrets:     {}", secret_names(&r["secret_names"])),
         format!("config:\n{}", indent(&pretty(&r["config"]), 2)),
@@ -87,6 +88,21 @@ async fn get(ctx: &Ctx, id: &str) -> Result<(), CliError> {
     output::line(lines.join("\n"))
 }
 
+/// `k=v,k2=v2`, or `-` without labels.
+fn labels(labels: &Value) -> String {
+    let pairs: Vec<String> = labels
+        .as_object()
+        .into_iter()
+        .flatten()
+        .map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or_default()))
+        .collect();
+    if pairs.is_empty() {
+        "-".into()
+    } else {
+        pairs.join(",")
+    }
+}
+
 fn secret_names(names: &Value) -> String {
     let all: Vec<String> = names.as_array().into_iter().flatten().map(text).collect();
     if all.is_empty() {
@@ -96,16 +112,28 @@ fn secret_names(names: &Value) -> String {
     }
 }
 
-async fn list(ctx: &Ctx) -> Result<(), CliError> {
-    let body = ctx.api.get(&["v1", "resources"], &[]).await?;
+async fn list(ctx: &Ctx, selector: Option<&str>) -> Result<(), CliError> {
+    let query: Vec<(&str, String)> = selector
+        .map(|s| ("selector", s.to_string()))
+        .into_iter()
+        .collect();
+    let body = ctx.api.get(&["v1", "resources"], &query).await?;
     if ctx.json {
         return output::json(&body);
     }
-    let mut table = Table::new(&["ID", "KIND", "SECRETS", "UPDATED", "STATE REPORTED"]);
+    let mut table = Table::new(&[
+        "ID",
+        "KIND",
+        "LABELS",
+        "SECRETS",
+        "UPDATED",
+        "STATE REPORTED",
+    ]);
     for r in body["resources"].as_array().into_iter().flatten() {
         table.row(vec![
             text(&r["id"]),
             text(&r["kind"]),
+            labels(&r["labels"]),
             secret_names(&r["secret_names"]),
             text(&r["updated_at"]),
             match r["reported_by"].as_str() {

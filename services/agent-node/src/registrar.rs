@@ -256,6 +256,7 @@ mod tests {
             id: id.into(),
             kind: "file".into(),
             config: serde_json::json!({ "blob": "x".repeat(payload_len) }),
+            labels: Default::default(),
             secret_names: Vec::new(),
             state: None,
             state_updated_at: None,

@@ -406,6 +406,7 @@ mod tests {
             id: id.into(),
             kind: "file".into(),
             config: serde_json::json!({}),
+            labels: Default::default(),
             secret_names: Vec::new(),
             state: None,
             state_updated_at: None,

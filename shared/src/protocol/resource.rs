@@ -18,6 +18,9 @@ pub struct ResourceRecord {
     pub id: String,
     pub kind: String,
     pub config: Value,
+    /// What selectors pick the resource by ([`crate::selector`]).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: crate::selector::Labels,
     /// The secrets, sealed with the cluster's secrets key (see `sealing`):
     /// write-only, opened only to build a driver's stdin.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -50,6 +53,8 @@ pub struct ResourceView {
     /// Always a JSON object.
     #[schema(value_type = Object)]
     pub config: Value,
+    /// What selectors pick the resource by: `{}` when it has none.
+    pub labels: crate::selector::Labels,
     pub secret_names: Vec<String>,
     /// The state its drivers last reported, `null` until one did.
     #[schema(required = true)]
@@ -70,6 +75,7 @@ impl From<&ResourceRecord> for ResourceView {
             id: r.id.clone(),
             kind: r.kind.clone(),
             config: r.config.clone(),
+            labels: r.labels.clone(),
             secret_names: r.secret_names.clone(),
             state: r.state.clone(),
             state_updated_at: r.state_updated_at,

@@ -1,7 +1,7 @@
 //! `/v1/resources`: managed resources (SPEC §4). Secrets are write-only: they
 //! are stored for the drivers and never answered, logged or echoed.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
 use async_nats::jetstream::kv;
 use axum::extract::State;
@@ -11,7 +11,9 @@ use serde_json::{json, Value};
 use utoipa::ToSchema;
 use zerofoot_shared::protocol::{decode, encode, ResourceRecord, ResourceView, PROTOCOL_VERSION};
 
-use crate::error::{ApiError, ApiJson, ApiPath, ErrorBody};
+use zerofoot_shared::selector::Selector;
+
+use crate::error::{ApiError, ApiJson, ApiPath, ApiQuery, ErrorBody};
 use crate::startup::AppState;
 
 /// A resource's kind, configuration and secrets.
@@ -30,6 +32,11 @@ pub struct PutResource {
     /// answered (only their names are). Needs a secrets key.
     #[serde(default)]
     secrets: BTreeMap<String, String>,
+    /// Labels that selectors pick the resource by, e.g. `{"role": "web"}`:
+    /// keys and values of 1 to 63 letters, digits, `-`, `_` or `.`, starting
+    /// and ending with a letter or digit; at most 64.
+    #[serde(default)]
+    labels: BTreeMap<String, String>,
 }
 
 /// Every resource, by id.
@@ -91,7 +98,7 @@ pub(super) fn check_id(id: &str) -> Result<(), ApiError> {
         (status = 409, description = "`concurrent_update`: the resource changed while it was being written; send it again.", body = ErrorBody),
         (status = 413, description = "`unreadable_body`: the body is over 1 MiB.", body = ErrorBody),
         (status = 415, description = "`invalid_content_type`: the body is not sent as `application/json`.", body = ErrorBody),
-        (status = 422, description = "`invalid_kind` (empty), `invalid_config` (not an object) or `no_secrets_key` (secrets sent to an instance without a secrets key).", body = ErrorBody),
+        (status = 422, description = "`invalid_kind` (empty), `invalid_config` (not an object), `invalid_labels` (a key or value out of the rules, or more than 64) or `no_secrets_key` (secrets sent to an instance without a secrets key).", body = ErrorBody),
         (status = 500, description = "`internal`: the secrets cannot be sealed, or the stored record is unreadable.", body = ErrorBody),
         (status = 503, description = "`unavailable`: NATS did not answer.", body = ErrorBody),
     )
@@ -114,6 +121,8 @@ pub async fn put(
             "config must be a JSON object",
         ));
     }
+    zerofoot_shared::selector::check_labels(&body.labels)
+        .map_err(|e| ApiError::unprocessable("invalid_labels", e.to_string()))?;
     let sealed_secrets = match (body.secrets.is_empty(), state.secrets_key()) {
         (true, _) => None,
         (false, Some(key)) => Some(
@@ -142,6 +151,7 @@ pub async fn put(
         } else {
             body.config
         },
+        labels: body.labels,
         secret_names: body.secrets.keys().cloned().collect(),
         sealed_secrets,
         state: state_value,
@@ -230,28 +240,39 @@ pub async fn get(
     Ok(ApiJson(ResourceView::from(&record)))
 }
 
-/// Every resource, by id; secret names only.
+/// Every resource, by id, or those a label selector picks; secret names only.
 #[utoipa::path(
     get,
     path = "/v1/resources",
     operation_id = "resource_list",
     tag = "resources",
     security(("bearer" = ["viewer"])),
+    params(
+        ("selector" = Option<String>, Query, example = "role=web,env in (prod,stage),!canary", description = "Only resources whose labels this selector picks: requirements separated by commas, all of which must hold: `k=v` (or `==`), `k!=v`, `k in (a,b)`, `k notin (a,b)`, `k` (set), `!k` (not set)."),
+    ),
     responses(
         (status = 200, description = "The resources.", body = ResourceList),
+        (status = 400, description = "`invalid_selector`: the selector does not parse; the message says what and where.", body = ErrorBody),
         (status = 401, description = "`unauthorized`: a missing or unknown token.", body = ErrorBody),
         (status = 403, description = "`forbidden` (the token's role may not) or `host_not_allowed` (a token-less instance, not addressed to a loopback name).", body = ErrorBody),
         (status = 500, description = "`internal`: a stored record is unreadable.", body = ErrorBody),
         (status = 503, description = "`unavailable`: NATS did not answer.", body = ErrorBody),
     )
 )]
-pub async fn list(State(state): State<AppState>) -> Result<ApiJson<ResourceList>, ApiError> {
+pub async fn list(
+    State(state): State<AppState>,
+    ApiQuery(query): ApiQuery<HashMap<String, String>>,
+) -> Result<ApiJson<ResourceList>, ApiError> {
+    let selector = Selector::parse(query.get("selector").map_or("", String::as_str))
+        .map_err(|e| ApiError::bad_request("invalid_selector", e.to_string()))?;
     let store = &state.nats()?.assets.resources;
     let keys = super::bucket_keys(store, "resources bucket").await?;
     let mut resources = Vec::with_capacity(keys.len());
     for key in keys {
         if let Some((record, _)) = load(store, &key).await? {
-            resources.push(ResourceView::from(&record));
+            if selector.matches(&record.labels) {
+                resources.push(ResourceView::from(&record));
+            }
         }
     }
     resources.sort_by(|a, b| a.id.cmp(&b.id));
