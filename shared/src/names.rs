@@ -13,6 +13,18 @@ pub const REPOSITORY_SERVICE: &str = "zf-repository";
 pub const AGENT_NODE_SERVICE: &str = "zf-agent-node";
 /// Queue group shared by agent nodes for `op.submit`: one node takes each request.
 pub const AGENT_QUEUE_GROUP: &str = "zf-agent-nodes";
+/// The zone of nodes and resources that name none.
+pub const DEFAULT_ZONE: &str = "default";
+
+/// Serde default of every `zone` field.
+pub fn default_zone() -> String {
+    DEFAULT_ZONE.to_string()
+}
+
+/// Checks a zone name: a single subject token, like an instance id.
+pub fn validate_zone(zone: &str) -> Result<(), NameError> {
+    validate_instance_id(zone)
+}
 
 /// A validated cluster name: `[a-z0-9-]{1,32}`.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -171,8 +183,13 @@ impl Names {
     pub fn all_heartbeats(&self) -> String {
         format!("{}.node.*.heartbeat", self.prefix())
     }
-    pub fn op_submit(&self) -> String {
-        format!("{}.op.submit", self.prefix())
+    /// Where sync operations of `zone` are handed to one node of that zone
+    /// (the queue group of the zone's nodes).
+    pub fn op_submit(&self, zone: &str) -> String {
+        format!("{}.zone.{zone}.submit", self.prefix())
+    }
+    pub fn all_op_submits(&self) -> String {
+        format!("{}.zone.*.submit", self.prefix())
     }
     pub fn op_cancel(&self, op_id: &str) -> String {
         format!("{}.op.{op_id}.cancel", self.prefix())
@@ -263,7 +280,7 @@ mod tests {
         assert_eq!(n.events_stream(), "ZF_PROD-1_EVENTS");
         assert_eq!(n.heartbeat("node-a"), "zf.prod-1.node.node-a.heartbeat");
         assert_eq!(n.all_heartbeats(), "zf.prod-1.node.*.heartbeat");
-        assert_eq!(n.op_submit(), "zf.prod-1.op.submit");
+        assert_eq!(n.op_submit("dc1"), "zf.prod-1.zone.dc1.submit");
         assert_eq!(n.op_cancel("42"), "zf.prod-1.op.42.cancel");
         assert_eq!(n.op_events("42"), "zf.prod-1.evt.42");
         assert_eq!(n.management_prefix("m1"), "zf.prod-1.mgmt.m1");

@@ -130,7 +130,7 @@ pub fn permissions(names: &Names, role: ServiceRole) -> Permissions {
     match role {
         ServiceRole::Management => {
             p.serve_micro(crate::names::MANAGEMENT_SERVICE);
-            p.publish.push(names.op_submit());
+            p.publish.push(names.all_op_submits());
             p.publish.push(names.op_cancel("*"));
             p.publish.push(names.repository_put());
             // /v1/cluster lists the management instances that answer.
@@ -164,7 +164,7 @@ pub fn permissions(names: &Names, role: ServiceRole) -> Permissions {
             p.publish.push(names.all_op_events());
             // Driver log lines are plain publishes the logs stream keeps.
             p.publish.push(names.all_op_logs());
-            p.subscribe.push(names.op_submit());
+            p.subscribe.push(names.all_op_submits());
             p.subscribe.push(names.op_cancel("*"));
             p.subscribe.push(names.all_node_subjects());
             p.write_kv(&names.contexts_bucket());
@@ -438,7 +438,7 @@ mod tests {
         for role in ServiceRole::ALL {
             let p = permissions(&n, role);
             for subject in [
-                other.op_submit(),
+                other.op_submit("default"),
                 other.heartbeat("n1"),
                 other.op_events("1"),
                 format!("$KV.{}.x", other.contexts_bucket()),
@@ -463,7 +463,11 @@ mod tests {
         ] {
             assert!(allows(&p.publish, &subject), "publish {subject}");
         }
-        for subject in [n.op_submit(), n.op_cancel("42"), n.node_mirror("node-1")] {
+        for subject in [
+            n.op_submit("default"),
+            n.op_cancel("42"),
+            n.node_mirror("node-1"),
+        ] {
             assert!(allows(&p.subscribe, &subject), "subscribe {subject}");
         }
     }
@@ -487,7 +491,7 @@ mod tests {
             "hears every node"
         );
         assert!(allows(&p.publish, &n.op_events("42")));
-        assert!(allows(&p.subscribe, &n.op_submit()));
+        assert!(allows(&p.subscribe, &n.op_submit("zone-a")));
     }
 
     #[test]

@@ -175,13 +175,13 @@ async fn a_node_speaks_only_for_itself_cannot_touch_modules_the_repository_canno
     // Another cluster's subjects and buckets.
     let other = zerofoot_shared::names::Names::new("other-cluster".parse().expect("cluster"));
     let mut foreign = agent
-        .subscribe(other.op_submit())
+        .subscribe(other.op_submit("default"))
         .await
         .expect("subscribe is sent");
-    expect_violation(&mut agent_errors, &other.op_submit()).await;
+    expect_violation(&mut agent_errors, &other.op_submit("default")).await;
     let admin_client = cluster.nats.client().await;
     admin_client
-        .publish(other.op_submit(), "secret work".into())
+        .publish(other.op_submit("default"), "secret work".into())
         .await
         .expect("admin publishes");
     admin_client.flush().await.expect("flush");

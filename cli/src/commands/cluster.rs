@@ -23,6 +23,7 @@ pub async fn show(ctx: &Ctx) -> Result<(), CliError> {
 
     let mut nodes = Table::new(&[
         "NODE",
+        "ZONE",
         "STATUS",
         "ROLE",
         "TERM",
@@ -35,6 +36,7 @@ pub async fn show(ctx: &Ctx) -> Result<(), CliError> {
     for node in list(&view["nodes"]) {
         nodes.row(vec![
             text(&node["id"]),
+            text(&node["zone"]),
             text(&node["status"]),
             text(&node["role"]),
             text(&node["term"]),

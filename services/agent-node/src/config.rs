@@ -67,6 +67,16 @@ pub struct RunArgs {
     #[arg(long, env = "ZF_NODE_ID", value_parser = parse_id)]
     pub id: Option<String>,
 
+    /// The zone this node is in: it runs the sync operations of the
+    /// resources of this zone (those it can reach), and only those.
+    #[arg(long, env = "ZF_ZONE", default_value = zerofoot_shared::names::DEFAULT_ZONE, value_parser = parse_id)]
+    pub zone: String,
+
+    /// A label of this node, `KEY=VALUE`; repeatable, or comma separated in
+    /// ZF_NODE_LABELS. Shown in the cluster view.
+    #[arg(long = "label", env = "ZF_NODE_LABELS", value_delimiter = ',', value_parser = parse_label)]
+    pub labels: Vec<(String, String)>,
+
     /// Where the node keeps its id, its redb mirror and its module cache.
     #[arg(long, env = "ZF_DATA_DIR", default_value = "zf-node-data")]
     pub data_dir: PathBuf,
@@ -99,6 +109,15 @@ pub struct RunArgs {
     /// Seconds an unused module bundle stays in the node's cache.
     #[arg(long, env = "ZF_MODULE_CACHE_TTL_S", default_value_t = 600)]
     pub module_cache_ttl_s: u64,
+}
+
+fn parse_label(s: &str) -> Result<(String, String), String> {
+    let (key, value) = s
+        .split_once('=')
+        .ok_or_else(|| format!("label {s:?} is not KEY=VALUE"))?;
+    let label = zerofoot_shared::selector::Labels::from([(key.to_string(), value.to_string())]);
+    zerofoot_shared::selector::check_labels(&label).map_err(|e| e.to_string())?;
+    Ok((key.to_string(), value.to_string()))
 }
 
 fn parse_id(s: &str) -> Result<String, String> {

@@ -26,6 +26,8 @@ pub struct Beat {
     pub owners: crate::ownership::Owners,
     pub registered_with: crate::registrar::RegisteredWith,
     pub sandbox: &'static str,
+    pub zone: String,
+    pub labels: zerofoot_shared::selector::Labels,
 }
 
 impl Beat {
@@ -58,6 +60,8 @@ impl Beat {
                     .collect(),
                 started_at: self.started_at,
                 sandbox: self.sandbox.to_string(),
+                zone: self.zone.clone(),
+                labels: self.labels.clone(),
             };
             if let Err(e) = self
                 .client

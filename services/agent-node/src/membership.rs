@@ -106,6 +106,8 @@ mod tests {
                 lapse_ms: 1000,
                 registered_with: Vec::new(),
                 sandbox: String::new(),
+                zone: "default".into(),
+                labels: Default::default(),
                 started_at: zerofoot_shared::time::now(),
             })
         };

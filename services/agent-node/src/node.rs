@@ -219,6 +219,7 @@ async fn serve(
             store: store.clone(),
             members,
             lapse,
+            zone: args.zone.clone(),
         }
         .run(shutdown.clone())
         .in_current_span(),
@@ -235,9 +236,9 @@ async fn serve(
         .endpoint_builder()
         .name("submit")
         .queue_group(AGENT_QUEUE_GROUP)
-        .add(names.op_submit())
+        .add(names.op_submit(&args.zone))
         .await
-        .map_err(|e| anyhow::anyhow!("cannot serve {}: {e}", names.op_submit()))?;
+        .map_err(|e| anyhow::anyhow!("cannot serve {}: {e}", names.op_submit(&args.zone)))?;
     tasks.spawn(
         serve_submissions(submit, owners.clone(), runner.clone(), shutdown.clone())
             .in_current_span(),
@@ -309,6 +310,8 @@ async fn serve(
         owners: owners.clone(),
         registered_with: registered_with.clone(),
         sandbox: sandboxes.kind(),
+        zone: args.zone.clone(),
+        labels: args.labels.iter().cloned().collect(),
     };
     tasks.spawn(beat.run(shutdown.clone()).in_current_span());
     let registrar = crate::registrar::Registrar {

@@ -257,6 +257,7 @@ mod tests {
             kind: "file".into(),
             config: serde_json::json!({ "blob": "x".repeat(payload_len) }),
             labels: Default::default(),
+            zone: "default".into(),
             secret_names: Vec::new(),
             state: None,
             state_updated_at: None,

@@ -254,6 +254,7 @@ mod tests {
             operation: "o".into(),
             kind,
             resource: None,
+            zone: "default".into(),
             params: serde_json::json!({}),
             timeout_ms: 1000,
             retries,

@@ -531,6 +531,7 @@ mod tests {
             operation: "run".into(),
             kind: OperationKind::Sync,
             resource: None,
+            zone: "default".into(),
             params: serde_json::json!({}),
             timeout_ms: 1000,
             retries: 1,

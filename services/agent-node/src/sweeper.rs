@@ -1,8 +1,9 @@
 //! Makes sure no sync operation is left behind: one whose owner stopped
 //! beating (or is this node, without a local run) is taken over, one left
 //! pending longer than the lapse (its submission got lost) is taken. Every
-//! node sweeps the unfinished contexts of its mirror; compare-and-set makes
-//! exactly one of them win.
+//! node sweeps the unfinished contexts of its zone in its mirror (a node of
+//! another zone may not reach the resource); compare-and-set makes exactly
+//! one of them win.
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -23,6 +24,8 @@ pub struct Sweeper {
     pub store: Store,
     pub members: Membership,
     pub lapse: Duration,
+    /// Only operations of this node's zone are its to take.
+    pub zone: String,
 }
 
 impl Sweeper {
@@ -46,7 +49,7 @@ impl Sweeper {
             };
             let mut still_pending = HashMap::new();
             for ctx in contexts {
-                if ctx.kind != OperationKind::Sync {
+                if ctx.kind != OperationKind::Sync || ctx.zone != self.zone {
                     continue;
                 }
                 let why = match ctx.state {

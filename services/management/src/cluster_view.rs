@@ -121,6 +121,9 @@ pub struct NodeStatus {
     pub registered_with: Vec<String>,
     /// How the node confines its drivers: `landlock` or `none`.
     pub sandbox: String,
+    /// The zone whose sync operations the node runs.
+    pub zone: String,
+    pub labels: zerofoot_shared::selector::Labels,
     /// Resources the node reported to this instance: its last complete
     /// registration and the changes since.
     pub inventory: usize,
@@ -165,6 +168,8 @@ impl ClusterView {
                     started_at: hb.started_at,
                     registered_with: hb.registered_with.clone(),
                     sandbox: hb.sandbox.clone(),
+                    zone: hb.zone.clone(),
+                    labels: hb.labels.clone(),
                     inventory: self.inventory_size(&hb.node),
                 }
             })
@@ -407,6 +412,7 @@ mod tests {
             kind: "file".into(),
             config: serde_json::json!({}),
             labels: Default::default(),
+            zone: "default".into(),
             secret_names: Vec::new(),
             state: None,
             state_updated_at: None,

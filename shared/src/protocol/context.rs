@@ -105,6 +105,9 @@ pub struct ExecutionContext {
     pub kind: OperationKind,
     #[schema(required = true)]
     pub resource: Option<String>,
+    /// The zone whose nodes may run it: its resource's, else `default`.
+    #[serde(default = "crate::names::default_zone")]
+    pub zone: String,
     pub params: Value,
     pub state: OperationState,
     #[schema(required = true)]
@@ -142,6 +145,7 @@ pub struct NewOperation {
     pub operation: String,
     pub kind: OperationKind,
     pub resource: Option<String>,
+    pub zone: String,
     pub params: Value,
     pub timeout_ms: u64,
     pub retries: u32,
@@ -160,6 +164,7 @@ impl ExecutionContext {
             operation: op.operation,
             kind: op.kind,
             resource: op.resource,
+            zone: op.zone,
             params: op.params,
             state: OperationState::Pending,
             checkpoint: None,
@@ -272,6 +277,7 @@ mod tests {
             operation: "run".into(),
             kind: OperationKind::Sync,
             resource: None,
+            zone: "default".into(),
             params: serde_json::json!({}),
             timeout_ms: 1000,
             retries,

@@ -41,6 +41,12 @@ pub struct Heartbeat {
     /// `none` where the kernel has no Landlock.
     #[serde(default)]
     pub sandbox: String,
+    /// The zone whose sync operations this node takes.
+    #[serde(default = "crate::names::default_zone")]
+    pub zone: String,
+    /// The node's labels (`--label`).
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub labels: crate::selector::Labels,
 }
 
 /// A lead claim, key `lead` in `zf_<cluster>_lead`.

@@ -21,6 +21,10 @@ pub struct ResourceRecord {
     /// What selectors pick the resource by ([`crate::selector`]).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub labels: crate::selector::Labels,
+    /// Where it can be reached from: only nodes of this zone run its sync
+    /// operations.
+    #[serde(default = "crate::names::default_zone")]
+    pub zone: String,
     /// The secrets, sealed with the cluster's secrets key (see `sealing`):
     /// write-only, opened only to build a driver's stdin.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -55,6 +59,9 @@ pub struct ResourceView {
     pub config: Value,
     /// What selectors pick the resource by: `{}` when it has none.
     pub labels: crate::selector::Labels,
+    /// The zone whose nodes run its sync operations.
+    #[serde(default = "crate::names::default_zone")]
+    pub zone: String,
     pub secret_names: Vec<String>,
     /// The state its drivers last reported, `null` until one did.
     #[schema(required = true)]
@@ -76,6 +83,7 @@ impl From<&ResourceRecord> for ResourceView {
             kind: r.kind.clone(),
             config: r.config.clone(),
             labels: r.labels.clone(),
+            zone: r.zone.clone(),
             secret_names: r.secret_names.clone(),
             state: r.state.clone(),
             state_updated_at: r.state_updated_at,

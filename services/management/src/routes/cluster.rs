@@ -1,10 +1,10 @@
-//! `GET /v1/cluster`: nodes, lead and management instances.
+//! `GET /v1/cluster`: nodes, lead, zones and management instances.
 
 use axum::extract::State;
 use serde::Serialize;
 use utoipa::ToSchema;
 
-use crate::cluster_view::{Lead, ManagementInstance, NodeStatus};
+use crate::cluster_view::{Lead, Liveness, ManagementInstance, NodeStatus};
 use crate::error::{ApiError, ApiJson, ErrorBody};
 use crate::startup::AppState;
 
@@ -17,7 +17,34 @@ pub struct ClusterOverview {
     pub lead: Option<Lead>,
     /// Nodes heard from in the last 60 s, by id.
     pub nodes: Vec<NodeStatus>,
+    /// The zones of those nodes, by name.
+    pub zones: Vec<ZoneStatus>,
     pub management: Vec<ManagementInstance>,
+}
+
+/// One zone: its nodes, and how many of them are up.
+#[derive(Serialize, ToSchema)]
+pub struct ZoneStatus {
+    pub zone: String,
+    pub nodes: Vec<String>,
+    pub up: usize,
+}
+
+/// The zones of `nodes`, by name.
+fn zones(nodes: &[NodeStatus]) -> Vec<ZoneStatus> {
+    let mut zones: std::collections::BTreeMap<&str, ZoneStatus> = Default::default();
+    for node in nodes {
+        let zone = zones.entry(&node.zone).or_insert_with(|| ZoneStatus {
+            zone: node.zone.clone(),
+            nodes: Vec::new(),
+            up: 0,
+        });
+        zone.nodes.push(node.id.clone());
+        if node.status == Liveness::Up {
+            zone.up += 1;
+        }
+    }
+    zones.into_values().collect()
 }
 
 /// Nodes (up or down), the lead and the management instances.
@@ -37,10 +64,12 @@ pub struct ClusterOverview {
 pub async fn show(State(state): State<AppState>) -> Result<ApiJson<ClusterOverview>, ApiError> {
     state.nats()?;
     let view = state.view();
+    let nodes = view.nodes();
     Ok(ApiJson(ClusterOverview {
         cluster: state.names().cluster().as_str().to_string(),
         lead: view.lead(),
-        nodes: view.nodes(),
+        zones: zones(&nodes),
+        nodes,
         management: view.management(),
     }))
 }

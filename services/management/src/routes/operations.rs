@@ -200,23 +200,31 @@ pub async fn submit(
             .with_violations(violations));
         }
     }
-    if let Some(resource) = &body.resource {
-        // Before the bucket is asked: it refuses such keys as an error of its own.
-        super::resources::check_id(resource)?;
-        let exists = nats
-            .assets
-            .resources
-            .get(resource.as_str())
-            .await
-            .map_err(|e| ApiError::nats("cannot read the resources bucket", e))?
-            .is_some();
-        if !exists {
-            return Err(ApiError::not_found(
-                "resource_not_found",
-                format!("no resource {resource:?}; create it with PUT /v1/resources/{resource}"),
-            ));
+    // The resource's zone decides which nodes may run the operation.
+    let zone = match &body.resource {
+        None => zerofoot_shared::names::default_zone(),
+        Some(resource) => {
+            // Before the bucket is asked: it refuses such keys as an error of its own.
+            super::resources::check_id(resource)?;
+            let stored = nats
+                .assets
+                .resources
+                .get(resource.as_str())
+                .await
+                .map_err(|e| ApiError::nats("cannot read the resources bucket", e))?
+                .ok_or_else(|| {
+                    ApiError::not_found(
+                        "resource_not_found",
+                        format!(
+                            "no resource {resource:?}; create it with PUT /v1/resources/{resource}"
+                        ),
+                    )
+                })?;
+            zerofoot_shared::protocol::decode::<zerofoot_shared::protocol::ResourceRecord>(&stored)
+                .map_err(|e| ApiError::internal("a stored resource is unreadable", e))?
+                .zone
         }
-    }
+    };
 
     let ctx = ExecutionContext::new(NewOperation {
         module: module.name.clone(),
@@ -225,6 +233,7 @@ pub async fn submit(
         operation: body.operation,
         kind: spec.kind,
         resource: body.resource,
+        zone,
         params,
         timeout_ms: spec.timeout_ms(),
         retries: spec.retries(),
@@ -296,7 +305,7 @@ async fn submit_to_a_node(
         let attempt = tokio::time::timeout(
             SUBMIT_TIMEOUT,
             nats.client
-                .request(state.names().op_submit(), encode(&request)),
+                .request(state.names().op_submit(&ctx.zone), encode(&request)),
         )
         .await;
         let no_node = matches!(&attempt, Ok(Err(e)) if e.kind() == async_nats::client::RequestErrorKind::NoResponders);
@@ -325,10 +334,14 @@ async fn submit_to_a_node(
         }
         Some(Ok(Err(e))) if e.kind() == async_nats::client::RequestErrorKind::NoResponders => {
             let mut failed = ctx.clone();
-            failed.fail("no agent node was running to take the operation".into());
+            failed.fail(format!(
+                "no agent node of zone {} was running to take the operation",
+                ctx.zone
+            ));
             return match nats.store.create(&failed).await {
                 Ok(_) => Err(ApiError::unavailable(format!(
-                    "no agent node is running in cluster {}; operation {} was marked failed",
+                    "no agent node of zone {} is running in cluster {}; operation {} was marked failed",
+                    ctx.zone,
                     state.names().cluster(),
                     ctx.id
                 ))),

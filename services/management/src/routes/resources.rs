@@ -37,6 +37,10 @@ pub struct PutResource {
     /// and ending with a letter or digit; at most 64.
     #[serde(default)]
     labels: BTreeMap<String, String>,
+    /// The zone whose nodes can reach it and run its sync operations
+    /// (default `default`): 1 to 64 characters from A-Z, a-z, 0-9, '-' and '_'.
+    #[serde(default = "zerofoot_shared::names::default_zone")]
+    zone: String,
 }
 
 /// Every resource, by id.
@@ -98,7 +102,7 @@ pub(super) fn check_id(id: &str) -> Result<(), ApiError> {
         (status = 409, description = "`concurrent_update`: the resource changed while it was being written; send it again.", body = ErrorBody),
         (status = 413, description = "`unreadable_body`: the body is over 1 MiB.", body = ErrorBody),
         (status = 415, description = "`invalid_content_type`: the body is not sent as `application/json`.", body = ErrorBody),
-        (status = 422, description = "`invalid_kind` (empty), `invalid_config` (not an object), `invalid_labels` (a key or value out of the rules, or more than 64) or `no_secrets_key` (secrets sent to an instance without a secrets key).", body = ErrorBody),
+        (status = 422, description = "`invalid_kind` (empty), `invalid_config` (not an object), `invalid_labels` (a key or value out of the rules, or more than 64), `invalid_zone` or `no_secrets_key` (secrets sent to an instance without a secrets key).", body = ErrorBody),
         (status = 500, description = "`internal`: the secrets cannot be sealed, or the stored record is unreadable.", body = ErrorBody),
         (status = 503, description = "`unavailable`: NATS did not answer.", body = ErrorBody),
     )
@@ -123,6 +127,15 @@ pub async fn put(
     }
     zerofoot_shared::selector::check_labels(&body.labels)
         .map_err(|e| ApiError::unprocessable("invalid_labels", e.to_string()))?;
+    zerofoot_shared::names::validate_zone(&body.zone).map_err(|_| {
+        ApiError::unprocessable(
+            "invalid_zone",
+            format!(
+                "zone {:?} is invalid: use 1 to 64 characters from A-Z, a-z, 0-9, '-' and '_'",
+                body.zone
+            ),
+        )
+    })?;
     let sealed_secrets = match (body.secrets.is_empty(), state.secrets_key()) {
         (true, _) => None,
         (false, Some(key)) => Some(
@@ -152,6 +165,7 @@ pub async fn put(
             body.config
         },
         labels: body.labels,
+        zone: body.zone,
         secret_names: body.secrets.keys().cloned().collect(),
         sealed_secrets,
         state: state_value,
