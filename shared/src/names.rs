@@ -242,8 +242,18 @@ impl Names {
     }
 }
 
-/// Key of the lead claim in the lead bucket.
+/// Key of the default zone's lead claim in the lead bucket.
 pub const LEAD_KEY: &str = "lead";
+
+/// Key of `zone`'s lead claim: [`LEAD_KEY`] for the default zone (as before
+/// zones), `lead.<zone>` for the others.
+pub fn lead_key(zone: &str) -> String {
+    if zone == DEFAULT_ZONE {
+        LEAD_KEY.to_string()
+    } else {
+        format!("{LEAD_KEY}.{zone}")
+    }
+}
 
 /// Key of one module version in the module index. KV keys may not hold `+`
 /// (semver build metadata), so it is written as `_`, which semver never uses.

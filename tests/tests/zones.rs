@@ -196,3 +196,185 @@ async fn a_dead_owners_operation_is_taken_over_inside_its_zone() {
         "taken over by {second}, outside zone dc-b: {done}"
     );
 }
+
+/// Counts with keyed events, a checkpoint after each, 20 a second.
+const COUNTER: &str = r#"#!/bin/sh
+n=$(jq -r '.checkpoint.n // 0')
+while true; do
+  n=$((n + 1))
+  echo "{\"type\":\"event\",\"key\":\"$n\",\"data\":{\"n\":$n}}"
+  echo "{\"type\":\"checkpoint\",\"data\":{\"n\":$n}}"
+  sleep 0.05
+done
+"#;
+
+/// Each zone's lead, by zone, once every zone has one.
+async fn zone_leads(cluster: &Cluster) -> HashMap<String, String> {
+    wait_until("a lead in every zone", Duration::from_secs(20), || async {
+        let (_, view) = cluster.get("/v1/cluster").await;
+        let leads: HashMap<String, String> = view["zones"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|z| {
+                Some((
+                    z["zone"].as_str()?.to_string(),
+                    z["lead"]["node"].as_str()?.to_string(),
+                ))
+            })
+            .collect();
+        if leads.len() == ZONES.len() {
+            Ok(leads)
+        } else {
+            Err(view.to_string())
+        }
+    })
+    .await
+}
+
+async fn context(cluster: &Cluster, op: &str) -> Value {
+    cluster.get(&format!("/v1/operations/{op}")).await.1
+}
+
+async fn events(cluster: &Cluster, op: &str) -> Vec<u64> {
+    let (_, page) = cluster
+        .get(&format!("/v1/operations/{op}/events?limit=10000"))
+        .await;
+    page["events"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|e| e["data"]["n"].as_u64())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_zone_has_its_own_lead_and_losing_one_moves_only_its_monitors() {
+    let (mut cluster, zone_of) = three_zones().await;
+    cluster
+        .publish(zerofoot_tests::modules::bundle(
+            "counter",
+            "1.0.0",
+            json!({"count": {"kind": "async"}}),
+            COUNTER,
+        ))
+        .await;
+    cluster.wait_module("counter", "1.0.0").await;
+    let leads = zone_leads(&cluster).await;
+    for (zone, lead) in &leads {
+        assert_eq!(zone_of.get(lead), Some(zone), "zone {zone} led by {lead}");
+    }
+
+    let mut monitors = HashMap::new();
+    for zone in ZONES {
+        let (status, ctx) = cluster
+            .post_json(
+                "/v1/operations",
+                &json!({"module": "counter", "operation": "count", "resource": format!("res-{zone}")}),
+            )
+            .await;
+        assert_eq!(status, 202, "{ctx}");
+        monitors.insert(zone, ctx["id"].as_str().expect("id").to_string());
+    }
+    for zone in ZONES {
+        let op = &monitors[zone];
+        wait_until(
+            &format!("zone {zone}'s monitor running on its lead"),
+            Duration::from_secs(20),
+            || async {
+                let ctx = context(&cluster, op).await;
+                if ctx["owner"].as_str() == Some(leads[zone].as_str())
+                    && events(&cluster, op).await.len() >= 5
+                {
+                    Ok(())
+                } else {
+                    Err(ctx.to_string())
+                }
+            },
+        )
+        .await;
+    }
+
+    let (status, body) = cluster
+        .put_json(
+            "/v1/resources/res-nowhere",
+            &json!({"kind": "host", "zone": "dc-x", "config": {}}),
+        )
+        .await;
+    assert_eq!(status, 201, "{body}");
+    let (status, body) = cluster
+        .post_json(
+            "/v1/operations",
+            &json!({"module": "counter", "operation": "count", "resource": "res-nowhere"}),
+        )
+        .await;
+    assert_eq!(status, 503, "a monitor no zone can run: {body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("zone dc-x")),
+        "{body}"
+    );
+
+    // SIGKILL zone dc-a's lead: only dc-a's monitor moves, inside dc-a.
+    let before: HashMap<&str, Value> = {
+        let mut m = HashMap::new();
+        for zone in ZONES {
+            m.insert(zone, context(&cluster, &monitors[zone]).await);
+        }
+        m
+    };
+    let killed = leads["dc-a"].clone();
+    let index = cluster.node_index(&killed);
+    cluster.nodes[index].kill();
+    let moved = wait_until(
+        "zone dc-a's monitor to move to the other dc-a node",
+        Duration::from_secs(20),
+        || async {
+            let ctx = context(&cluster, &monitors["dc-a"]).await;
+            match ctx["owner"].as_str() {
+                Some(owner) if owner != killed => Ok(owner.to_string()),
+                _ => Err(ctx.to_string()),
+            }
+        },
+    )
+    .await;
+    assert_eq!(zone_of.get(&moved).map(String::as_str), Some("dc-a"));
+    let counted = events(&cluster, &monitors["dc-a"]).await.len();
+    wait_until(
+        "zone dc-a's monitor to count on after the move",
+        Duration::from_secs(20),
+        || async {
+            let now = events(&cluster, &monitors["dc-a"]).await;
+            if now.len() >= counted + 10 {
+                Ok(())
+            } else {
+                Err(format!("{} events", now.len()))
+            }
+        },
+    )
+    .await;
+    let seen = events(&cluster, &monitors["dc-a"]).await;
+    let expected: Vec<u64> = (1..=seen.len() as u64).collect();
+    assert_eq!(
+        seen, expected,
+        "every count once, in order, across the move"
+    );
+    for zone in ["dc-b", "dc-c"] {
+        let now = context(&cluster, &monitors[zone]).await;
+        assert_eq!(
+            (
+                &now["owner"],
+                &now["epoch"],
+                now["attempts"].as_array().map(Vec::len)
+            ),
+            (&before[zone]["owner"], &before[zone]["epoch"], Some(1)),
+            "zone {zone}'s monitor stayed where it was: {now}"
+        );
+    }
+    let (_, view) = cluster.get("/v1/cluster").await;
+    let leads_now = zone_leads(&cluster).await;
+    assert_eq!(leads_now["dc-b"], leads["dc-b"], "{view}");
+    assert_eq!(leads_now["dc-c"], leads["dc-c"], "{view}");
+    assert_eq!(leads_now["dc-a"], moved, "{view}");
+}

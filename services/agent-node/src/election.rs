@@ -9,7 +9,7 @@ use async_nats::jetstream::kv;
 use futures::StreamExt;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
-use zerofoot_shared::names::{Names, LEAD_KEY};
+use zerofoot_shared::names::Names;
 use zerofoot_shared::protocol::{decode, encode, Heartbeat, LeadClaim, Role, PROTOCOL_VERSION};
 
 use crate::heartbeat::Standing;
@@ -211,6 +211,9 @@ pub struct Shell {
     pub tick_every: Duration,
     pub standing: watch::Sender<Standing>,
     pub liveness: crate::liveness::Liveness,
+    /// The zone whose lead this node may become: only its nodes' heartbeats
+    /// and its claim key count.
+    pub zone: String,
 }
 
 /// Runs the election until `cancel` fires, publishing this node's standing.
@@ -224,7 +227,9 @@ pub async fn run(shell: Shell, cancel: CancellationToken) {
         tick_every,
         standing,
         liveness,
+        zone,
     } = shell;
+    let key = zerofoot_shared::names::lead_key(&zone);
     let mut election = Election::new(&me, lapse, Instant::now());
     let mut heartbeats = match client.subscribe(names.all_heartbeats()).await {
         Ok(sub) => sub,
@@ -234,7 +239,7 @@ pub async fn run(shell: Shell, cancel: CancellationToken) {
         }
     };
     let mut claims = loop {
-        match lead_bucket.watch_with_history(LEAD_KEY).await {
+        match lead_bucket.watch_with_history(&key).await {
             Ok(watch) => break watch,
             Err(e) => {
                 tracing::warn!(error = %e, "cannot watch the lead bucket; retrying");
@@ -260,8 +265,11 @@ pub async fn run(shell: Shell, cancel: CancellationToken) {
             }
             Some(msg) = heartbeats.next() => {
                 // A node speaks only for itself.
+                // Another zone's nodes elect their own lead.
                 if let Some(hb) = crate::membership::genuine_heartbeat(&names, &msg.subject, &msg.payload) {
-                    election.on_heartbeat(&hb, Instant::now());
+                    if hb.zone == zone {
+                        election.on_heartbeat(&hb, Instant::now());
+                    }
                 }
                 None
             }
@@ -276,7 +284,7 @@ pub async fn run(shell: Shell, cancel: CancellationToken) {
                 Some(Ok(_)) => None,
                 _ => {
                     tracing::warn!("lead claim watch ended; re-watching");
-                    if let Ok(watch) = lead_bucket.watch_with_history(LEAD_KEY).await {
+                    if let Ok(watch) = lead_bucket.watch_with_history(&key).await {
                         claims = watch;
                     }
                     None
@@ -293,11 +301,11 @@ pub async fn run(shell: Shell, cancel: CancellationToken) {
                 };
                 let written = match revision {
                     Some(revision) => lead_bucket
-                        .update(LEAD_KEY, encode(&claim), revision)
+                        .update(&key, encode(&claim), revision)
                         .await
                         .map_err(|e| e.to_string()),
                     None => lead_bucket
-                        .create(LEAD_KEY, encode(&claim))
+                        .create(&key, encode(&claim))
                         .await
                         .map_err(|e| e.to_string()),
                 };
@@ -311,7 +319,7 @@ pub async fn run(shell: Shell, cancel: CancellationToken) {
                     }
                     Err(e) => {
                         tracing::debug!(term, error = %e, "lost the lead claim to another node");
-                        if let Ok(Some(entry)) = lead_bucket.entry(LEAD_KEY).await {
+                        if let Ok(Some(entry)) = lead_bucket.entry(&key).await {
                             if let Ok(claim) = decode::<LeadClaim>(&entry.value) {
                                 election.on_claim(claim, entry.revision, Instant::now());
                             }

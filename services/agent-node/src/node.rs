@@ -44,7 +44,7 @@ pub async fn run(args: RunArgs, shutdown: CancellationToken) -> anyhow::Result<(
             .context("data dir task failed")??
     };
     let names = args.nats.names();
-    let span = tracing::info_span!("node", node = %data_dir.node_id(), cluster = %names.cluster());
+    let span = tracing::info_span!("node", node = %data_dir.node_id(), zone = %args.zone, cluster = %names.cluster());
     serve(args, data_dir, shutdown).instrument(span).await
 }
 
@@ -269,6 +269,7 @@ async fn serve(
                     .max(Duration::from_millis(5)),
                 standing: standing_tx,
                 liveness,
+                zone: args.zone.clone(),
             },
             shutdown.clone(),
         )
@@ -285,6 +286,7 @@ async fn serve(
             changes,
             rescan_every: lapse,
             retention: Duration::from_secs(args.context_retention_s),
+            zone: args.zone.clone(),
         }
         .run(shutdown.clone())
         .in_current_span(),

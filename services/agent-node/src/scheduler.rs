@@ -1,5 +1,6 @@
-//! The lead's ownership of async operations (SPEC §6): on becoming lead at
-//! term T it takes every unfinished async operation not running here (the
+//! The lead's ownership of async operations (SPEC §6): each zone elects its
+//! own lead, which runs the monitors of that zone. On becoming lead at
+//! term T it takes every unfinished async operation of its zone not running here (the
 //! rules record the previous owner's loss), then every new pending one as
 //! the mirror sees it. On stepping down every monitor stops at once. It also
 //! purges finished contexts past their retention (only the lead does, so
@@ -33,6 +34,8 @@ pub struct Scheduler {
     pub rescan_every: Duration,
     /// How long finished contexts are kept.
     pub retention: Duration,
+    /// The zone this node leads when it leads: only its monitors are taken.
+    pub zone: String,
 }
 
 /// The term this node leads and the token that stops its monitors.
@@ -75,7 +78,7 @@ impl Scheduler {
                 change = self.changes.recv() => match change {
                     Ok(Change::Put { value, .. }) => {
                         if let (Some(lead), Ok(ctx)) = (&leading, decode::<ExecutionContext>(&value)) {
-                            if ctx.kind == OperationKind::Async && ctx.state == OperationState::Pending {
+                            if ctx.kind == OperationKind::Async && ctx.state == OperationState::Pending && ctx.zone == self.zone {
                                 self.take(ctx.id, lead).await;
                             }
                         }
@@ -117,7 +120,10 @@ impl Scheduler {
             }
         };
         for ctx in contexts {
-            if ctx.kind == OperationKind::Async && !self.owners.runs_here(&ctx.id) {
+            if ctx.kind == OperationKind::Async
+                && ctx.zone == self.zone
+                && !self.owners.runs_here(&ctx.id)
+            {
                 self.take(ctx.id, lead).await;
             }
         }

@@ -93,6 +93,9 @@ pub struct ClusterView {
     management: Arc<Mutex<Vec<ManagementInstance>>>,
     /// What each node registered with this instance.
     inventories: Arc<Mutex<Inventories>>,
+    /// When the first heartbeat arrived: until the view has listened for a
+    /// lapse, a node it has not heard yet may well be up.
+    listening_since: Arc<std::sync::OnceLock<Instant>>,
 }
 
 /// Whether a node is heard from.
@@ -178,14 +181,36 @@ impl ClusterView {
         list
     }
 
-    /// The live node that says it leads at the highest term.
-    pub fn lead(&self) -> Option<Lead> {
-        self.nodes()
-            .into_iter()
-            .filter(|n| n.status == Liveness::Up && n.role == Role::Lead)
+    /// Whether `zone` surely has no live node: the view has listened for
+    /// the longest lapse of the nodes it heard (every live node beats more
+    /// often than that), and none of the live ones is in the zone.
+    pub fn zone_is_empty(&self, zone: &str) -> bool {
+        let Some(since) = self.listening_since.get() else {
+            return false;
+        };
+        let seen = self.nodes.lock().unwrap_or_else(|e| e.into_inner());
+        let lapse = seen
+            .values()
+            .map(|s| s.heartbeat.lapse_ms)
+            .max()
+            .unwrap_or(0);
+        let heard_everyone = since.elapsed().as_millis() as u64 > lapse;
+        heard_everyone
+            && !seen.values().any(|s| {
+                s.heartbeat.zone == zone
+                    && (s.at.elapsed().as_millis() as u64) <= s.heartbeat.lapse_ms
+            })
+    }
+
+    /// Of `nodes`, the live node of `zone` that says it leads it at the
+    /// highest term.
+    pub fn lead_of(nodes: &[NodeStatus], zone: &str) -> Option<Lead> {
+        nodes
+            .iter()
+            .filter(|n| n.zone == zone && n.status == Liveness::Up && n.role == Role::Lead)
             .max_by_key(|n| n.term)
             .map(|n| Lead {
-                node: n.id,
+                node: n.id.clone(),
                 term: n.term,
             })
     }
@@ -341,6 +366,7 @@ impl ClusterView {
                     tracing::debug!(subject = %msg.subject, node = %hb.node, "ignoring a heartbeat that speaks for another node")
                 }
                 Ok(hb) => {
+                    self.listening_since.get_or_init(Instant::now);
                     let mut nodes = self.nodes.lock().unwrap_or_else(|e| e.into_inner());
                     nodes.insert(
                         hb.node.clone(),

@@ -4,7 +4,7 @@ use axum::extract::State;
 use serde::Serialize;
 use utoipa::ToSchema;
 
-use crate::cluster_view::{Lead, Liveness, ManagementInstance, NodeStatus};
+use crate::cluster_view::{ClusterView, Lead, Liveness, ManagementInstance, NodeStatus};
 use crate::error::{ApiError, ApiJson, ErrorBody};
 use crate::startup::AppState;
 
@@ -12,7 +12,8 @@ use crate::startup::AppState;
 #[derive(Serialize, ToSchema)]
 pub struct ClusterOverview {
     pub cluster: String,
-    /// The live node that says it leads at the highest term; `null` while none does.
+    /// The default zone's lead: its live node that says it leads at the
+    /// highest term; `null` while none does. Each zone's is in `zones`.
     #[schema(required = true)]
     pub lead: Option<Lead>,
     /// Nodes heard from in the last 60 s, by id.
@@ -26,6 +27,9 @@ pub struct ClusterOverview {
 #[derive(Serialize, ToSchema)]
 pub struct ZoneStatus {
     pub zone: String,
+    /// The node that runs the zone's monitors; `null` while none leads.
+    #[schema(required = true)]
+    pub lead: Option<Lead>,
     pub nodes: Vec<String>,
     pub up: usize,
 }
@@ -36,6 +40,7 @@ fn zones(nodes: &[NodeStatus]) -> Vec<ZoneStatus> {
     for node in nodes {
         let zone = zones.entry(&node.zone).or_insert_with(|| ZoneStatus {
             zone: node.zone.clone(),
+            lead: ClusterView::lead_of(nodes, &node.zone),
             nodes: Vec::new(),
             up: 0,
         });
@@ -67,7 +72,7 @@ pub async fn show(State(state): State<AppState>) -> Result<ApiJson<ClusterOvervi
     let nodes = view.nodes();
     Ok(ApiJson(ClusterOverview {
         cluster: state.names().cluster().as_str().to_string(),
-        lead: view.lead(),
+        lead: ClusterView::lead_of(&nodes, zerofoot_shared::names::DEFAULT_ZONE),
         zones: zones(&nodes),
         nodes,
         management: view.management(),

@@ -239,6 +239,17 @@ pub async fn submit(
         retries: spec.retries(),
         client: Some(client.0.clone()),
     });
+    // A monitor would wait for a lead of its zone for ever. (A sync
+    // submission finds out from the zone's queue group, which also waits a
+    // moment for a node that is restarting.)
+    if spec.kind == OperationKind::Async && state.view().zone_is_empty(&ctx.zone) {
+        return Err(ApiError::unavailable(format!(
+            "no agent node of zone {} is running in cluster {}; start one with --zone {}",
+            ctx.zone,
+            state.names().cluster(),
+            ctx.zone
+        )));
+    }
     let admission = nats.contexts.limits().admit(&client.0).map_err(|e| {
         ApiError::new(
             StatusCode::TOO_MANY_REQUESTS,
