@@ -103,7 +103,6 @@ async fn sync_operations_run_only_in_their_resources_zone() {
     assert_eq!(racks.len(), 6, "every node shows its labels: {view}");
 
     for zone in ZONES {
-        let mut owners = std::collections::BTreeSet::new();
         for _ in 0..6 {
             let (status, ctx) = run_on(&cluster, &format!("res-{zone}"), &["true"]).await;
             assert_eq!(status, 200, "{ctx}");
@@ -115,9 +114,7 @@ async fn sync_operations_run_only_in_their_resources_zone() {
                 Some(zone),
                 "an operation on res-{zone} ran on {owner}"
             );
-            owners.insert(owner);
         }
-        assert!(!owners.is_empty());
     }
 
     let (status, body) = cluster

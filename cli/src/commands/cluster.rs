@@ -18,7 +18,19 @@ pub async fn show(ctx: &Ctx) -> Result<(), CliError> {
         Some(node) => format!("{node} (term {})", text(&view["lead"]["term"])),
         None => "none: no node leads right now".to_string(),
     };
-    output::line(format!("lead     {lead}"))?;
+    let zones = list(&view["zones"]);
+    if zones.len() <= 1 {
+        output::line(format!("lead     {lead}"))?;
+    } else {
+        // One lead per zone; the default zone's is `lead` in the JSON.
+        for zone in zones {
+            let lead = match zone["lead"]["node"].as_str() {
+                Some(node) => format!("{node} (term {})", text(&zone["lead"]["term"])),
+                None => "none: no node leads right now".to_string(),
+            };
+            output::line(format!("lead     {lead} in zone {}", text(&zone["zone"])))?;
+        }
+    }
     output::line("")?;
 
     let mut nodes = Table::new(&[

@@ -4,9 +4,9 @@
 //! this process all look the same from here: the round trips stop coming
 //! back. The NATS client's ping interval (minutes) is not the detector.
 //!
-//! Every probe interval the node reads the lead key (a JetStream round trip
-//! that proves the connection, the stream leader and the node's view of the
-//! term). The time a probe was *sent* is what counts when it is answered, so
+//! Every probe interval the node reads the default zone's lead key (a
+//! JetStream round trip that proves the connection and the lead bucket's
+//! stream leader). The time a probe was *sent* is what counts when it is answered, so
 //! a late answer never stretches the node's right to act. Once no answer
 //! came for the fence budget (the lapse less one heartbeat interval, so the
 //! node gives up before any other node may claim), the node is fenced: its

@@ -2,7 +2,9 @@
 //! clock: a node is gone once no heartbeat came for its own lapse time. A
 //! heartbeat counts only for the node named in its subject
 //! (`zf.<cluster>.node.<id>.heartbeat`): one whose `node` field names another
-//! node is ignored, so no node can keep another alive.
+//! node is ignored, so no node can keep another alive. A node serves the
+//! zone its heartbeats name: one restarted in another zone no longer serves
+//! the operations of its old zone, whose nodes take them over.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -22,15 +24,24 @@ pub fn genuine_heartbeat(names: &Names, subject: &str, payload: &[u8]) -> Option
 #[derive(Clone)]
 pub struct Membership {
     me: String,
+    zone: String,
     started: Instant,
     lapse: Duration,
-    seen: Arc<Mutex<HashMap<String, (Instant, Duration)>>>,
+    seen: Arc<Mutex<HashMap<String, Seen>>>,
+}
+
+/// A node's last heartbeat: when, its lapse, its zone.
+struct Seen {
+    at: Instant,
+    lapse: Duration,
+    zone: String,
 }
 
 impl Membership {
-    pub fn new(me: &str, lapse: Duration) -> Self {
+    pub fn new(me: &str, zone: &str, lapse: Duration) -> Self {
         Self {
             me: me.to_string(),
+            zone: zone.to_string(),
             started: Instant::now(),
             lapse,
             seen: Arc::default(),
@@ -43,18 +54,26 @@ impl Membership {
         self.started.elapsed() > self.lapse
     }
 
-    pub fn is_alive(&self, node: &str) -> bool {
+    /// Whether `node` is alive and in `zone`.
+    pub fn serves(&self, node: &str, zone: &str) -> bool {
         if node == self.me {
-            return true;
+            return zone == self.zone;
         }
         let seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
         seen.get(node)
-            .is_some_and(|(at, lapse)| at.elapsed() < *lapse)
+            .is_some_and(|s| s.at.elapsed() < s.lapse && s.zone == zone)
     }
 
-    pub fn record(&self, node: &str, lapse: Duration) {
+    pub fn record(&self, node: &str, lapse: Duration, zone: &str) {
         let mut seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
-        seen.insert(node.to_string(), (Instant::now(), lapse));
+        seen.insert(
+            node.to_string(),
+            Seen {
+                at: Instant::now(),
+                lapse,
+                zone: zone.to_string(),
+            },
+        );
     }
 
     pub async fn follow(self, client: async_nats::Client, names: Names, cancel: CancellationToken) {
@@ -67,7 +86,7 @@ impl Membership {
         };
         while let Some(msg) = zerofoot_shared::nats::next_or_cancelled(&mut sub, &cancel).await {
             match genuine_heartbeat(&names, msg.subject.as_str(), &msg.payload) {
-                Some(hb) => self.record(&hb.node, Duration::from_millis(hb.lapse_ms)),
+                Some(hb) => self.record(&hb.node, Duration::from_millis(hb.lapse_ms), &hb.zone),
                 None => {
                     tracing::debug!(subject = %msg.subject, "ignoring a heartbeat that is unreadable or speaks for another node")
                 }
@@ -82,13 +101,15 @@ mod tests {
 
     #[test]
     fn a_node_is_alive_until_its_lapse_passes() {
-        let m = Membership::new("me", Duration::from_millis(50));
-        assert!(m.is_alive("me"));
-        assert!(!m.is_alive("other"));
-        m.record("other", Duration::from_millis(30));
-        assert!(m.is_alive("other"));
+        let m = Membership::new("me", "a", Duration::from_millis(50));
+        assert!(m.serves("me", "a"));
+        assert!(!m.serves("me", "b"), "a node serves only its own zone");
+        assert!(!m.serves("other", "a"));
+        m.record("other", Duration::from_millis(30), "a");
+        assert!(m.serves("other", "a"));
+        assert!(!m.serves("other", "b"), "alive, but in another zone");
         std::thread::sleep(Duration::from_millis(40));
-        assert!(!m.is_alive("other"), "silent for longer than its lapse");
+        assert!(!m.serves("other", "a"), "silent for longer than its lapse");
     }
 
     #[test]

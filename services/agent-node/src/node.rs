@@ -138,7 +138,7 @@ async fn serve(
     };
     tasks.spawn(cache.clone().evict_loop(shutdown.clone()).in_current_span());
 
-    let members = Membership::new(&node_id, lapse);
+    let members = Membership::new(&node_id, &args.zone, lapse);
     tasks.spawn(
         members
             .clone()

@@ -66,7 +66,9 @@ pub struct PurgeRound {
 }
 
 /// Purges finished contexts whose last write is older than `retention`, by
-/// the server's clock. Only the lead calls it, so each is purged once.
+/// the server's clock. Only leads call it (one per zone, each purging every
+/// zone's contexts): a purge expects the revision, so a context two leads
+/// race for is purged once and the loser skips it.
 /// Bounded to about a second per call; call it again for the rest.
 pub async fn purge_finished(assets: &Assets, store: &Store, retention: Duration) -> PurgeRound {
     match purge_round(assets, store, retention).await {

@@ -3,8 +3,8 @@
 //! term T it takes every unfinished async operation of its zone not running here (the
 //! rules record the previous owner's loss), then every new pending one as
 //! the mirror sees it. On stepping down every monitor stops at once. It also
-//! purges finished contexts past their retention (only the lead does, so
-//! each is purged once).
+//! purges finished contexts past their retention (only leads do; a purge
+//! expects the revision, so two zones' leads never purge one twice).
 
 use std::time::Duration;
 

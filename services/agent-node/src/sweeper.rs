@@ -58,7 +58,8 @@ impl Sweeper {
                         let orphaned = if owner == self.owners.node() {
                             !self.owners.runs_here(&ctx.id)
                         } else {
-                            !self.members.is_alive(owner)
+                            // Dead, or restarted in another zone.
+                            !self.members.serves(owner, &ctx.zone)
                         };
                         orphaned.then(|| Why::LostOwner(owner.to_string()))
                     }

@@ -93,10 +93,14 @@ pub struct ClusterView {
     management: Arc<Mutex<Vec<ManagementInstance>>>,
     /// What each node registered with this instance.
     inventories: Arc<Mutex<Inventories>>,
-    /// When the first heartbeat arrived: until the view has listened for a
-    /// lapse, a node it has not heard yet may well be up.
+    /// When the view started listening to heartbeats: until it has
+    /// listened for a lapse, a node it has not heard yet may well be up.
     listening_since: Arc<std::sync::OnceLock<Instant>>,
 }
+
+/// The nodes' default lapse: how long the view listens at least before it
+/// trusts that a zone has no node.
+const DEFAULT_LAPSE_MS: u64 = 1000;
 
 /// Whether a node is heard from.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, ToSchema)]
@@ -182,8 +186,9 @@ impl ClusterView {
     }
 
     /// Whether `zone` surely has no live node: the view has listened for
-    /// the longest lapse of the nodes it heard (every live node beats more
-    /// often than that), and none of the live ones is in the zone.
+    /// the longest lapse of the nodes it heard, and at least the default
+    /// one (every live node beats more often than that), and none of the
+    /// live ones is in the zone.
     pub fn zone_is_empty(&self, zone: &str) -> bool {
         let Some(since) = self.listening_since.get() else {
             return false;
@@ -193,7 +198,8 @@ impl ClusterView {
             .values()
             .map(|s| s.heartbeat.lapse_ms)
             .max()
-            .unwrap_or(0);
+            .unwrap_or(0)
+            .max(DEFAULT_LAPSE_MS);
         let heard_everyone = since.elapsed().as_millis() as u64 > lapse;
         heard_everyone
             && !seen.values().any(|s| {
@@ -359,6 +365,7 @@ impl ClusterView {
                 return;
             }
         };
+        self.listening_since.get_or_init(Instant::now);
         while let Some(msg) = zerofoot_shared::nats::next_or_cancelled(&mut sub, &cancel).await {
             match decode::<Heartbeat>(&msg.payload) {
                 // A node speaks only for itself.
@@ -366,7 +373,6 @@ impl ClusterView {
                     tracing::debug!(subject = %msg.subject, node = %hb.node, "ignoring a heartbeat that speaks for another node")
                 }
                 Ok(hb) => {
-                    self.listening_since.get_or_init(Instant::now);
                     let mut nodes = self.nodes.lock().unwrap_or_else(|e| e.into_inner());
                     nodes.insert(
                         hb.node.clone(),
