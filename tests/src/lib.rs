@@ -719,6 +719,19 @@ impl Cluster {
             index < MAX_NODES,
             "the test NATS users cover {MAX_NODES} nodes"
         );
+        let p = self.node_process(index, flags);
+        self.nodes.push(p);
+        index
+    }
+
+    /// SIGKILLs node `index` (if it runs) and starts it again, with the
+    /// same id and data dir, with other `flags`.
+    pub fn replace_node(&mut self, index: usize, flags: &NodeFlags) {
+        self.nodes[index].kill();
+        self.nodes[index] = self.node_process(index, flags);
+    }
+
+    fn node_process(&self, index: usize, flags: &NodeFlags) -> Process {
         let id = node_name(index);
         let mut args = vec![
             "--id".to_string(),
@@ -729,15 +742,13 @@ impl Cluster {
             self.shared().display().to_string(),
         ];
         args.extend(flags.0.iter().cloned());
-        let p = Process::spawn(
+        Process::spawn(
             &format!("node-{index}"),
             &service_binary("zf-agent-node"),
             &args,
             &self.node_env(&id),
             self.dir.path(),
-        );
-        self.nodes.push(p);
-        index
+        )
     }
 
     /// URL on the first management instance.

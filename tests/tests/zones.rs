@@ -12,27 +12,34 @@ use zerofoot_tests::{wait_until, Cluster, NodeFlags};
 
 const ZONES: [&str; 3] = ["dc-a", "dc-b", "dc-c"];
 
-fn zone_node(zone: &str, rack: usize) -> NodeFlags {
+/// Heartbeats and lapse of the nodes, in ms.
+const FAST: (u64, u64) = (100, 500);
+
+fn zone_node(zone: &str, rack: usize, (heartbeat, lapse): (u64, u64)) -> NodeFlags {
     NodeFlags(vec![
         "--zone".into(),
         zone.into(),
         "--label".into(),
         format!("rack=r{rack}"),
         "--heartbeat-ms".into(),
-        "100".into(),
+        heartbeat.to_string(),
         "--lapse-ms".into(),
-        "500".into(),
+        lapse.to_string(),
     ])
 }
 
 /// Three zones of two nodes each; a resource per zone (`res-<zone>`).
 async fn three_zones() -> (Cluster, HashMap<String, String>) {
+    three_zones_timed(FAST).await
+}
+
+async fn three_zones_timed(timing: (u64, u64)) -> (Cluster, HashMap<String, String>) {
     let mut cluster = Cluster::bare().await;
     cluster.start_repository();
     cluster.start_management();
     for zone in ZONES {
         for rack in 1..=2 {
-            cluster.add_node(&zone_node(zone, rack));
+            cluster.add_node(&zone_node(zone, rack, timing));
         }
     }
     cluster.wait_healthy().await;
@@ -374,4 +381,70 @@ async fn each_zone_has_its_own_lead_and_losing_one_moves_only_its_monitors() {
     assert_eq!(leads_now["dc-b"], leads["dc-b"], "{view}");
     assert_eq!(leads_now["dc-c"], leads["dc-c"], "{view}");
     assert_eq!(leads_now["dc-a"], moved, "{view}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_restarted_in_another_zone_hands_its_old_zones_operation_over() {
+    // A lapse long enough for the node to come back, in its new zone,
+    // before its old zone would count it dead by silence alone.
+    let timing = (200, 3000);
+    let (mut cluster, zone_of) = three_zones_timed(timing).await;
+    let (status, ctx) = cluster
+        .post_json(
+            "/v1/operations?wait=false",
+            &json!({"module": "shell", "operation": "run", "resource": "res-dc-b",
+                    "params": {"command": "sleep", "args": ["2"]}}),
+        )
+        .await;
+    assert_eq!(status, 202, "{ctx}");
+    let path = format!("/v1/operations/{}", ctx["id"].as_str().expect("id"));
+    let first = wait_until("the operation to run", Duration::from_secs(10), || async {
+        let (_, ctx) = cluster.get(&path).await;
+        match ctx["owner"].as_str() {
+            Some(owner) if ctx["state"] == "running" => Ok(owner.to_string()),
+            _ => Err(ctx.to_string()),
+        }
+    })
+    .await;
+    let index = cluster.node_index(&first);
+    cluster.replace_node(index, &zone_node("dc-c", 3, timing));
+    wait_until(
+        "the restarted node to beat from zone dc-c",
+        Duration::from_secs(20),
+        || async {
+            let (_, view) = cluster.get("/v1/cluster").await;
+            let moved =
+                view["nodes"].as_array().into_iter().flatten().any(|n| {
+                    n["id"] == first.as_str() && n["zone"] == "dc-c" && n["status"] == "up"
+                });
+            if moved {
+                Ok(())
+            } else {
+                Err(view.to_string())
+            }
+        },
+    )
+    .await;
+    let done = wait_until(
+        "the operation to be taken over in dc-b and finish",
+        Duration::from_secs(30),
+        || async {
+            let (_, ctx) = cluster.get(&path).await;
+            if ctx["state"] == "complete" {
+                Ok(ctx)
+            } else {
+                Err(ctx.to_string())
+            }
+        },
+    )
+    .await;
+    let second = done["attempts"][1]["node"]
+        .as_str()
+        .expect("a second attempt");
+    assert_ne!(second, first, "{done}");
+    assert_eq!(
+        zone_of.get(second).map(String::as_str),
+        Some("dc-b"),
+        "taken over inside dc-b: {done}"
+    );
 }
