@@ -1020,3 +1020,42 @@ impl Cluster {
         reply.get("ok").cloned().ok_or_else(|| reply.to_string())
     }
 }
+
+/// Reads an SSE response until `count` frames with an `id` and JSON `data`
+/// arrived: (id, data) in order. Panics saying so if the stream goes quiet
+/// for 30 s or ends first.
+pub async fn sse_frames(response: reqwest::Response, count: usize) -> Vec<(u64, Value)> {
+    use futures::StreamExt;
+    let mut body = response.bytes_stream();
+    let mut buffer = String::new();
+    let mut frames = Vec::new();
+    while frames.len() < count {
+        let chunk = tokio::time::timeout(Duration::from_secs(30), body.next())
+            .await
+            .unwrap_or_else(|_| {
+                panic!(
+                    "SSE stream went quiet after {} of {count} frames",
+                    frames.len()
+                )
+            })
+            .unwrap_or_else(|| panic!("SSE stream ended after {} of {count} frames", frames.len()))
+            .expect("SSE chunk");
+        buffer.push_str(&String::from_utf8_lossy(&chunk));
+        while let Some(end) = buffer.find("\n\n") {
+            let frame: String = buffer.drain(..end + 2).collect();
+            let id = frame
+                .lines()
+                .find_map(|l| l.strip_prefix("id:"))
+                .map(|v| v.trim().parse::<u64>().expect("numeric id"));
+            let data = frame
+                .lines()
+                .find_map(|l| l.strip_prefix("data:"))
+                .map(|v| serde_json::from_str::<Value>(v.trim()).expect("JSON data"));
+            if let (Some(id), Some(data)) = (id, data) {
+                frames.push((id, data));
+            }
+        }
+    }
+    frames.truncate(count);
+    frames
+}

@@ -226,34 +226,14 @@ async fn pages_hold_exactly_the_seqs_asked_for_and_junk_does_not_break_them() {
 
 /// Reads an SSE stream until `count` events arrived; returns their ids.
 async fn read_sse(response: reqwest::Response, count: usize) -> Vec<u64> {
-    use futures::StreamExt;
-    let mut body = response.bytes_stream();
-    let mut buffer = String::new();
-    let mut ids = Vec::new();
-    while ids.len() < count {
-        let chunk = tokio::time::timeout(Duration::from_secs(30), body.next())
-            .await
-            .expect("SSE stream went quiet")
-            .expect("SSE stream ended")
-            .expect("SSE chunk");
-        buffer.push_str(&String::from_utf8_lossy(&chunk));
-        while let Some(end) = buffer.find("\n\n") {
-            let frame: String = buffer.drain(..end + 2).collect();
-            let id = frame
-                .lines()
-                .find_map(|l| l.strip_prefix("id:"))
-                .map(|v| v.trim().parse::<u64>().expect("numeric id"));
-            let data = frame
-                .lines()
-                .find_map(|l| l.strip_prefix("data:"))
-                .map(|v| serde_json::from_str::<Value>(v.trim()).expect("JSON data"));
-            if let (Some(id), Some(data)) = (id, data) {
-                assert_eq!(data["seq"].as_u64(), Some(id), "the id is the seq");
-                ids.push(id);
-            }
-        }
-    }
-    ids
+    zerofoot_tests::sse_frames(response, count)
+        .await
+        .into_iter()
+        .map(|(id, data)| {
+            assert_eq!(data["seq"].as_u64(), Some(id), "the id is the seq");
+            id
+        })
+        .collect()
 }
 
 async fn open_sse(cluster: &Cluster, op: &str, last_event_id: Option<&str>) -> reqwest::Response {

@@ -5,7 +5,6 @@
 
 use std::time::Duration;
 
-use futures::StreamExt;
 use serde_json::{json, Value};
 use zerofoot_tests::modules::bundle;
 use zerofoot_tests::{wait_until, Cluster};
@@ -124,34 +123,11 @@ async fn log_lines_and_stderr_are_kept_per_operation_masked_and_capped() {
 
 /// Reads `count` `log` events of an SSE stream: (id, msg) pairs.
 async fn read_log_events(response: reqwest::Response, count: usize) -> Vec<(u64, String)> {
-    let mut body = response.bytes_stream();
-    let mut buffer = String::new();
-    let mut out = Vec::new();
-    let read = async {
-        while out.len() < count {
-            let Some(chunk) = body.next().await else {
-                break;
-            };
-            buffer.push_str(&String::from_utf8_lossy(&chunk.expect("sse chunk")));
-            while let Some(end) = buffer.find("\n\n") {
-                let block: String = buffer.drain(..end + 2).collect();
-                let id = block
-                    .lines()
-                    .find_map(|l| l.strip_prefix("id: "))
-                    .and_then(|v| v.parse::<u64>().ok());
-                let data = block.lines().find_map(|l| l.strip_prefix("data: "));
-                if let (Some(id), Some(data)) = (id, data) {
-                    let line: Value = serde_json::from_str(data).expect("log line json");
-                    out.push((id, line["msg"].as_str().unwrap_or_default().to_string()));
-                }
-            }
-        }
-    };
-    tokio::time::timeout(Duration::from_secs(20), read)
+    zerofoot_tests::sse_frames(response, count)
         .await
-        .unwrap_or_else(|_| panic!("awaited {count} log events over SSE, got {out:?}"));
-    out.truncate(count);
-    out
+        .into_iter()
+        .map(|(id, line)| (id, line["msg"].as_str().unwrap_or_default().to_string()))
+        .collect()
 }
 
 async fn open_log_stream(cluster: &Cluster, op: &str, last_id: Option<u64>) -> reqwest::Response {

@@ -151,20 +151,19 @@ async fn sync_operations_run_only_in_their_resources_zone() {
     assert_eq!(body["error"]["code"], "invalid_zone", "{body}");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_dead_owners_operation_is_taken_over_inside_its_zone() {
-    let (mut cluster, zone_of) = three_zones().await;
+/// Starts `sleep SECONDS` on `res-dc-b` without waiting; its context's path
+/// and the node that runs it, once it runs.
+async fn sleep_in_dc_b(cluster: &Cluster, seconds: &str) -> (String, String) {
     let (status, ctx) = cluster
         .post_json(
             "/v1/operations?wait=false",
             &json!({"module": "shell", "operation": "run", "resource": "res-dc-b",
-                    "params": {"command": "sleep", "args": ["3"]}}),
+                    "params": {"command": "sleep", "args": [seconds]}}),
         )
         .await;
     assert_eq!(status, 202, "{ctx}");
-    let op = ctx["id"].as_str().expect("id").to_string();
-    let path = format!("/v1/operations/{op}");
-    let first = wait_until("the operation to run", Duration::from_secs(10), || async {
+    let path = format!("/v1/operations/{}", ctx["id"].as_str().expect("id"));
+    let owner = wait_until("the operation to run", Duration::from_secs(10), || async {
         let (_, ctx) = cluster.get(&path).await;
         match ctx["owner"].as_str() {
             Some(owner) if ctx["state"] == "running" => Ok(owner.to_string()),
@@ -172,23 +171,31 @@ async fn a_dead_owners_operation_is_taken_over_inside_its_zone() {
         }
     })
     .await;
+    (path, owner)
+}
+
+/// The context at `path` once it is complete.
+async fn completed(cluster: &Cluster, path: &str, what: &str) -> Value {
+    wait_until(what, Duration::from_secs(30), || async {
+        let (_, ctx) = cluster.get(path).await;
+        if ctx["state"] == "complete" {
+            Ok(ctx)
+        } else {
+            Err(ctx.to_string())
+        }
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_owners_operation_is_taken_over_inside_its_zone() {
+    let (mut cluster, zone_of) = three_zones().await;
+    let (path, first) = sleep_in_dc_b(&cluster, "3").await;
     assert_eq!(zone_of.get(&first).map(String::as_str), Some("dc-b"));
     let index = cluster.node_index(&first);
     cluster.nodes[index].kill();
 
-    let done = wait_until(
-        "the operation to finish on another node",
-        Duration::from_secs(30),
-        || async {
-            let (_, ctx) = cluster.get(&path).await;
-            if ctx["state"] == "complete" {
-                Ok(ctx)
-            } else {
-                Err(ctx.to_string())
-            }
-        },
-    )
-    .await;
+    let done = completed(&cluster, &path, "the operation to finish on another node").await;
     let attempts = done["attempts"].as_array().expect("attempts");
     assert_eq!(attempts.len(), 2, "{done}");
     assert_eq!(attempts[0]["outcome"], "lost", "{done}");
@@ -389,23 +396,7 @@ async fn a_node_restarted_in_another_zone_hands_its_old_zones_operation_over() {
     // before its old zone would count it dead by silence alone.
     let timing = (200, 3000);
     let (mut cluster, zone_of) = three_zones_timed(timing).await;
-    let (status, ctx) = cluster
-        .post_json(
-            "/v1/operations?wait=false",
-            &json!({"module": "shell", "operation": "run", "resource": "res-dc-b",
-                    "params": {"command": "sleep", "args": ["2"]}}),
-        )
-        .await;
-    assert_eq!(status, 202, "{ctx}");
-    let path = format!("/v1/operations/{}", ctx["id"].as_str().expect("id"));
-    let first = wait_until("the operation to run", Duration::from_secs(10), || async {
-        let (_, ctx) = cluster.get(&path).await;
-        match ctx["owner"].as_str() {
-            Some(owner) if ctx["state"] == "running" => Ok(owner.to_string()),
-            _ => Err(ctx.to_string()),
-        }
-    })
-    .await;
+    let (path, first) = sleep_in_dc_b(&cluster, "2").await;
     let index = cluster.node_index(&first);
     cluster.replace_node(index, &zone_node("dc-c", 3, timing));
     wait_until(
@@ -425,17 +416,10 @@ async fn a_node_restarted_in_another_zone_hands_its_old_zones_operation_over() {
         },
     )
     .await;
-    let done = wait_until(
+    let done = completed(
+        &cluster,
+        &path,
         "the operation to be taken over in dc-b and finish",
-        Duration::from_secs(30),
-        || async {
-            let (_, ctx) = cluster.get(&path).await;
-            if ctx["state"] == "complete" {
-                Ok(ctx)
-            } else {
-                Err(ctx.to_string())
-            }
-        },
     )
     .await;
     let second = done["attempts"][1]["node"]
