@@ -6,7 +6,7 @@
 # that each service mounts only the key files and NATS password it needs and
 # that each node logs in to NATS as its own user; then through the published
 # HTTP port uploads a module, seals a resource secret that a node opens, runs
-# a sync operation, a hostile module that must reach nothing of the node it
+# a sync operation, a command over SSH on the example host, a hostile module that must reach nothing of the node it
 # runs on (as tests/tests/isolation.rs, in the containers) while an innocent
 # one runs beside it, and a keyed monitor, kills the lead's container, checks the
 # monitor resumed with every event exactly once, that NATS refuses anonymous
@@ -60,7 +60,7 @@ dc up -d >/dev/null
 wait_for 120 "management /healthz" curl -sf "$api/healthz"
 cluster_ready() { [ "$(curl -sf "$api/v1/cluster" | jq '[.nodes[] | select(.status == "up")] | length')" = 3 ] && curl -sf "$api/v1/cluster" | jq -e '.lead.node' >/dev/null; }
 wait_for 60 "three nodes up and a lead" cluster_ready
-stock_modules() { curl -sf "$api/v1/modules/shell" >/dev/null; }
+stock_modules() { curl -sf "$api/v1/modules/shell" >/dev/null && curl -sf "$api/v1/modules/ssh" >/dev/null; }
 wait_for 60 "the stock modules" stock_modules
 
 # No secret in any running service's environment: neither in its container's
@@ -153,6 +153,19 @@ result=$(curl -sf "$api/v1/operations" -H 'content-type: application/json' \
 [ "$(jq -r .state <<<"$result")" = complete ] || fail "sync operation: $result"
 [ "$(jq -r .result.stdout <<<"$result")" = "hello from a container" ] || fail "sync result: $result"
 echo "compose-test: sync operation complete"
+
+# The example machine: a command run on it over SSH, twice (the second
+# through the node's kept connection, whichever node runs it).
+body=$(dc exec -T example-host example-host resource | jq -c 'del(.id)') || fail "example-host printed no resource"
+code=$(curl -s -o "$work/host.json" -w '%{http_code}' -X PUT "$api/v1/resources/example-host" \
+  -H 'content-type: application/json' -d "$body")
+[ "$code" = 201 ] || fail "the example-host resource answered $code: $(cat "$work/host.json")"
+for round in 1 2; do
+  result=$(curl -s "$api/v1/operations" -H 'content-type: application/json' \
+    -d '{"module": "ssh", "operation": "exec", "resource": "example-host", "params": {"command": "uname", "args": ["-s"]}}')
+  [ "$(jq -r .result.stdout <<<"$result")" = Linux ] || fail "ssh exec on example-host (round $round): $result"
+done
+echo "compose-test: ssh exec on the example host"
 
 # A resource secret, sealed by management with the key file, opened by a node
 # with the same key: the driver answers the secret's digest (a secret value

@@ -5,7 +5,9 @@
 #     from the official nats image.
 #   - No registry (or ZF_OFFLINE=1): the release binaries are built on this
 #     host and an image is made from them, their shared libraries, busybox
-#     (static) for sh and the usual tools, jq and curl for the stock modules,
+#     (static) for sh and the usual tools, jq, curl and the OpenSSH client
+#     (with libnss-wrapper) for the stock modules, the OpenSSH server for
+#     docker-compose.yml's example machine,
 #     and the nats-server binary from scripts/install-deps.sh. No base image
 #     is pulled.
 # Prints the variables to export for docker-compose on its last line.
@@ -36,7 +38,7 @@ cargo build --release --bins --quiet
 
 rootfs=$(mktemp -d)
 trap 'rm -rf "$rootfs"' EXIT
-mkdir -p "$rootfs"/{bin,usr/bin,usr/local/bin,etc/ssl/certs,tmp,data,root}
+mkdir -p "$rootfs"/{bin,usr/bin,usr/sbin,usr/local/bin,etc/ssl/certs,tmp,data,root}
 chmod 1777 "$rootfs/tmp"
 
 # Copies a program and every shared library it loads (ldd) into the rootfs.
@@ -54,6 +56,18 @@ for applet in $(/bin/busybox --list); do
 done
 with_libs "$(command -v jq)" /usr/bin/jq
 with_libs "$(command -v curl)" /usr/bin/curl
+# The ssh module: the OpenSSH client and its agent, and nss_wrapper, which
+# lends drivers (each under a uid of its own) the passwd entry ssh wants.
+for tool in ssh ssh-agent ssh-add ssh-keygen ssh-keyscan; do
+  with_libs "$(command -v "$tool")" "/usr/bin/$tool"
+done
+# docker-compose.yml's example machine: the OpenSSH server and its script.
+with_libs /usr/sbin/sshd /usr/sbin/sshd
+cp docker/example-host.sh "$rootfs/usr/local/bin/example-host"
+chmod 755 "$rootfs/usr/local/bin/example-host"
+nss_wrapper=$(ls /usr/lib/*/libnss_wrapper.so | head -n 1)
+mkdir -p "$rootfs$(dirname "$nss_wrapper")"
+with_libs "$nss_wrapper" "$nss_wrapper"
 for bin in zf-management zf-repository zf-agent-node zf-driver-shim zf; do
   with_libs "target/release/$bin" "/usr/local/bin/$bin"
   strip "$rootfs/usr/local/bin/$bin"
@@ -61,9 +75,11 @@ done
 cp -L "$nats" "$rootfs/usr/local/bin/nats-server"
 cp -L /etc/ssl/certs/ca-certificates.crt "$rootfs/etc/ssl/certs/" 2>/dev/null || true
 # zerofoot-driver: the group drivers run in, each under its own uid.
+# sshd: the example machine's privilege separation user.
 printf '%s\n' 'root:x:0:0:root:/root:/bin/sh' \
-  'zerofoot-driver:x:999:999::/nonexistent:/bin/false' >"$rootfs/etc/passwd"
-printf '%s\n' 'root:x:0:' 'zerofoot-driver:x:999:' >"$rootfs/etc/group"
+  'zerofoot-driver:x:999:999::/nonexistent:/bin/false' \
+  'sshd:x:998:65534::/run/sshd:/bin/false' >"$rootfs/etc/passwd"
+printf '%s\n' 'root:x:0:' 'zerofoot-driver:x:999:' 'nogroup:x:65534:' >"$rootfs/etc/group"
 echo 'hosts: files dns' >"$rootfs/etc/nsswitch.conf"
 
 tar -C "$rootfs" -c . | docker import \

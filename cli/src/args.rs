@@ -184,8 +184,22 @@ pub struct RunArgs {
     #[arg(long)]
     pub version: Option<String>,
     /// The resource to run it against.
-    #[arg(long)]
+    #[arg(long, conflicts_with_all = ["selector", "targets"])]
     pub resource: Option<String>,
+    /// Run it as a batch on every resource this label selector picks
+    /// (`role=web,env in (prod,stage),!canary`).
+    #[arg(long, conflicts_with = "targets")]
+    pub selector: Option<String>,
+    /// Run it as a batch on these resources, in order (comma-separated).
+    #[arg(long, value_delimiter = ',', num_args = 1..)]
+    pub targets: Option<Vec<String>>,
+    /// A batch's most targets running at once (the API's default is 10).
+    #[arg(long)]
+    pub max_parallel: Option<u32>,
+    /// What a batch does when targets fail: `continue`, `stop` (after the
+    /// first failure) or a number N (stop after N failures).
+    #[arg(long, value_parser = crate::input::parse_fail_policy)]
+    pub fail_policy: Option<Value>,
     /// A parameter, KEY=VALUE: VALUE is taken as JSON when it parses
     /// (numbers, true, null, arrays, objects), else as a string. Repeatable;
     /// wins over --params-file.
@@ -240,5 +254,38 @@ mod tests {
             ]
         );
         assert!(cli.global.json, "--json after the subcommand");
+    }
+
+    #[test]
+    fn batches_take_targets_a_limit_and_a_policy() {
+        let cli = Cli::try_parse_from([
+            "zf",
+            "op",
+            "run",
+            "shell",
+            "run",
+            "--targets",
+            "a,b,c",
+            "--max-parallel",
+            "2",
+            "--fail-policy",
+            "3",
+        ])
+        .expect("parse");
+        let Command::Op(OpCommand::Run(run)) = cli.command else {
+            panic!("not op run")
+        };
+        assert_eq!(run.targets, Some(vec!["a".into(), "b".into(), "c".into()]));
+        assert_eq!(run.max_parallel, Some(2));
+        assert_eq!(run.fail_policy, Some(serde_json::json!({"stop_after": 3})));
+        for clash in [
+            ["--resource", "a", "--selector", "role=web"],
+            ["--selector", "role=web", "--targets", "a"],
+            ["--fail-policy", "later", "--selector", "x"],
+        ] {
+            let mut argv = vec!["zf", "op", "run", "shell", "run"];
+            argv.extend(clash);
+            assert!(Cli::try_parse_from(argv).is_err(), "{clash:?} is refused");
+        }
     }
 }

@@ -68,6 +68,19 @@ pub fn params(file: Option<&Path>, pairs: &[(String, Value)]) -> Result<Value, C
     Ok(Value::Object(params))
 }
 
+/// `--fail-policy`: `continue`, `stop`, or N (stop after N failures).
+pub fn parse_fail_policy(text: &str) -> Result<Value, String> {
+    match text {
+        "continue" | "stop" => Ok(Value::String(text.to_string())),
+        n => match n.parse::<u32>() {
+            Ok(n) if n >= 1 => Ok(serde_json::json!({ "stop_after": n })),
+            _ => Err(format!(
+                "{n:?} is not a fail policy: use continue, stop, or a number of failures (1 or more)"
+            )),
+        },
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -8,6 +8,8 @@
 //!   idempotently and checked for unsafe settings at start.
 //! - [`config`]: command-line flags shared by every binary.
 //! - [`context_store`]: typed load, create and compare-and-set of execution contexts.
+//! - [`submit`]: handing a new sync operation to a node of its zone.
+//! - [`batch`]: batches over many resources: plans, child ids, the next step.
 //! - [`nats`]: connecting with credentials, TLS, retry and backoff.
 //! - [`nats_auth`]: the NATS users of each service role and their permissions.
 //! - [`bundle`]: checking, packing and safely unpacking module bundles.
@@ -21,6 +23,7 @@
 //! - [`telemetry`], [`shutdown`]: logging and graceful shutdown.
 
 pub mod assets;
+pub mod batch;
 pub mod bundle;
 pub mod config;
 pub mod context_store;
@@ -37,6 +40,7 @@ pub mod sealing;
 pub mod selector;
 pub mod shutdown;
 pub mod signing;
+pub mod submit;
 pub mod telemetry;
 pub mod time;
 

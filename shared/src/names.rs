@@ -242,6 +242,27 @@ impl Names {
     }
 }
 
+/// The NATS account every zerofoot user belongs to. Only a named account
+/// (not nats-server's default one) can import the system account's client
+/// events, which tell the nodes at once that a lead's connection closed.
+pub const NATS_ACCOUNT: &str = "ZEROFOOT";
+
+/// The NATS system account of the generated configuration.
+pub const NATS_SYSTEM_ACCOUNT: &str = "SYS";
+
+/// The subject on which the system account announces that a client of
+/// `account` disconnected.
+pub fn account_disconnects(account: &str) -> String {
+    format!("$SYS.ACCOUNT.{account}.DISCONNECT")
+}
+
+/// Where the nodes hear client disconnect notices: whichever account's are
+/// imported into theirs (the generated configuration imports its own; a
+/// server set up with JWTs may name the account by its key).
+pub fn client_disconnects() -> String {
+    account_disconnects("*")
+}
+
 /// Key of the default zone's lead claim in the lead bucket.
 pub const LEAD_KEY: &str = "lead";
 

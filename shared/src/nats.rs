@@ -7,7 +7,10 @@ use std::path::{Path, PathBuf};
 
 use std::time::Duration;
 
+use std::sync::Arc;
+
 use async_nats::{Client, ConnectErrorKind, ConnectOptions, Event};
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::NatsArgs;
@@ -43,6 +46,18 @@ pub struct ConnectSettings {
     options: ConnectOptions,
     /// What the log says about the credentials in use (never a secret).
     credentials: String,
+    /// The link as the client's events tell it.
+    link: Arc<watch::Sender<Link>>,
+}
+
+/// A client's NATS link as its connection events tell it, which is sooner
+/// than its connection state (the client sends the event first).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Link {
+    /// Connections made so far: the first and every reconnect.
+    pub connections: u64,
+    /// Whether the last event was a (re)connect rather than a disconnect.
+    pub up: bool,
 }
 
 impl ConnectSettings {
@@ -92,15 +107,26 @@ impl ConnectSettings {
         if let (Some(cert), Some(key)) = (&args.nats_tls_cert, &args.nats_tls_key) {
             options = options.add_client_certificate(cert.clone(), key.clone());
         }
+        let link = Arc::new(watch::Sender::new(Link::default()));
+        let events = link.clone();
         let options = options
             .custom_inbox_prefix(args.names().inbox_prefix(role.as_str()))
             .connection_timeout(Duration::from_secs(2))
-            .event_callback(|event| async move {
+            .event_callback(move |event| {
+                let link = events.clone();
+                async move {
                 match event {
                     Event::Disconnected => {
-                        tracing::warn!("lost the NATS connection; reconnecting")
+                        tracing::warn!("lost the NATS connection; reconnecting");
+                        link.send_modify(|l| l.up = false);
                     }
-                    Event::Connected => tracing::info!("NATS connection (re)established"),
+                    Event::Connected => {
+                        tracing::info!("NATS connection (re)established");
+                        link.send_modify(|l| {
+                            l.connections += 1;
+                            l.up = true;
+                        });
+                    }
                     Event::SlowConsumer(sid) => {
                         tracing::warn!(sid, "slow consumer: messages were dropped")
                     }
@@ -109,6 +135,7 @@ impl ConnectSettings {
                         "NATS refused an operation; a permissions violation means this service's NATS user lacks a grant (see `zf-management nats-auth`)"
                     ),
                     other => tracing::info!(event = %other, "NATS connection event"),
+                }
                 }
             });
         Ok(Self {
@@ -121,7 +148,14 @@ impl ConnectSettings {
                 .collect(),
             options,
             credentials,
+            link,
         })
+    }
+
+    /// Changes whenever a connection made with these settings drops or is
+    /// (re)established; [`Client::server_info`] soon names the new one.
+    pub fn link(&self) -> watch::Receiver<Link> {
+        self.link.subscribe()
     }
 }
 

@@ -14,9 +14,11 @@ use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use serde_json::Value;
 
+pub mod browser;
 pub mod modules;
 pub mod prometheus;
 pub mod proxy;
+pub mod sshd;
 
 /// Polls `probe` until it returns `Some`, or panics after `timeout` saying
 /// what was awaited and what the last probe saw.
@@ -534,6 +536,20 @@ impl Management {
 #[derive(Clone, Default)]
 pub struct NodeFlags(pub Vec<String>);
 
+/// A node of `zone` labelled `rack=r<rack>`, with its heartbeat and lapse in ms.
+pub fn zone_node(zone: &str, rack: usize, (heartbeat, lapse): (u64, u64)) -> NodeFlags {
+    NodeFlags(vec![
+        "--zone".into(),
+        zone.into(),
+        "--label".into(),
+        format!("rack=r{rack}"),
+        "--heartbeat-ms".into(),
+        heartbeat.to_string(),
+        "--lapse-ms".into(),
+        lapse.to_string(),
+    ])
+}
+
 impl Cluster {
     /// nats-server, repository, one management instance and `nodes` nodes.
     pub async fn start(nodes: usize) -> Self {
@@ -724,6 +740,16 @@ impl Cluster {
         index
     }
 
+    /// Adds a node that reaches NATS through a proxy of its own, which the
+    /// test can silence or cut (see [`proxy::SilentProxy`]).
+    pub async fn add_node_behind_proxy(&mut self, flags: &NodeFlags) -> proxy::SilentProxy {
+        let proxy = proxy::SilentProxy::start(self.nats.port).await;
+        let mut flags = flags.clone();
+        flags.0.extend(["--nats-url".to_string(), proxy.url()]);
+        self.add_node(&flags);
+        proxy
+    }
+
     /// SIGKILLs node `index` (if it runs) and starts it again, with the
     /// same id and data dir, with other `flags`.
     pub fn replace_node(&mut self, index: usize, flags: &NodeFlags) {
@@ -760,6 +786,18 @@ impl Cluster {
     }
 
     pub async fn wait_healthy(&self) {
+        self.wait_management().await;
+        let expected = self.nodes.len();
+        if expected > 0 {
+            self.wait_nodes_up(expected).await;
+        }
+        if !self.repositories.is_empty() {
+            self.wait_repositories(self.repositories.len()).await;
+        }
+    }
+
+    /// Waits until every management instance answers `/healthz` with 200.
+    pub async fn wait_management(&self) {
         for m in &self.management {
             let url = m.url("/healthz");
             let http = self.http.clone();
@@ -778,13 +816,6 @@ impl Cluster {
                 },
             )
             .await;
-        }
-        let expected = self.nodes.len();
-        if expected > 0 {
-            self.wait_nodes_up(expected).await;
-        }
-        if !self.repositories.is_empty() {
-            self.wait_repositories(self.repositories.len()).await;
         }
     }
 
@@ -918,6 +949,19 @@ impl Cluster {
         status_and_json(r).await
     }
 
+    /// Operation `id` once it is final (complete, failed or cancelled), as
+    /// `GET /v1/operations/{id}` shows it; a batch's counts meanwhile.
+    pub async fn operation_end(&self, id: &str, timeout: Duration) -> Value {
+        wait_until(&format!("operation {id} to end"), timeout, || async {
+            let (_, view) = self.get(&format!("/v1/operations/{id}")).await;
+            match view["state"].as_str() {
+                Some("complete" | "failed" | "cancelled") => Ok(view),
+                _ => Err(format!("state {} counts {}", view["state"], view["counts"])),
+            }
+        })
+        .await
+    }
+
     pub async fn get(&self, path: &str) -> (u16, Value) {
         let r = self.http.get(self.url(path)).send().await.expect("GET");
         status_and_json(r).await
@@ -964,6 +1008,21 @@ impl Cluster {
             },
         )
         .await;
+    }
+
+    /// The default zone's lead claim as written in the lead bucket.
+    pub async fn lead_claim(&self) -> Value {
+        let js = async_nats::jetstream::new(self.nats.client().await);
+        let bucket = js
+            .get_key_value(format!("zf_{}_lead", self.cluster))
+            .await
+            .expect("lead bucket");
+        let entry = bucket
+            .get("lead")
+            .await
+            .expect("read the lead claim")
+            .expect("a lead claim");
+        serde_json::from_slice(&entry).expect("a readable lead claim")
     }
 
     /// Puts a record into the module index directly, as something with write

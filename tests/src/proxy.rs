@@ -2,6 +2,8 @@
 //! stops forwarding in both directions without closing any connection, the
 //! way a silent partition (a dropped route, a firewall eating packets) looks
 //! to both ends. Used to cut one node off NATS while its TCP stays open.
+//! It can also cut: close every connection it carries at once, the way a
+//! flapping network path resets them (new connections go through).
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -13,6 +15,7 @@ use tokio::net::{TcpListener, TcpStream};
 pub struct SilentProxy {
     pub port: u16,
     silent: Arc<AtomicBool>,
+    cuts: Arc<tokio::sync::watch::Sender<u64>>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -24,24 +27,43 @@ impl SilentProxy {
             .expect("bind the proxy on 127.0.0.1");
         let port = listener.local_addr().expect("proxy address").port();
         let silent = Arc::new(AtomicBool::new(false));
+        let cuts = Arc::new(tokio::sync::watch::Sender::new(0u64));
         let flag = silent.clone();
+        let cut = cuts.clone();
         let task = tokio::spawn(async move {
             while let Ok((client, _)) = listener.accept().await {
                 let flag = flag.clone();
+                let mut cut = cut.subscribe();
                 tokio::spawn(async move {
                     let Ok(server) = TcpStream::connect(("127.0.0.1", target)).await else {
                         return;
                     };
                     let (client_read, client_write) = client.into_split();
                     let (server_read, server_write) = server.into_split();
-                    tokio::join!(
-                        pump(client_read, server_write, flag.clone()),
-                        pump(server_read, client_write, flag)
-                    );
+                    // Dropping the pumps closes both connections.
+                    tokio::select! {
+                        _ = async {
+                            tokio::join!(
+                                pump(client_read, server_write, flag.clone()),
+                                pump(server_read, client_write, flag)
+                            )
+                        } => {}
+                        _ = cut.changed() => {}
+                    }
                 });
             }
         });
-        Self { port, silent, task }
+        Self {
+            port,
+            silent,
+            cuts,
+            task,
+        }
+    }
+
+    /// Closes every connection the proxy carries now; later ones go through.
+    pub fn cut(&self) {
+        self.cuts.send_modify(|n| *n += 1);
     }
 
     pub fn url(&self) -> String {

@@ -851,22 +851,7 @@ async fn zf_follows_a_monitor_across_a_lead_kill_and_a_management_restart() {
     cluster.management[0].process.kill();
     let at_restart = out.len();
     cluster.management[0].process.start();
-    let health = cluster.url("/healthz");
-    wait_until(
-        "management to answer /healthz again",
-        Duration::from_secs(20),
-        || {
-            let request = cluster.http.get(&health).send();
-            async move {
-                match request.await {
-                    Ok(r) if r.status() == 200 => Ok(()),
-                    Ok(r) => Err(format!("status {}", r.status())),
-                    Err(e) => Err(e.to_string()),
-                }
-            }
-        },
-    )
-    .await;
+    cluster.wait_management().await;
     out.wait_for(
         at_restart + 100,
         "100 more events after management came back",
@@ -1112,6 +1097,9 @@ async fn zf_sends_the_token_from_zf_token_or_a_token_file() {
     cluster.start_repository();
     let tokens = format!("admin:{ADMIN_TOKEN},viewer:{VIEWER_TOKEN}");
     cluster.start_management_with(&[("ZF_API_TOKENS", &tokens)]);
+    // Tokens are checked before NATS is: a 401 alone does not say that
+    // management can answer a viewer yet.
+    cluster.wait_management().await;
     let url = base(&cluster);
     let work = tempfile::tempdir().expect("tempdir");
     let resource = work.path().join("r.yaml");

@@ -14,7 +14,6 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::Signal;
 use serde_json::{json, Value};
 use zerofoot_tests::modules::bundle;
-use zerofoot_tests::proxy::SilentProxy;
 use zerofoot_tests::{
     beat_spans, longest_overlap, run_processes, wait_run_gone, wait_until, Cluster, NodeFlags,
 };
@@ -281,10 +280,7 @@ async fn a_paused_lead_does_not_run_beside_its_successor() {
 #[tokio::test]
 async fn a_silently_partitioned_lead_stops_its_drivers() {
     let mut cluster = Cluster::start(0).await;
-    let proxy = SilentProxy::start(cluster.nats.port).await;
-    let mut flags = fast();
-    flags.extend(["--nats-url".to_string(), proxy.url()]);
-    cluster.add_node(&NodeFlags(flags));
+    let proxy = cluster.add_node_behind_proxy(&NodeFlags(fast())).await;
     let first = lead(&cluster, None).await;
     cluster.add_node(&NodeFlags(fast()));
     cluster.wait_nodes_up(2).await;

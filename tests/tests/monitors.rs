@@ -8,7 +8,7 @@ use std::time::Duration;
 use nix::sys::signal::Signal;
 use serde_json::{json, Value};
 use zerofoot_tests::modules::bundle;
-use zerofoot_tests::{wait_until, Cluster, NodeFlags};
+use zerofoot_tests::{sse_frames, wait_until, Cluster, NodeFlags};
 
 /// Counts from the checkpoint to params.total, one event per number (keyed
 /// unless params.keyed is false), a checkpoint every params.every events.
@@ -433,37 +433,6 @@ async fn a_crashing_monitor_fails_after_five_tries_and_cancel_stops_a_running_on
     assert_eq!(r.status(), 409, "cancelling a finished operation");
 }
 
-/// Reads an SSE stream until `count` events arrived; returns their (id, event).
-async fn read_sse(response: reqwest::Response, count: usize) -> Vec<(u64, Value)> {
-    use futures::StreamExt;
-    let mut body = response.bytes_stream();
-    let mut buffer = String::new();
-    let mut out = Vec::new();
-    while out.len() < count {
-        let chunk = tokio::time::timeout(Duration::from_secs(30), body.next())
-            .await
-            .expect("SSE stream went quiet")
-            .expect("SSE stream ended")
-            .expect("SSE chunk");
-        buffer.push_str(&String::from_utf8_lossy(&chunk));
-        while let Some(end) = buffer.find("\n\n") {
-            let frame: String = buffer.drain(..end + 2).collect();
-            let id = frame
-                .lines()
-                .find_map(|l| l.strip_prefix("id:"))
-                .map(|v| v.trim().parse::<u64>().expect("numeric id"));
-            let data = frame
-                .lines()
-                .find_map(|l| l.strip_prefix("data:"))
-                .map(|v| serde_json::from_str::<Value>(v.trim()).expect("JSON data"));
-            if let (Some(id), Some(data)) = (id, data) {
-                out.push((id, data));
-            }
-        }
-    }
-    out
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_sse_client_follows_a_monitor_across_a_failover_and_resumes_without_repeats() {
     let mut cluster = cluster_with_monitors(3).await;
@@ -484,7 +453,7 @@ async fn an_sse_client_follows_a_monitor_across_a_failover_and_resumes_without_r
         .await
         .expect("SSE");
     assert_eq!(stream.status(), 200);
-    let reader = tokio::spawn(read_sse(stream, 250));
+    let reader = tokio::spawn(sse_frames(stream, 250));
     wait_events(&cluster, &op, 50).await;
     let (lead_id, _) = lead(&cluster).await;
     let victim = cluster.node_index(&lead_id);
@@ -506,7 +475,7 @@ async fn an_sse_client_follows_a_monitor_across_a_failover_and_resumes_without_r
         .send()
         .await
         .expect("SSE");
-    let rest = read_sse(resumed, (total - 250) as usize).await;
+    let rest = sse_frames(resumed, (total - 250) as usize).await;
     assert_eq!(
         rest.first().map(|(id, _)| *id),
         Some(251),
@@ -518,4 +487,132 @@ async fn an_sse_client_follows_a_monitor_across_a_failover_and_resumes_without_r
         .filter_map(|(_, e)| e["data"]["n"].as_u64())
         .collect();
     assert_eq!(numbers, (1..=total).collect::<Vec<u64>>());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_lead_is_replaced_on_the_brokers_notice_and_a_reconnecting_one_keeps_its_term() {
+    // A lapse no part of this test waits out: only nats-server's notice that
+    // the lead's connection closed can explain a takeover within it.
+    let lapse = Duration::from_secs(12);
+    // A grace a loaded test machine always reconnects within.
+    let flags = NodeFlags(vec![
+        "--heartbeat-ms".into(),
+        "300".into(),
+        "--lapse-ms".into(),
+        lapse.as_millis().to_string(),
+        "--reconnect-grace-ms".into(),
+        "1500".into(),
+    ]);
+    let mut cluster = Cluster::start(0).await;
+    // Each node reaches NATS through a proxy of its own, which can reset its
+    // connection as a flapping network path does.
+    let mut links = Vec::new();
+    for _ in 0..3 {
+        links.push(cluster.add_node_behind_proxy(&flags).await);
+    }
+    cluster.wait_nodes_up(3).await;
+    cluster
+        .publish(bundle(
+            "counter",
+            "1.0.0",
+            json!({"count": {"kind": "async"}}),
+            COUNTER,
+        ))
+        .await;
+    cluster.wait_module("counter", "1.0.0").await;
+    let op = start_monitor(
+        &cluster,
+        "counter",
+        "count",
+        json!({"total": 100000, "every": 1, "pause": 0.05}),
+    )
+    .await;
+    wait_events(&cluster, &op, 3).await;
+    let (first, term) = lead(&cluster).await;
+    let claim = cluster.lead_claim().await;
+    assert_eq!(claim["node"], first.as_str(), "{claim}");
+    assert!(
+        claim["connection"]["server"].is_string(),
+        "the claim names its connection's server: {claim}"
+    );
+    let cid = claim["connection"]["client"]
+        .as_u64()
+        .expect("the claim names its connection's client id");
+
+    // A blip: the lead's connection is reset, the lead reconnects and writes
+    // its claim again from the new connection, same term.
+    links[cluster.node_index(&first)].cut();
+    let rewritten = wait_until(
+        "the lead to write its claim again from a new connection",
+        lapse / 2,
+        || async {
+            let claim = cluster.lead_claim().await;
+            if claim["connection"]["client"]
+                .as_u64()
+                .is_some_and(|c| c != cid)
+            {
+                Ok(claim)
+            } else {
+                Err(claim.to_string())
+            }
+        },
+    )
+    .await;
+    assert_eq!(
+        (rewritten["node"].as_str(), rewritten["term"].as_u64()),
+        (Some(first.as_str()), Some(term)),
+        "a reconnect is no election: {rewritten}"
+    );
+    let before = events(&cluster, &op).await.len();
+    wait_events(&cluster, &op, before + 3).await;
+    let after_blip = events(&cluster, &op).await;
+    assert!(
+        after_blip
+            .iter()
+            .all(|e| e["epoch"] == after_blip[0]["epoch"]),
+        "the monitor stayed with its lead and term: one epoch throughout"
+    );
+
+    // A death: the process is gone, its connection closed by the kernel.
+    let victim = cluster.node_index(&first);
+    cluster.nodes[victim].kill();
+    let successor = wait_until(
+        "another node to claim the lead on nats-server's notice, well within the lapse",
+        lapse / 2,
+        || async {
+            let claim = cluster.lead_claim().await;
+            if claim["node"] != first.as_str() {
+                Ok(claim)
+            } else {
+                Err(claim.to_string())
+            }
+        },
+    )
+    .await;
+    assert_eq!(successor["term"].as_u64(), Some(term + 1), "{successor}");
+    let resumed_epoch = wait_until(
+        "the monitor to resume under its new owner",
+        lapse / 2,
+        || async {
+            let events = events(&cluster, &op).await;
+            let epoch = events.last().and_then(|e| e["epoch"].as_u64()).unwrap_or(0);
+            if epoch > after_blip[0]["epoch"].as_u64().unwrap_or(0) {
+                Ok(epoch)
+            } else {
+                Err(format!("{} events, last epoch {epoch}", events.len()))
+            }
+        },
+    )
+    .await;
+    let all = events(&cluster, &op).await;
+    let mut numbers = numbers(&all);
+    let count = numbers.len();
+    numbers.dedup();
+    assert_eq!(numbers.len(), count, "keyed events exactly once");
+    assert_eq!(
+        numbers,
+        (1..=count as u64).collect::<Vec<_>>(),
+        "counted from 1 with no gap (epoch {resumed_epoch})"
+    );
+    assert_gapless_seqs(&all);
 }

@@ -152,6 +152,28 @@ async fn a_sync_operation_returns_what_the_driver_answered_and_no_secret_leaks()
         );
     }
     assert!(!cluster.all_logs().contains(SECRET), "secret in a log");
+
+    // Drivers run below the node's priority, so busy drivers cannot starve
+    // its heartbeats (`nice` prints the niceness it runs at).
+    let node_niceness = std::fs::read_to_string(format!("/proc/{}/stat", cluster.nodes[0].pid()))
+        .ok()
+        .and_then(|stat| {
+            let after_name = stat.rsplit_once(')')?.1.to_string();
+            after_name.split_whitespace().nth(16)?.parse::<i32>().ok()
+        })
+        .expect("the node's niceness from /proc");
+    cluster.wait_module("shell", "1.0.0").await;
+    let (_, ctx) = cluster
+        .post_json(
+            "/v1/operations",
+            &json!({"module": "shell", "operation": "run", "params": {"command": "nice"}}),
+        )
+        .await;
+    assert_eq!(
+        ctx["result"]["stdout"],
+        format!("{}\n", (node_niceness + 10).min(19)),
+        "{ctx}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

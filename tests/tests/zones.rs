@@ -8,25 +8,12 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use serde_json::{json, Value};
-use zerofoot_tests::{wait_until, Cluster, NodeFlags};
+use zerofoot_tests::{wait_until, zone_node, Cluster};
 
 const ZONES: [&str; 3] = ["dc-a", "dc-b", "dc-c"];
 
 /// Heartbeats and lapse of the nodes, in ms.
 const FAST: (u64, u64) = (100, 500);
-
-fn zone_node(zone: &str, rack: usize, (heartbeat, lapse): (u64, u64)) -> NodeFlags {
-    NodeFlags(vec![
-        "--zone".into(),
-        zone.into(),
-        "--label".into(),
-        format!("rack=r{rack}"),
-        "--heartbeat-ms".into(),
-        heartbeat.to_string(),
-        "--lapse-ms".into(),
-        lapse.to_string(),
-    ])
-}
 
 /// Three zones of two nodes each; a resource per zone (`res-<zone>`).
 async fn three_zones() -> (Cluster, HashMap<String, String>) {

@@ -44,6 +44,18 @@ async fn run_op(ctx: &Ctx, args: RunArgs) -> Result<(), CliError> {
     if let Some(resource) = &args.resource {
         body["resource"] = json!(resource);
     }
+    if let Some(selector) = &args.selector {
+        body["targets"] = json!({ "selector": selector });
+    }
+    if let Some(targets) = &args.targets {
+        body["targets"] = json!({ "resources": targets });
+    }
+    if let Some(n) = args.max_parallel {
+        body["max_parallel"] = json!(n);
+    }
+    if let Some(policy) = &args.fail_policy {
+        body["fail_policy"] = policy.clone();
+    }
     // A sync submission answers when the operation ended: no time limit here.
     let answer = ctx
         .api
@@ -269,6 +281,33 @@ fn describe(op: &Value) -> String {
     }
     if !op["checkpoint"].is_null() {
         lines.push(format!("checkpoint: {}", op["checkpoint"]));
+    }
+    if let Some(children) = op["children"].as_array() {
+        let counts = op["counts"].as_object().cloned().unwrap_or_default();
+        let counted: Vec<String> = counts
+            .iter()
+            .filter(|(_, n)| n.as_u64().unwrap_or(0) > 0)
+            .map(|(state, n)| format!("{n} {state}"))
+            .collect();
+        lines.push(format!(
+            "targets:    {} ({}), at most {} at once, fail policy {}",
+            children.len(),
+            counted.join(", "),
+            text(&op["batch"]["max_parallel"]),
+            op["batch"]["fail_policy"]
+        ));
+        for child in children {
+            let mut line = format!(
+                "  {:<24} {:<11} {}",
+                text(&child["resource"]),
+                child["state"].as_str().unwrap_or("not started"),
+                text(&child["id"])
+            );
+            if let Some(error) = child["error"].as_str() {
+                line.push_str(&format!("  {error}"));
+            }
+            lines.push(line);
+        }
     }
     if !op["result"].is_null() {
         lines.push(format!("result:\n{}", indent(&pretty(&op["result"]), 2)));

@@ -89,6 +89,14 @@ pub struct RunArgs {
     #[arg(long, env = "ZF_LAPSE_MS", default_value_t = 1000, value_parser = clap::value_parser!(u64).range(20..=600_000))]
     pub lapse_ms: u64,
 
+    /// After nats-server says the lead's connection closed, how long the
+    /// other nodes wait for the lead to reconnect and write its claim again
+    /// before they claim, in milliseconds (at most the lapse). A killed
+    /// lead is replaced after this, not after the lapse; a lead whose
+    /// network blips for less keeps its term.
+    #[arg(long, env = "ZF_RECONNECT_GRACE_MS", default_value_t = 50, value_parser = clap::value_parser!(u64).range(0..=600_000))]
+    pub reconnect_grace_ms: u64,
+
     /// Seconds a finished operation's context is kept before the lead purges it.
     #[arg(long, env = "ZF_CONTEXT_RETENTION_S", default_value_t = 7 * 24 * 3600)]
     pub context_retention_s: u64,

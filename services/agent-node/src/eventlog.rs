@@ -3,11 +3,20 @@
 //! message as this owner knows it) and a `Nats-Msg-Id`, so a retried append
 //! is harmless and an append after another owner wrote is refused by
 //! JetStream itself: that refusal is how a replaced owner learns it is fenced.
+//! [`OwnedLog`] is the log as one owner (a monitor, a batch) opens and writes it.
 
+use std::collections::HashSet;
 use std::time::Duration;
 
 use async_nats::jetstream::{self, context::PublishErrorKind};
-use zerofoot_shared::eventlog::LogEntry;
+use serde_json::Value;
+use zerofoot_shared::assets::Assets;
+use zerofoot_shared::eventlog::{self, Event, LogEntry};
+use zerofoot_shared::names::Names;
+use zerofoot_shared::protocol::PROTOCOL_VERSION;
+
+use crate::ownership::Owned;
+use crate::rules::Sequencer;
 
 #[derive(Debug, thiserror::Error)]
 pub enum AppendError {
@@ -77,5 +86,109 @@ impl EventLog {
             }
         }
         Err(AppendError::Nats(last_error))
+    }
+}
+
+/// An owner's open event log: where to append and how to number events.
+pub struct OwnedLog {
+    pub log: EventLog,
+    pub seq: Sequencer,
+}
+
+impl OwnedLog {
+    /// Reads the log after the owner's checkpoint and appends the takeover
+    /// marker after the log's last message (readable or not), which fences
+    /// the previous owner; keyed events already in the log are skipped from
+    /// then on.
+    pub async fn open(owned: &Owned, names: &Names, assets: &Assets) -> Result<Self, String> {
+        let ctx = owned.ctx();
+        let subject = names.op_events(&ctx.id.to_string());
+        let from = ctx.checkpoint_at.map(|c| c.log_position + 1).unwrap_or(1);
+        let checkpoint_seq = ctx.checkpoint_at.map(|c| c.seq).unwrap_or(0);
+        let mut last_error = String::new();
+        for _ in 0..10 {
+            let read = eventlog::read(&assets.events, &subject, from)
+                .await
+                .map_err(|e| e.to_string())?;
+            let mut last_seq = checkpoint_seq;
+            let mut keys = HashSet::new();
+            for (_, entry) in &read.entries {
+                match entry {
+                    LogEntry::Events { events, .. } => {
+                        for event in events {
+                            last_seq = last_seq.max(event.seq);
+                            if let Some(key) = &event.key {
+                                keys.insert(key.clone());
+                            }
+                        }
+                    }
+                    LogEntry::Takeover { after_seq, .. } => last_seq = last_seq.max(*after_seq),
+                }
+            }
+            let mut log = EventLog::new(assets.jetstream.clone(), subject.clone(), read.end);
+            let marker = LogEntry::Takeover {
+                v: PROTOCOL_VERSION,
+                op: ctx.id,
+                node: owned.node().to_string(),
+                epoch: ctx.epoch,
+                after_seq: last_seq,
+            };
+            // Unique per take: a retake in the same term must not be
+            // answered with an older marker's position.
+            let msg_id = format!("{}:{}:takeover:{}", ctx.id, ctx.epoch, uuid::Uuid::new_v4());
+            match log.append(&marker, &msg_id).await {
+                Ok(_) => {
+                    tracing::info!(
+                        after_seq = last_seq,
+                        skipped_keys = keys.len(),
+                        "takeover marker written; resuming from the checkpoint"
+                    );
+                    return Ok(Self {
+                        log,
+                        seq: Sequencer::resume(last_seq, keys),
+                    });
+                }
+                // The previous owner wrote after our read: read again.
+                Err(AppendError::Fenced) => {
+                    last_error = "the log kept changing under the takeover".into();
+                    continue;
+                }
+                Err(e) => return Err(format!("cannot write the takeover marker: {e}")),
+            }
+        }
+        Err(last_error)
+    }
+
+    /// The next event for `data`, numbered and stamped by this owner; `None`
+    /// if its key is in the log already.
+    pub fn event(&mut self, owned: &Owned, data: Value, key: Option<String>) -> Option<Event> {
+        let seq = self.seq.next(key.as_deref())?;
+        let ctx = owned.ctx();
+        Some(Event {
+            v: PROTOCOL_VERSION,
+            op: ctx.id,
+            seq,
+            key,
+            data,
+            node: owned.node().to_string(),
+            epoch: ctx.epoch,
+            at: zerofoot_shared::time::now(),
+        })
+    }
+
+    /// Appends `events` as one entry.
+    pub async fn append(&mut self, owned: &Owned, events: Vec<Event>) -> Result<(), AppendError> {
+        let Some(first) = events.first().map(|e| e.seq) else {
+            return Ok(());
+        };
+        let entry = LogEntry::Events {
+            v: PROTOCOL_VERSION,
+            events,
+        };
+        let ctx = owned.ctx();
+        // Unique per take and batch: a retry of this append is a no-op, and
+        // no earlier take's batch can answer for it.
+        let msg_id = format!("{}:{}:{}:{first}", ctx.id, ctx.epoch, ctx.attempts.len());
+        self.log.append(&entry, &msg_id).await.map(|_| ())
     }
 }

@@ -1,5 +1,6 @@
 //! `zf-agent-node`: runs module drivers for a zerofoot cluster.
 
+mod batch;
 mod cache;
 mod config;
 mod datadir;
@@ -21,6 +22,7 @@ mod run;
 mod sandbox;
 mod scheduler;
 mod shim_spec;
+mod ssh_masters;
 mod store;
 mod sweeper;
 mod sync_op;

@@ -7,19 +7,17 @@
 //! driver (or a takeover) that fails is retried with backoff; five failures
 //! in a row fail the operation with the reason.
 
-use std::collections::HashSet;
-
 use tokio::sync::mpsc;
 use tracing::Instrument;
 use zerofoot_shared::assets::Assets;
-use zerofoot_shared::eventlog::{self, Event, LogEntry};
+use zerofoot_shared::eventlog::Event;
 use zerofoot_shared::names::Names;
-use zerofoot_shared::protocol::{CheckpointPosition, Output, PROTOCOL_VERSION};
+use zerofoot_shared::protocol::{CheckpointPosition, Output};
 
 use crate::driver;
-use crate::eventlog::{AppendError, EventLog};
+use crate::eventlog::{AppendError, OwnedLog};
 use crate::ownership::{Outcome, OwnError, Owned, Owners};
-use crate::rules::{self, Backoff, Sequencer, StopWhy};
+use crate::rules::{self, Backoff, StopWhy};
 use crate::run::{Run, Runner};
 
 /// Why a monitor stopped writing on this node.
@@ -44,12 +42,6 @@ pub struct Monitor {
     pub runner: Runner,
     pub names: Names,
     pub assets: Assets,
-}
-
-/// The log as this owner writes it.
-struct LogState {
-    log: EventLog,
-    seq: Sequencer,
 }
 
 /// Spawns the monitor of an operation the lead just took.
@@ -82,14 +74,14 @@ impl Monitor {
     /// Runs the driver until it ends for good; the outcome to write.
     async fn drive(&mut self) -> Result<Outcome, Stop> {
         let mut backoff = Backoff::default();
-        let mut state: Option<LogState> = None;
+        let mut state: Option<OwnedLog> = None;
         let mut run = 0u32;
         loop {
             self.stopped()?;
             run += 1;
             let (end, progressed) = match &mut state {
                 Some(log) => self.run_driver(log, run).await,
-                None => match self.open_log().await {
+                None => match OwnedLog::open(&self.owned, &self.names, &self.assets).await {
                     Ok(log) => {
                         let log = state.insert(log);
                         self.run_driver(log, run).await
@@ -131,70 +123,8 @@ impl Monitor {
         })
     }
 
-    /// Reads the log after the checkpoint and appends the takeover marker
-    /// after the log's last message (readable or not).
-    async fn open_log(&mut self) -> Result<LogState, String> {
-        let ctx = self.owned.ctx();
-        let subject = self.names.op_events(&ctx.id.to_string());
-        let from = ctx.checkpoint_at.map(|c| c.log_position + 1).unwrap_or(1);
-        let checkpoint_seq = ctx.checkpoint_at.map(|c| c.seq).unwrap_or(0);
-        let mut last_error = String::new();
-        for _ in 0..10 {
-            let read = eventlog::read(&self.assets.events, &subject, from)
-                .await
-                .map_err(|e| e.to_string())?;
-            let mut last_seq = checkpoint_seq;
-            let mut keys = HashSet::new();
-            for (_, entry) in &read.entries {
-                match entry {
-                    LogEntry::Events { events, .. } => {
-                        for event in events {
-                            last_seq = last_seq.max(event.seq);
-                            if let Some(key) = &event.key {
-                                keys.insert(key.clone());
-                            }
-                        }
-                    }
-                    LogEntry::Takeover { after_seq, .. } => last_seq = last_seq.max(*after_seq),
-                }
-            }
-            let mut log = EventLog::new(self.assets.jetstream.clone(), subject.clone(), read.end);
-            let ctx = self.owned.ctx();
-            let marker = LogEntry::Takeover {
-                v: PROTOCOL_VERSION,
-                op: ctx.id,
-                node: self.owned.node().to_string(),
-                epoch: ctx.epoch,
-                after_seq: last_seq,
-            };
-            // Unique per take: a retake in the same term must not be
-            // answered with an older marker's position.
-            let msg_id = format!("{}:{}:takeover:{}", ctx.id, ctx.epoch, uuid::Uuid::new_v4());
-            match log.append(&marker, &msg_id).await {
-                Ok(_) => {
-                    tracing::info!(
-                        after_seq = last_seq,
-                        skipped_keys = keys.len(),
-                        "takeover marker written; resuming from the checkpoint"
-                    );
-                    return Ok(LogState {
-                        log,
-                        seq: Sequencer::resume(last_seq, keys),
-                    });
-                }
-                // The previous owner wrote after our read: read again.
-                Err(AppendError::Fenced) => {
-                    last_error = "the log kept changing under the takeover".into();
-                    continue;
-                }
-                Err(e) => return Err(format!("cannot write the takeover marker: {e}")),
-            }
-        }
-        Err(last_error)
-    }
-
     /// One run of the driver; how it ended and whether it wrote a checkpoint.
-    async fn run_driver(&mut self, state: &mut LogState, run: u32) -> (RunEnd, bool) {
+    async fn run_driver(&mut self, state: &mut OwnedLog, run: u32) -> (RunEnd, bool) {
         let run_name = format!("{}-{run}", self.owned.ctx().epoch);
         let (prepared, invocation) = match self.runner.prepare(self.owned.ctx(), &run_name).await {
             Ok(p) => p,
@@ -301,28 +231,17 @@ impl Monitor {
     fn event(
         &self,
         run: &Run,
-        state: &mut LogState,
+        state: &mut OwnedLog,
         mut data: serde_json::Value,
         key: Option<String>,
     ) -> Option<(Event, usize)> {
         let key = key.map(|k| run.mask_str(&k));
-        let seq = state.seq.next(key.as_deref())?;
         run.mask(&mut data);
-        let ctx = self.owned.ctx();
-        let mut event = Event {
-            v: PROTOCOL_VERSION,
-            op: ctx.id,
-            seq,
-            key,
-            data,
-            node: self.owned.node().to_string(),
-            epoch: ctx.epoch,
-            at: zerofoot_shared::time::now(),
-        };
+        let mut event = state.event(&self.owned, data, key)?;
         let mut bytes = encoded_len(&event);
         if bytes > rules::MAX_EVENT_BYTES {
             tracing::warn!(
-                seq,
+                seq = event.seq,
                 bytes,
                 "the driver wrote an event larger than the limit; an error event stands in for it"
             );
@@ -339,22 +258,13 @@ impl Monitor {
         }
     }
 
-    async fn flush(&self, state: &mut LogState, batch: &mut Batch) -> Result<(), Stop> {
-        if batch.events.is_empty() {
-            return Ok(());
-        }
-        let first = batch.events[0].seq;
-        let entry = LogEntry::Events {
-            v: PROTOCOL_VERSION,
-            events: std::mem::take(&mut batch.events),
-        };
+    async fn flush(&self, state: &mut OwnedLog, batch: &mut Batch) -> Result<(), Stop> {
         batch.bytes = 0;
-        let ctx = self.owned.ctx();
-        // Unique per take and batch: a retry of this append is a no-op, and
-        // no earlier take's batch can answer for it.
-        let msg_id = format!("{}:{}:{}:{first}", ctx.id, ctx.epoch, ctx.attempts.len());
-        match state.log.append(&entry, &msg_id).await {
-            Ok(_) => Ok(()),
+        match state
+            .append(&self.owned, std::mem::take(&mut batch.events))
+            .await
+        {
+            Ok(()) => Ok(()),
             Err(AppendError::Fenced) => Err(Stop::Fenced(
                 "the event log was written by another owner".into(),
             )),

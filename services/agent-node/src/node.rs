@@ -197,6 +197,15 @@ async fn serve(
         )
         .in_current_span(),
     );
+    let ssh_masters = crate::ssh_masters::SshMasters::new(data_dir.root().join("ssh"))
+        .await
+        .context("cannot prepare the ssh masters' dir under the data dir")?;
+    tasks.spawn(
+        ssh_masters
+            .clone()
+            .close_idle(shutdown.clone())
+            .in_current_span(),
+    );
     let runner = Runner {
         node: node_id.clone(),
         names: names.clone(),
@@ -211,6 +220,7 @@ async fn serve(
         verified: Arc::default(),
         secrets_key: args.secrets.load()?,
         launcher,
+        ssh_masters,
     };
     tasks.spawn(
         crate::sweeper::Sweeper {
@@ -264,12 +274,14 @@ async fn serve(
                 client: client.clone(),
                 lead_bucket: assets.lead.clone(),
                 lapse,
+                reconnect_grace: Duration::from_millis(args.reconnect_grace_ms),
                 // A lapse is noticed at most a tick late.
                 tick_every: Duration::from_millis(args.heartbeat_ms / 5)
                     .max(Duration::from_millis(5)),
                 standing: standing_tx,
                 liveness,
                 zone: args.zone.clone(),
+                link: settings.link(),
             },
             shutdown.clone(),
         )
@@ -278,6 +290,7 @@ async fn serve(
     tasks.spawn(
         crate::scheduler::Scheduler {
             owners: owners.clone(),
+            client: client.clone(),
             runner,
             names: names.clone(),
             assets: assets.clone(),

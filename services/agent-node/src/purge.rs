@@ -111,6 +111,8 @@ async fn purge_round(
     let started = Instant::now();
     let mut round = PurgeRound::default();
     let mut after: Option<Finished> = None;
+    // Read once a round: a batch that starts meanwhile has no finished child yet.
+    let running_batches = std::sync::Arc::new(store.run(|s| s.running_batches()).await?);
     loop {
         let from = after.clone();
         let due = store
@@ -120,6 +122,10 @@ async fn purge_round(
             return Ok(round);
         };
         let full = due.len() == BATCH;
+        let running = running_batches.clone();
+        let due = store
+            .run(move |s| s.without_children_of(due, &running))
+            .await?;
         let outcomes: Vec<bool> = futures::stream::iter(due)
             .map(|finished| purge_one(&assets.contexts, finished, ttl))
             .buffer_unordered(IN_FLIGHT)

@@ -71,6 +71,8 @@ pub struct Runner {
     pub secrets_key: Option<zerofoot_shared::sealing::SecretsKey>,
     pub launcher: Launcher,
     pub sandboxes: crate::sandbox::Sandboxes,
+    /// Connections kept to the hosts of `ssh` resources.
+    pub ssh_masters: crate::ssh_masters::SshMasters,
 }
 
 /// A prepared run: what its driver needs held until it is dropped (the
@@ -80,6 +82,8 @@ pub struct Run {
     pub secrets: BTreeMap<String, String>,
     _lease: Lease,
     _slot: crate::sandbox::DriverSlot,
+    /// The driver's way to its resource's ssh master, closed with the run.
+    _ssh_relay: Option<crate::ssh_masters::Relay>,
     scratch: PathBuf,
     log: OperationLog,
 }
@@ -193,7 +197,22 @@ impl Runner {
             checkpoint: ctx.checkpoint.as_ref(),
         };
         let stdin = serde_json::to_vec(&input).unwrap_or_default();
+        let ssh_relay = match &resource {
+            Some(r) => {
+                let at = scratch.join("ssh-control");
+                self.ssh_masters
+                    .relay(r, &secrets, &at, self.sandboxes.user(&slot))
+                    .await
+            }
+            None => None,
+        };
         let mut env = driver::base_env(&scratch);
+        if let Some(relay) = &ssh_relay {
+            env.push((
+                "ZF_SSH_CONTROL".to_string(),
+                relay.path().display().to_string(),
+            ));
+        }
         env.extend([
             ("ZF_OPERATION".to_string(), ctx.operation.clone()),
             ("ZF_OPERATION_ID".to_string(), ctx.id.to_string()),
@@ -218,6 +237,7 @@ impl Runner {
             secrets,
             _lease: lease,
             _slot: slot,
+            _ssh_relay: ssh_relay,
             scratch,
             log: OperationLog {
                 jetstream: self.assets.jetstream.clone(),

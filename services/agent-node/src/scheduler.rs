@@ -1,5 +1,6 @@
 //! The lead's ownership of async operations (SPEC §6): each zone elects its
-//! own lead, which runs the monitors of that zone. On becoming lead at
+//! own lead, which runs the monitors of that zone, and its batches
+//! (`batch.rs`). On becoming lead at
 //! term T it takes every unfinished async operation of its zone not running here (the
 //! rules record the previous owner's loss), then every new pending one as
 //! the mirror sees it. On stepping down every monitor stops at once. It also
@@ -8,13 +9,17 @@
 
 use std::time::Duration;
 
+use futures::StreamExt;
+
 use tokio::sync::{broadcast, watch};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 use zerofoot_shared::assets::Assets;
+use zerofoot_shared::context_store::ContextStore;
 use zerofoot_shared::names::Names;
 use zerofoot_shared::protocol::{decode, ExecutionContext, OperationKind, OperationState, Role};
 
+use crate::batch::BatchRun;
 use crate::heartbeat::Standing;
 use crate::monitor::{self, Monitor};
 use crate::ownership::{Owners, TakeError, Taken};
@@ -22,9 +27,13 @@ use crate::rules::Why;
 use crate::run::Runner;
 use crate::store::{Change, Store};
 
+/// Monitors a new lead takes over at once.
+const TAKES_AT_ONCE: usize = 64;
+
 /// What the lead schedules with.
 pub struct Scheduler {
     pub owners: Owners,
+    pub client: async_nats::Client,
     pub runner: Runner,
     pub names: Names,
     pub assets: Assets,
@@ -119,14 +128,36 @@ impl Scheduler {
                 return;
             }
         };
-        for ctx in contexts {
-            if ctx.kind == OperationKind::Async
+        // Each take is a compare-and-set synced to disk: a failover waits
+        // for one of them, not for one per monitor in a row.
+        let ops = contexts.into_iter().filter(|ctx| {
+            ctx.kind == OperationKind::Async
                 && ctx.zone == self.zone
                 && !self.owners.runs_here(&ctx.id)
-            {
-                self.take(ctx.id, lead).await;
+        });
+        futures::stream::iter(ops)
+            .for_each_concurrent(TAKES_AT_ONCE, |ctx| self.take(ctx.id, lead))
+            .await;
+    }
+
+    /// A batch closed as `cancelled` by a take (its cancel was recorded and
+    /// its owner died) may still have running children: cancel them.
+    fn closed(&self, op: Uuid) {
+        let contexts = ContextStore::new(self.assets.contexts.clone());
+        self.owners.spawn(async move {
+            let Ok(Some(stored)) = contexts.load(op).await else {
+                return;
+            };
+            let batch = stored.ctx;
+            if batch.batch.is_none() || batch.state != OperationState::Cancelled {
+                return;
             }
-        }
+            let launched = zerofoot_shared::batch::BatchCheckpoint::of(&batch).launched;
+            match zerofoot_shared::batch::cancel_children(&contexts, &batch, launched).await {
+                Ok(cancelling) => tracing::info!(%op, launched, cancelling = cancelling.len(), "cancelled batch closed: its unfinished children are cancelled"),
+                Err(e) => tracing::warn!(%op, error = %e, "cancelled batch closed, but its children could not all be cancelled; a repeated DELETE reaches them"),
+            }
+        });
     }
 
     /// Takes one async operation at the lead's term and starts its monitor.
@@ -136,6 +167,16 @@ impl Scheduler {
         }
         let why = Why::Lead { term: lead.term };
         match self.owners.take(op, why, &lead.token).await {
+            Ok(Taken::Run(owned)) if owned.ctx().batch.is_some() => {
+                let run = BatchRun {
+                    owned: *owned,
+                    client: self.client.clone(),
+                    names: self.names.clone(),
+                    assets: self.assets.clone(),
+                    changes: self.changes.resubscribe(),
+                };
+                crate::batch::start(&self.owners, run, lead.term);
+            }
             Ok(Taken::Run(owned)) => {
                 let monitor = Monitor {
                     owned: *owned,
@@ -145,7 +186,7 @@ impl Scheduler {
                 };
                 monitor::start(&self.owners, monitor, lead.term);
             }
-            Ok(Taken::Closed) => {}
+            Ok(Taken::Closed) => self.closed(op),
             Err(TakeError::RunsHere(_) | TakeError::Refused(_)) => {}
             Err(e) => tracing::debug!(op = %op, error = %e, "monitor not taken"),
         }

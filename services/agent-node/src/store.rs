@@ -475,6 +475,43 @@ impl Store {
         Ok(out)
     }
 
+    /// The batches that have not finished, read through the `unfinished` index.
+    pub fn running_batches(&self) -> Result<std::collections::HashSet<uuid::Uuid>, StoreError> {
+        Ok(self
+            .unfinished_contexts()?
+            .into_iter()
+            .filter(|ctx| ctx.batch.is_some())
+            .map(|ctx| ctx.id)
+            .collect())
+    }
+
+    /// `due` without the children of `running` batches: a running batch's
+    /// successor re-reads its children, and one purged would look never
+    /// started.
+    pub fn without_children_of(
+        &self,
+        due: Vec<Finished>,
+        running: &std::collections::HashSet<uuid::Uuid>,
+    ) -> Result<Vec<Finished>, StoreError> {
+        if running.is_empty() {
+            return Ok(due);
+        }
+        let tx = self.db.begin_read().map_err(redb_err)?;
+        let contexts = tx.open_table(CONTEXTS).map_err(redb_err)?;
+        let mut kept = Vec::with_capacity(due.len());
+        for finished in due {
+            let parent = contexts
+                .get(finished.id.as_str())
+                .map_err(redb_err)?
+                .and_then(|v| decode::<ExecutionContext>(v.value()).ok())
+                .and_then(|ctx| ctx.parent);
+            if !parent.is_some_and(|p| running.contains(&p)) {
+                kept.push(finished);
+            }
+        }
+        Ok(kept)
+    }
+
     /// How many contexts each index holds: (unfinished, finished).
     pub fn index_sizes(&self) -> Result<(u64, u64), StoreError> {
         let tx = self.db.begin_read().map_err(redb_err)?;
@@ -571,6 +608,56 @@ mod tests {
     fn sorted(mut ids: Vec<String>) -> Vec<String> {
         ids.sort();
         ids
+    }
+
+    #[test]
+    fn children_of_a_running_batch_are_not_due_for_purge() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::open(&dir.path().join("node.redb")).expect("open");
+        let mut batch = ctx(OperationState::Running);
+        batch.batch = Some(zerofoot_shared::batch::BatchPlan {
+            targets: Vec::new(),
+            max_parallel: 1,
+            fail_policy: Default::default(),
+            selector: None,
+            child_kind: OperationKind::Sync,
+        });
+        let mut child = ctx(OperationState::Complete);
+        child.parent = Some(batch.id);
+        let loner = ctx(OperationState::Complete);
+        let changes = [
+            stamp(put_ctx(&batch), 1, 1),
+            stamp(put_ctx(&child), 2, 2),
+            stamp(put_ctx(&loner), 3, 3),
+        ];
+        store
+            .apply(Mirrored::Contexts, &changes, 3, false)
+            .expect("apply");
+        let due = store
+            .finished_before(u64::MAX, None, usize::MAX)
+            .expect("finished");
+        let running = store.running_batches().expect("running batches");
+        let kept = store
+            .without_children_of(due.clone(), &running)
+            .expect("filter");
+        let kept: Vec<String> = kept.into_iter().map(|f| f.id).collect();
+        assert_eq!(
+            kept,
+            [loner.id.to_string()],
+            "the running batch's child stays"
+        );
+        batch.state = OperationState::Complete;
+        store
+            .apply(
+                Mirrored::Contexts,
+                &[stamp(put_ctx(&batch), 4, 4)],
+                4,
+                false,
+            )
+            .expect("apply");
+        let running = store.running_batches().expect("running batches");
+        let kept = store.without_children_of(due, &running).expect("filter");
+        assert_eq!(kept.len(), 2, "once the batch ended, its children may go");
     }
 
     #[test]

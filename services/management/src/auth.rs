@@ -5,7 +5,10 @@
 //! loopback address, and only answers requests addressed to a loopback name
 //! (`Host: localhost`, `127.x.x.x`, `[::1]`): a web page the user opens must
 //! not reach the API through DNS rebinding (a name of the attacker's that
-//! resolves to 127.0.0.1 would carry that name in `Host`).
+//! resolves to 127.0.0.1 would carry that name in `Host`). The web
+//! console's files hold no data and load without a token from any name:
+//! the page then sends the user's token with each API call, which this
+//! checks as any other.
 
 use std::path::Path;
 
@@ -216,6 +219,10 @@ pub async fn authorize(
     mut request: Request,
     next: Next,
 ) -> Response {
+    if crate::console::serves(request.uri().path()) {
+        // Static files without data; every API call the page makes is checked.
+        return next.run(request).await;
+    }
     let tokens = state.tokens();
     if tokens.is_empty() {
         if let Some(host) = addressed_to(&request) {

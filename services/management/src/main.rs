@@ -4,6 +4,7 @@ mod auth;
 mod client_limits;
 mod cluster_view;
 mod config;
+mod console;
 mod context_watch;
 mod error;
 mod http_metrics;

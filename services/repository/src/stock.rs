@@ -1,4 +1,4 @@
-//! The stock modules (`shell`, `http-probe`, `file-tail`), built into the
+//! The stock modules (`shell`, `http-probe`, `file-tail`, `ssh`), built into the
 //! binary from `services/repository/modules/` and stored at start when
 //! absent. Packing is deterministic, so a restart stores nothing new.
 
@@ -44,9 +44,21 @@ const FILES: &[(&str, &str, &str, bool)] = &[
         include_str!("../modules/file-tail/bin/run"),
         true,
     ),
+    (
+        "ssh",
+        "module.json",
+        include_str!("../modules/ssh/module.json"),
+        false,
+    ),
+    (
+        "ssh",
+        "bin/run",
+        include_str!("../modules/ssh/bin/run"),
+        true,
+    ),
 ];
 
-const MODULES: &[&str] = &["shell", "http-probe", "file-tail"];
+const MODULES: &[&str] = &["shell", "http-probe", "file-tail", "ssh"];
 
 pub async fn load(store: &ModuleStore) {
     for module in MODULES {

@@ -131,6 +131,16 @@ pub struct ExecutionContext {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schema(nullable = false)]
     pub client: Option<String>,
+    /// The batch this operation is one target of.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
+    pub parent: Option<Uuid>,
+    /// Set on a batch: its targets and how they are run. A batch runs on its
+    /// zone's lead, which starts the children (`checkpoint.launched` says
+    /// how many so far).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
+    pub batch: Option<crate::batch::BatchPlan>,
     #[serde(with = "time::serde::rfc3339")]
     pub created_at: OffsetDateTime,
     #[serde(with = "time::serde::rfc3339")]
@@ -177,6 +187,8 @@ impl ExecutionContext {
             result: None,
             error: None,
             client: op.client,
+            parent: None,
+            batch: None,
             created_at: now,
             updated_at: now,
         }

@@ -58,4 +58,17 @@ pub struct LeadClaim {
     pub node: String,
     #[serde(with = "time::serde::rfc3339")]
     pub at: OffsetDateTime,
+    /// The holder's NATS connection: a disconnect notice for it lets the
+    /// other nodes claim at once instead of after the lapse. The holder
+    /// writes it again, same term, when it reconnects.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub connection: Option<NatsConnection>,
+}
+
+/// One client connection as nats-server names it: the server's id and the
+/// client id that server gave it (ids are per server).
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct NatsConnection {
+    pub server: String,
+    pub client: u64,
 }

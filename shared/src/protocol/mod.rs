@@ -15,7 +15,7 @@ pub use context::{
 };
 pub use driver_input::{DriverInput, DriverResource};
 pub use driver_output::{parse_line, Output};
-pub use heartbeat::{Heartbeat, LeadClaim, Role};
+pub use heartbeat::{Heartbeat, LeadClaim, NatsConnection, Role};
 pub use manifest::{
     params_violations, DriverLimits, Manifest, ManifestError, ModuleRecord, OperationKind,
     OperationSpec, DEFAULT_RETRIES, DEFAULT_SYNC_TIMEOUT_MS,

@@ -19,7 +19,6 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::Signal;
 use serde_json::{json, Value};
 use zerofoot_tests::modules::bundle;
-use zerofoot_tests::proxy::SilentProxy;
 use zerofoot_tests::{beat_spans, get_json, longest_overlap, Cluster, NodeFlags};
 
 const LAPSE_MS: u64 = 500;
@@ -95,16 +94,13 @@ async fn main() -> std::process::ExitCode {
     cluster.start_management();
     let mut proxies = Vec::new();
     for _ in 0..3 {
-        let proxy = SilentProxy::start(cluster.nats.port).await;
-        cluster.add_node(&NodeFlags(vec![
+        let flags = NodeFlags(vec![
             "--heartbeat-ms".into(),
             "100".into(),
             "--lapse-ms".into(),
             LAPSE_MS.to_string(),
-            "--nats-url".into(),
-            proxy.url(),
-        ]));
-        proxies.push(proxy);
+        ]);
+        proxies.push(cluster.add_node_behind_proxy(&flags).await);
     }
     cluster.wait_healthy().await;
     cluster

@@ -163,6 +163,7 @@ fn end_as(status: nix::sys::wait::WaitStatus) -> Result<Infallible, String> {
 /// Confines this process and execs the driver; `parent` is who must still
 /// be its parent by then.
 fn run_driver(spec: &ShimSpec, parent: i32) -> Result<Infallible, String> {
+    lower_priority()?;
     set_limits(&spec.sandbox.limits)?;
     if let Some(user) = spec.sandbox.user {
         become_user(user)?;
@@ -180,6 +181,24 @@ fn run_driver(spec: &ShimSpec, parent: i32) -> Result<Infallible, String> {
         .args(&spec.args)
         .exec();
     Err(format!("cannot start {}: {err}", spec.program.display()))
+}
+
+/// How much below the node drivers run (nice): however many of them are
+/// busy, the node's heartbeats and fencing keep their share of the CPU, so
+/// a busy node is not taken for a dead one.
+const DRIVER_NICENESS: i32 = 10;
+
+fn lower_priority() -> Result<(), String> {
+    nix::errno::Errno::clear();
+    // SAFETY: nice changes this process's own priority; raising niceness
+    // (relative to the node's) needs no privilege.
+    let niceness = unsafe { nix::libc::nice(DRIVER_NICENESS) };
+    match nix::errno::Errno::last() {
+        errno if niceness == -1 && errno != nix::errno::Errno::UnknownErrno => {
+            Err(format!("cannot lower the driver's priority: {errno}"))
+        }
+        _ => Ok(()),
+    }
 }
 
 /// Runs the driver as pid 2 of a PID namespace of its own, under a small

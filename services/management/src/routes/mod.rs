@@ -57,6 +57,9 @@ endpoints! {
 
 pub fn router(state: AppState) -> Router {
     endpoints(Router::new())
+        // The web console's page and files: not API, so not in the table
+        // above nor in the OpenAPI document.
+        .merge(crate::console::router())
         .fallback(not_found)
         // JSON bodies; bundle uploads stream past this with their own limit.
         .layer(axum::extract::DefaultBodyLimit::max(MAX_JSON_BODY_BYTES))

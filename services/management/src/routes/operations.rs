@@ -12,31 +12,25 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use utoipa::ToSchema;
 use uuid::Uuid;
+use zerofoot_shared::batch::{self, BatchPlan, FailPolicy, Target};
 use zerofoot_shared::context_store::ContextStoreError;
 use zerofoot_shared::protocol::{
-    decode, encode, ExecutionContext, NewOperation, OperationKind, OperationState, Reply,
-    SubmitAccepted, SubmitOperation, PROTOCOL_VERSION,
+    decode, ExecutionContext, NewOperation, OperationKind, OperationState,
 };
+use zerofoot_shared::submit::Handed;
 
 use crate::auth::ApiClient;
 use crate::error::{ApiError, ApiJson, ApiPath, ApiQuery, ErrorBody};
 use crate::operation_index::Filter;
 use crate::startup::{AppState, Nats};
 
-/// Pauses between submissions that found no node at all (about 1.5 s in all).
-const NO_NODE_RETRIES: [Duration; 5] = [
-    Duration::from_millis(50),
-    Duration::from_millis(100),
-    Duration::from_millis(200),
-    Duration::from_millis(400),
-    Duration::from_millis(800),
-];
-/// How long a node has to accept a submission.
-const SUBMIT_TIMEOUT: Duration = Duration::from_secs(5);
 /// Slack on top of the operation's own time budget before answering 202.
 const WAIT_SLACK: Duration = Duration::from_secs(10);
 /// Largest `params` of an operation, as JSON.
 const MAX_PARAMS_BYTES: usize = 256 * 1024;
+/// Largest context of a batch, as JSON: under NATS's default 1 MiB
+/// message limit with room for its checkpoint and attempts.
+const MAX_BATCH_CONTEXT_BYTES: usize = 768 * 1024;
 const DEFAULT_LIST_LIMIT: usize = 100;
 const MAX_LIST_LIMIT: usize = 1000;
 
@@ -61,6 +55,31 @@ pub struct Submit {
     #[serde(default)]
     #[schema(value_type = Option<Object>)]
     params: Option<Value>,
+    /// Runs the operation as a batch, once per target resource, instead of
+    /// on one `resource`.
+    #[serde(default)]
+    targets: Option<Targets>,
+    /// A batch's most children unfinished at once: 1 to 1000 (default 10).
+    #[serde(default)]
+    #[schema(minimum = 1, maximum = 1000)]
+    max_parallel: Option<u32>,
+    /// What a batch does when children fail (default `"continue"`).
+    #[serde(default)]
+    fail_policy: Option<FailPolicy>,
+}
+
+/// A batch's targets: the resources a label selector picks now (by id), or
+/// resources named in order. Exactly one of the two.
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+#[schema(example = json!({"selector": "role=web,env in (prod,stage)"}))]
+pub struct Targets {
+    /// A label selector, as on `GET /v1/resources?selector=`.
+    #[serde(default)]
+    selector: Option<String>,
+    /// Resource ids, each once.
+    #[serde(default)]
+    resources: Option<Vec<String>>,
 }
 
 /// Operations, newest first.
@@ -111,7 +130,7 @@ fn flag(query: &HashMap<String, String>, name: &str, default: bool) -> Result<bo
         (status = 401, description = "`unauthorized`: a missing or unknown token.", body = ErrorBody),
         (status = 403, description = "`forbidden` (the token's role may not) or `host_not_allowed` (a token-less instance, not addressed to a loopback name).", body = ErrorBody),
         (status = 404, description = "`module_not_found` (no such module or version) or `resource_not_found`.", body = ErrorBody),
-        (status = 413, description = "`params_too_large` (over 256 KiB) or `unreadable_body` (the body is over 1 MiB).", body = ErrorBody),
+        (status = 413, description = "`params_too_large` (over 256 KiB), `batch_too_large` (a batch's targets and params over 768 KiB) or `unreadable_body` (the body is over 1 MiB).", body = ErrorBody),
         (status = 415, description = "`invalid_content_type`: the body is not sent as `application/json`.", body = ErrorBody),
         (status = 422, description = "`unknown_operation` (the module has no such operation) or `invalid_params` (the params break the operation's schema; every violation in `error.violations`).", body = ErrorBody),
         (status = 429, description = "`too_many_operations`: the client's limit of unfinished operations is reached.", body = ErrorBody),
@@ -200,6 +219,67 @@ pub async fn submit(
             .with_violations(violations));
         }
     }
+    if let Some(targets) = body.targets {
+        if body.resource.is_some() {
+            return Err(ApiError::bad_request(
+                "invalid_body",
+                "give either resource (one operation) or targets (a batch), not both",
+            ));
+        }
+        let plan = batch_plan(
+            nats,
+            targets,
+            body.max_parallel,
+            body.fail_policy,
+            spec.kind,
+        )
+        .await?;
+        let mut ctx = ExecutionContext::new(NewOperation {
+            module: module.name.clone(),
+            version: module.version.to_string(),
+            digest: module.digest.clone(),
+            operation: body.operation,
+            // A batch is run by a zone lead, as monitors are.
+            kind: OperationKind::Async,
+            resource: None,
+            zone: plan.targets[0].zone.clone(),
+            params,
+            timeout_ms: spec.timeout_ms(),
+            retries: spec.retries(),
+            client: Some(client.0.clone()),
+        });
+        let mut zones: Vec<&str> = plan.targets.iter().map(|t| t.zone.as_str()).collect();
+        zones.sort_unstable();
+        zones.dedup();
+        let empty: Vec<&str> = zones
+            .into_iter()
+            .filter(|zone| state.view().zone_is_empty(zone))
+            .collect();
+        if !empty.is_empty() {
+            return Err(ApiError::unavailable(format!(
+                "no agent node of zone {} is running in cluster {}; start one with --zone",
+                empty.join(", "),
+                state.names().cluster(),
+            )));
+        }
+        ctx.batch = Some(plan);
+        // The batch's context holds every target and crosses NATS whole.
+        let size = zerofoot_shared::protocol::encode(&ctx).len();
+        if size > MAX_BATCH_CONTEXT_BYTES {
+            return Err(ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "batch_too_large",
+                format!("the batch's context would be {size} bytes (targets and params); the limit is {MAX_BATCH_CONTEXT_BYTES}: split it into smaller batches"),
+            ));
+        }
+        return record_async(nats, &client, ctx).await;
+    }
+    if body.max_parallel.is_some() || body.fail_policy.is_some() {
+        return Err(ApiError::bad_request(
+            "invalid_body",
+            "max_parallel and fail_policy go with targets (a batch)",
+        ));
+    }
     // The resource's zone decides which nodes may run the operation.
     let zone = match &body.resource {
         None => zerofoot_shared::names::default_zone(),
@@ -250,22 +330,10 @@ pub async fn submit(
             ctx.zone
         )));
     }
-    let admission = nats.contexts.limits().admit(&client.0).map_err(|e| {
-        ApiError::new(
-            StatusCode::TOO_MANY_REQUESTS,
-            "too_many_operations",
-            e.to_string(),
-        )
-    })?;
     if ctx.kind == OperationKind::Async {
-        nats.store
-            .create(&ctx)
-            .await
-            .map_err(|e| ApiError::nats("cannot record the operation", e))?;
-        admission.recorded(ctx.id);
-        tracing::info!(op = %ctx.id, module = %ctx.module, operation = %ctx.operation, "operation recorded");
-        return Ok((StatusCode::ACCEPTED, ApiJson(ctx)));
+        return record_async(nats, &client, ctx).await;
     }
+    let admission = admit(nats, &client)?;
     // Subscribe before submitting, so no change of the context can slip past.
     let subscription = nats.contexts.subscribe(ctx.id);
     submit_to_a_node(&state, nats, &ctx).await?;
@@ -284,6 +352,107 @@ pub async fn submit(
     Ok((status, ApiJson(final_ctx)))
 }
 
+fn admit(nats: &Nats, client: &ApiClient) -> Result<crate::client_limits::Admission, ApiError> {
+    nats.contexts.limits().admit(&client.0).map_err(|e| {
+        ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "too_many_operations",
+            e.to_string(),
+        )
+    })
+}
+
+/// Records an async operation or a batch, `pending` for its zone's lead.
+async fn record_async(
+    nats: &Nats,
+    client: &ApiClient,
+    ctx: ExecutionContext,
+) -> Result<(StatusCode, ApiJson<ExecutionContext>), ApiError> {
+    let admission = admit(nats, client)?;
+    nats.store
+        .create(&ctx)
+        .await
+        .map_err(|e| ApiError::nats("cannot record the operation", e))?;
+    admission.recorded(ctx.id);
+    tracing::info!(op = %ctx.id, module = %ctx.module, operation = %ctx.operation, targets = ctx.batch.as_ref().map(|b| b.targets.len()), "operation recorded");
+    Ok((StatusCode::ACCEPTED, ApiJson(ctx)))
+}
+
+/// A batch's plan: its targets resolved now, each with its zone.
+async fn batch_plan(
+    nats: &Nats,
+    targets: Targets,
+    max_parallel: Option<u32>,
+    fail_policy: Option<FailPolicy>,
+    child_kind: OperationKind,
+) -> Result<BatchPlan, ApiError> {
+    let max_parallel = max_parallel.unwrap_or(batch::DEFAULT_MAX_PARALLEL);
+    if !(1..=batch::MAX_PARALLEL).contains(&max_parallel) {
+        return Err(ApiError::bad_request(
+            "invalid_body",
+            format!(
+                "max_parallel is {max_parallel}: use 1 to {}",
+                batch::MAX_PARALLEL
+            ),
+        ));
+    }
+    let store = &nats.assets.resources;
+    let (records, selector) = match (targets.selector, targets.resources) {
+        (Some(selector), None) => (
+            super::resources::select(store, &selector).await?,
+            Some(selector),
+        ),
+        (None, Some(ids)) => {
+            let mut seen = std::collections::HashSet::new();
+            if let Some(twice) = ids.iter().find(|id| !seen.insert(id.as_str())) {
+                return Err(ApiError::bad_request(
+                    "invalid_body",
+                    format!("targets.resources names {twice:?} twice; name each resource once"),
+                ));
+            }
+            (super::resources::named(store, &ids).await?, None)
+        }
+        _ => {
+            return Err(ApiError::bad_request(
+                "invalid_body",
+                "targets needs exactly one of selector or resources",
+            ))
+        }
+    };
+    if records.is_empty() {
+        return Err(ApiError::unprocessable(
+            "no_targets",
+            match &selector {
+                Some(s) => format!("the selector {s:?} picks no resource"),
+                None => "targets.resources is empty".to_string(),
+            },
+        ));
+    }
+    if records.len() > batch::MAX_TARGETS {
+        return Err(ApiError::unprocessable(
+            "too_many_targets",
+            format!(
+                "{} targets; a batch takes at most {}",
+                records.len(),
+                batch::MAX_TARGETS
+            ),
+        ));
+    }
+    Ok(BatchPlan {
+        targets: records
+            .into_iter()
+            .map(|r| Target {
+                resource: r.id,
+                zone: r.zone,
+            })
+            .collect(),
+        max_parallel,
+        fail_policy: fail_policy.unwrap_or_default(),
+        selector,
+        child_kind,
+    })
+}
+
 fn kind_of(v: &Value) -> &'static str {
     match v {
         Value::Null => "null",
@@ -295,92 +464,21 @@ fn kind_of(v: &Value) -> &'static str {
     }
 }
 
-/// Hands a new sync operation to one node of the queue group, which records
-/// it as its own before it answers: one KV write before the driver starts.
-/// When this returns Ok the operation is recorded, by that node or, when no
-/// answer came, here as `pending` for the nodes' sweepers. With no node there
-/// at all it is recorded as failed and the caller gets 503.
+/// Hands a new sync operation to a node of its zone; 503 when the zone has
+/// no node (the operation is then recorded as failed).
 async fn submit_to_a_node(
     state: &AppState,
     nats: &Nats,
     ctx: &ExecutionContext,
 ) -> Result<(), ApiError> {
-    let request = SubmitOperation {
-        v: PROTOCOL_VERSION,
-        op: ctx.id,
-        context: Box::new(ctx.clone()),
-    };
-    // No responders while a node restarts: give the queue group a moment.
-    let mut answer = None;
-    for pause in NO_NODE_RETRIES {
-        let attempt = tokio::time::timeout(
-            SUBMIT_TIMEOUT,
-            nats.client
-                .request(state.names().op_submit(&ctx.zone), encode(&request)),
-        )
-        .await;
-        let no_node = matches!(&attempt, Ok(Err(e)) if e.kind() == async_nats::client::RequestErrorKind::NoResponders);
-        answer = Some(attempt);
-        if !no_node {
-            break;
-        }
-        tokio::time::sleep(pause).await;
-    }
-    let recorded_by_a_node = match answer {
-        Some(Ok(Ok(message))) => {
-            match serde_json::from_slice::<Reply<SubmitAccepted>>(&message.payload) {
-                Ok(Reply::Ok(accepted)) => {
-                    tracing::debug!(op = %ctx.id, node = %accepted.node, "taken");
-                    true
-                }
-                Ok(Reply::Error(e)) => {
-                    tracing::warn!(op = %ctx.id, error = %e, "the node refused the submission");
-                    false
-                }
-                Err(e) => {
-                    tracing::warn!(op = %ctx.id, error = %e, "unreadable answer to a submission");
-                    false
-                }
-            }
-        }
-        Some(Ok(Err(e))) if e.kind() == async_nats::client::RequestErrorKind::NoResponders => {
-            let mut failed = ctx.clone();
-            failed.fail(format!(
-                "no agent node of zone {} was running to take the operation",
-                ctx.zone
-            ));
-            return match nats.store.create(&failed).await {
-                Ok(_) => Err(ApiError::unavailable(format!(
-                    "no agent node of zone {} is running in cluster {}; operation {} was marked failed",
-                    ctx.zone,
-                    state.names().cluster(),
-                    ctx.id
-                ))),
-                // A node recorded it after all.
-                Err(e) if e.is_conflict() => Ok(()),
-                Err(e) => Err(ApiError::nats("cannot record the operation", e)),
-            };
-        }
-        Some(Ok(Err(e))) => {
-            tracing::warn!(op = %ctx.id, error = %e, "submission not confirmed");
-            false
-        }
-        Some(Err(_)) | None => {
-            tracing::warn!(op = %ctx.id, "submission not confirmed in time");
-            false
-        }
-    };
-    if recorded_by_a_node {
-        return Ok(());
-    }
-    // Unless a node recorded it meanwhile, record it as pending: the nodes'
-    // sweepers take pending operations that nobody took.
-    match nats.store.create(ctx).await {
-        Ok(_) => {
-            tracing::info!(op = %ctx.id, "recorded as pending; a node will sweep it up");
-            Ok(())
-        }
-        Err(e) if e.is_conflict() => Ok(()),
+    match zerofoot_shared::submit::hand_over(&nats.client, state.names(), &nats.store, ctx).await {
+        Ok(Handed::Taken { .. } | Handed::Recorded) => Ok(()),
+        Ok(Handed::NoNode) => Err(ApiError::unavailable(format!(
+            "no agent node of zone {} is running in cluster {}; operation {} was marked failed",
+            ctx.zone,
+            state.names().cluster(),
+            ctx.id
+        ))),
         Err(e) => Err(ApiError::nats("cannot record the operation", e)),
     }
 }
@@ -450,7 +548,7 @@ pub async fn load(nats: &Nats, op: &Uuid) -> Result<(ExecutionContext, u64), Api
     security(("bearer" = ["viewer"])),
     params(("id" = Uuid, Path, description = "The operation's id.")),
     responses(
-        (status = 200, description = "The execution context.", body = ExecutionContext),
+        (status = 200, description = "The execution context; a batch's also has `counts` and `children`.", body = OperationView),
         (status = 400, description = "`invalid_operation_id`: not a UUID.", body = ErrorBody),
         (status = 401, description = "`unauthorized`: a missing or unknown token.", body = ErrorBody),
         (status = 403, description = "`forbidden` (the token's role may not) or `host_not_allowed` (a token-less instance, not addressed to a loopback name).", body = ErrorBody),
@@ -462,10 +560,87 @@ pub async fn load(nats: &Nats, op: &Uuid) -> Result<(ExecutionContext, u64), Api
 pub async fn show(
     State(state): State<AppState>,
     ApiPath(id): ApiPath<String>,
-) -> Result<ApiJson<ExecutionContext>, ApiError> {
+) -> Result<ApiJson<OperationView>, ApiError> {
     let id = parse_id(&id)?;
-    let (ctx, _) = load(state.nats()?, &id).await?;
-    Ok(ApiJson(ctx))
+    let nats = state.nats()?;
+    let (ctx, _) = load(nats, &id).await?;
+    let Some(plan) = &ctx.batch else {
+        return Ok(ApiJson(OperationView {
+            context: ctx,
+            counts: None,
+            children: None,
+        }));
+    };
+    let targets: Vec<(u32, Target)> = (0u32..).zip(plan.targets.iter().cloned()).collect();
+    let store = nats.store.clone();
+    let batch_id = ctx.id;
+    let loaded: Vec<_> = futures::stream::iter(targets)
+        .map(move |(index, target)| {
+            let store = store.clone();
+            async move {
+                let id = batch::child_id(batch_id, index);
+                (index, id, target, store.load(id).await)
+            }
+        })
+        .buffered(32)
+        .collect()
+        .await;
+    let mut children = Vec::with_capacity(loaded.len());
+    for (index, id, target, stored) in loaded {
+        let child = stored
+            .map_err(|e| ApiError::nats("cannot read a child of the batch", e))?
+            .map(|s| s.ctx);
+        children.push(ChildView {
+            index,
+            id,
+            resource: target.resource,
+            zone: target.zone,
+            state: child.as_ref().map(|c| c.state),
+            node: child
+                .as_ref()
+                .and_then(|c| c.attempts.last().map(|a| a.node.clone())),
+            error: child.and_then(|c| c.error),
+        });
+    }
+    let counts = batch::BatchCounts::of(children.iter().map(|c| c.state));
+    Ok(ApiJson(OperationView {
+        context: ctx,
+        counts: Some(counts),
+        children: Some(children),
+    }))
+}
+
+/// An operation's execution context; for a batch, also where its targets stand.
+#[derive(Serialize, ToSchema)]
+pub struct OperationView {
+    #[serde(flatten)]
+    pub context: ExecutionContext,
+    /// A batch's targets counted by their child's state.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
+    pub counts: Option<batch::BatchCounts>,
+    /// A batch's children, one per target in order.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
+    pub children: Option<Vec<ChildView>>,
+}
+
+/// One target of a batch and its child operation.
+#[derive(Serialize, ToSchema)]
+pub struct ChildView {
+    pub index: u32,
+    /// The child operation's id (also when it has not started).
+    pub id: Uuid,
+    pub resource: String,
+    pub zone: String,
+    /// `null` while the target has not started (or never will: after a stop or a cancel).
+    #[schema(required = true)]
+    pub state: Option<OperationState>,
+    /// The node of its last attempt.
+    #[schema(required = true)]
+    pub node: Option<String>,
+    #[schema(required = true)]
+    pub error: Option<String>,
 }
 
 /// Compare-and-set tries of a cancel before it gives up with 409 `busy`.
@@ -487,7 +662,7 @@ const CANCEL_NUDGE_TIMEOUT: Duration = Duration::from_secs(2);
     security(("bearer" = ["operator"])),
     params(("id" = Uuid, Path, description = "The operation's id.")),
     responses(
-        (status = 202, description = "The cancel is recorded: `cancelled` at once when the operation was pending, else `cancelling` (its owner stops the driver and writes `cancelled`).", body = ExecutionContext),
+        (status = 202, description = "The cancel is recorded: `cancelled` at once when the operation was pending, else `cancelling` (its owner stops the driver and writes `cancelled`). A batch's unfinished children are cancelled too before the answer (a cancelled batch may be cancelled again to reach them).", body = ExecutionContext),
         (status = 400, description = "`invalid_operation_id`: not a UUID.", body = ErrorBody),
         (status = 401, description = "`unauthorized`: a missing or unknown token.", body = ErrorBody),
         (status = 403, description = "`forbidden` (the token's role may not) or `host_not_allowed` (a token-less instance, not addressed to a loopback name).", body = ErrorBody),
@@ -505,16 +680,20 @@ pub async fn cancel(
     let nats = state.nats()?;
     for _ in 0..CANCEL_ATTEMPTS {
         let (mut ctx, revision) = load(nats, &id).await?;
-        if ctx.state.is_terminal() {
+        // A cancelled batch's children may still be running (its owner died
+        // before it cancelled them): a repeated cancel reaches them.
+        let batch_cancelled = ctx.batch.is_some() && ctx.state == OperationState::Cancelled;
+        if ctx.state.is_terminal() && !batch_cancelled {
             return Err(ApiError::new(
                 StatusCode::CONFLICT,
                 "already_finished",
                 format!("operation {id} is already {}", ctx.state.as_str()),
             ));
         }
-        if ctx.state == OperationState::Cancelling {
+        if ctx.state == OperationState::Cancelling || batch_cancelled {
             // Asked before; the record stands. Nudge the owner again.
             nudge_owner(&state, nats, &ctx);
+            cancel_children(&state, nats, &ctx).await?;
             return Ok((StatusCode::ACCEPTED, ApiJson(ctx)));
         }
         ctx.request_cancel();
@@ -524,6 +703,7 @@ pub async fn cancel(
                 if ctx.state == OperationState::Cancelling {
                     nudge_owner(&state, nats, &ctx);
                 }
+                cancel_children(&state, nats, &ctx).await?;
                 return Ok((StatusCode::ACCEPTED, ApiJson(ctx)));
             }
             // Someone wrote meanwhile (the owner, a takeover): read again.
@@ -536,6 +716,34 @@ pub async fn cancel(
         "busy",
         format!("operation {id} kept changing while being cancelled; try again"),
     ))
+}
+
+/// After a batch's cancel is recorded: cancels the children it started
+/// (its owner does too, once it sees the cancel; both are idempotent).
+async fn cancel_children(
+    state: &AppState,
+    nats: &Nats,
+    ctx: &ExecutionContext,
+) -> Result<(), ApiError> {
+    if ctx.batch.is_none() {
+        return Ok(());
+    }
+    let launched = batch::BatchCheckpoint::of(ctx).launched;
+    let cancelling = batch::cancel_children(&nats.store, ctx, launched)
+        .await
+        .map_err(|e| {
+            let what = "the batch's cancel is recorded, but cancelling its children failed; send the DELETE again";
+            if e.is_conflict() {
+                ApiError::new(StatusCode::CONFLICT, "busy", format!("{what}: {e}"))
+            } else {
+                ApiError::nats(what, e)
+            }
+        })?;
+    for child in &cancelling {
+        nudge_owner(state, nats, child);
+    }
+    tracing::info!(op = %ctx.id, launched, cancelling = cancelling.len(), "the batch's children are cancelled");
+    Ok(())
 }
 
 /// Best effort, after the cancel is recorded: tells the owner on

@@ -277,20 +277,56 @@ pub async fn list(
     State(state): State<AppState>,
     ApiQuery(query): ApiQuery<HashMap<String, String>>,
 ) -> Result<ApiJson<ResourceList>, ApiError> {
-    let selector = Selector::parse(query.get("selector").map_or("", String::as_str))
+    let selector = query.get("selector").map_or("", String::as_str);
+    let records = select(&state.nats()?.assets.resources, selector).await?;
+    let resources = records.iter().map(ResourceView::from).collect();
+    Ok(ApiJson(ResourceList { resources }))
+}
+
+/// The resources `selector` picks (every one for an empty selector), by id.
+pub(super) async fn select(
+    store: &kv::Store,
+    selector: &str,
+) -> Result<Vec<ResourceRecord>, ApiError> {
+    let selector = Selector::parse(selector)
         .map_err(|e| ApiError::bad_request("invalid_selector", e.to_string()))?;
-    let store = &state.nats()?.assets.resources;
     let keys = super::bucket_keys(store, "resources bucket").await?;
-    let mut resources = Vec::with_capacity(keys.len());
+    let mut records = Vec::with_capacity(keys.len());
     for key in keys {
         if let Some((record, _)) = load(store, &key).await? {
             if selector.matches(&record.labels) {
-                resources.push(ResourceView::from(&record));
+                records.push(record);
             }
         }
     }
-    resources.sort_by(|a, b| a.id.cmp(&b.id));
-    Ok(ApiJson(ResourceList { resources }))
+    records.sort_by(|a, b| a.id.cmp(&b.id));
+    Ok(records)
+}
+
+/// The resources named by `ids`, in that order; 404 naming every one missing.
+pub(super) async fn named(
+    store: &kv::Store,
+    ids: &[String],
+) -> Result<Vec<ResourceRecord>, ApiError> {
+    let mut records = Vec::with_capacity(ids.len());
+    let mut missing = Vec::new();
+    for id in ids {
+        check_id(id)?;
+        match load(store, id).await? {
+            Some((record, _)) => records.push(record),
+            None => missing.push(id.as_str()),
+        }
+    }
+    if !missing.is_empty() {
+        return Err(ApiError::not_found(
+            "resource_not_found",
+            format!(
+                "no resource {}; create them with PUT /v1/resources/{{id}}",
+                missing.join(", ")
+            ),
+        ));
+    }
+    Ok(records)
 }
 
 /// What resealing did to one resource.
