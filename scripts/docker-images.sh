@@ -10,7 +10,8 @@
 #     docker-compose.yml's example machine,
 #     and the nats-server binary from scripts/install-deps.sh. No base image
 #     is pulled.
-# Prints the variables to export for docker-compose on its last line.
+# Prints the variables to export for docker-compose on its last line
+# (ZF_IMAGE, ZF_NATS_IMAGE, ZF_LB_IMAGE).
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
@@ -25,14 +26,17 @@ registry_answers() {
 if registry_answers; then
   echo "building $image from docker/Dockerfile" >&2
   docker build -q -f docker/Dockerfile -t "$image" . >&2
-  echo "ZF_IMAGE=$image ZF_NATS_IMAGE=${ZF_NATS_IMAGE:-nats:2.10-alpine}"
+  echo "ZF_IMAGE=$image ZF_NATS_IMAGE=${ZF_NATS_IMAGE:-nats:2.10-alpine} ZF_LB_IMAGE=${ZF_LB_IMAGE:-haproxy:2.8-alpine}"
   exit 0
 fi
 
 echo "no container registry: making $image from host-built binaries" >&2
 nats=$(scripts/install-deps.sh | tail -n 1)
-if [ ! -x /bin/busybox ] || ! /bin/busybox --list >/dev/null 2>&1; then
-  apt-get update -qq >/dev/null && apt-get install -y -qq busybox-static >/dev/null
+missing=""
+if [ ! -x /bin/busybox ] || ! /bin/busybox --list >/dev/null 2>&1; then missing+=" busybox-static"; fi
+[ -x /usr/sbin/haproxy ] || missing+=" haproxy"
+if [ -n "$missing" ]; then
+  apt-get update -qq >/dev/null && apt-get install -y -qq $missing >/dev/null
 fi
 cargo build --release --bins --quiet
 
@@ -63,6 +67,8 @@ for tool in ssh ssh-agent ssh-add ssh-keygen ssh-keyscan; do
 done
 # docker-compose.yml's example machine: the OpenSSH server and its script.
 with_libs /usr/sbin/sshd /usr/sbin/sshd
+# docker-compose.ha.yml's load balancer.
+with_libs /usr/sbin/haproxy /usr/local/bin/haproxy
 cp docker/example-host.sh "$rootfs/usr/local/bin/example-host"
 chmod 755 "$rootfs/usr/local/bin/example-host"
 nss_wrapper=$(ls /usr/lib/*/libnss_wrapper.so | head -n 1)
@@ -87,4 +93,4 @@ tar -C "$rootfs" -c . | docker import \
   -c 'WORKDIR /data' \
   - "$image" >/dev/null
 echo "made $image ($(docker image inspect -f '{{.Size}}' "$image" | awk '{printf "%.0f MiB", $1/1048576}'))" >&2
-echo "ZF_IMAGE=$image ZF_NATS_IMAGE=$image"
+echo "ZF_IMAGE=$image ZF_NATS_IMAGE=$image ZF_LB_IMAGE=$image"

@@ -29,6 +29,9 @@ scripts/chaos.sh 60
 scripts/bench.sh --quick
 
 # The docker-compose deployment, end to end, where a Docker engine answers.
+# (scripts/compose-ha-test.sh, the HA file under NATS kills and partitions,
+# is not run here yet: it still finds a keyed event twice after a kill of
+# the lead's NATS server; see the README.)
 if docker info >/dev/null 2>&1; then
   scripts/compose-test.sh
 else

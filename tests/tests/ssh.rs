@@ -480,6 +480,33 @@ async fn tail_follows_a_remote_file_across_a_lead_kill_a_rotation_and_an_sshd_re
         logs.to_string().contains("the ssh session to 127.0.0.1"),
         "the driver told of the dropped session and made it again: {logs}"
     );
+
+    // Cancelled while its file is quiet, the tail leaves nothing behind on
+    // the host: no poller of a dead session goes on there.
+    let response = cluster
+        .http
+        .delete(cluster.url(&format!("/v1/operations/{op}")))
+        .send()
+        .await
+        .expect("DELETE");
+    let (status, answer) = zerofoot_tests::status_and_json(response).await;
+    assert_eq!(status, 202, "{answer}");
+    let poller = format!("zf-tail {}", log.display());
+    wait_until(
+        "every remote poller of the tail to leave the host",
+        Duration::from_secs(30),
+        || async {
+            let out = std::process::Command::new("pgrep")
+                .args(["-f", &poller])
+                .output()
+                .map_err(|e| format!("pgrep (Debian: procps): {e}"))?;
+            match String::from_utf8_lossy(&out.stdout).lines().count() {
+                0 => Ok(()),
+                n => Err(format!("{n} pollers of {} left on the host", log.display())),
+            }
+        },
+    )
+    .await;
 }
 
 /// The `stdout` of every event of a watch, in seq order.
