@@ -967,6 +967,16 @@ impl Cluster {
         status_and_json(r).await
     }
 
+    pub async fn delete(&self, path: &str) -> (u16, Value) {
+        let r = self
+            .http
+            .delete(self.url(path))
+            .send()
+            .await
+            .expect("DELETE");
+        status_and_json(r).await
+    }
+
     /// Uploads a bundle; returns status and body.
     pub async fn upload(&self, bundle: Vec<u8>) -> (u16, Value) {
         let r = self

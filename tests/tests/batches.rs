@@ -395,13 +395,7 @@ async fn cancelling_a_batch_cancels_its_running_children_and_starts_no_more() {
     })
     .await;
 
-    let response = cluster
-        .http
-        .delete(cluster.url(&format!("/v1/operations/{batch}")))
-        .send()
-        .await
-        .expect("DELETE");
-    let (status, answer) = zerofoot_tests::status_and_json(response).await;
+    let (status, answer) = cluster.delete(&format!("/v1/operations/{batch}")).await;
     assert_eq!(status, 202, "{answer}");
     let view = cluster.operation_end(&batch, Duration::from_secs(30)).await;
     assert_eq!(view["state"], "cancelled", "{view}");

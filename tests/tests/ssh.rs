@@ -305,13 +305,7 @@ async fn repeated_commands_reuse_one_login_per_node_and_survive_its_loss() {
     let dirs: Vec<String> = (0..nodes)
         .map(|n| format!("{}/ssh/", cluster.node_dir(n).display()))
         .collect();
-    let masters_of = |node: usize| -> usize {
-        let out = std::process::Command::new("pgrep")
-            .args(["-f", &dirs[node]])
-            .output()
-            .expect("pgrep (Debian: procps)");
-        String::from_utf8_lossy(&out.stdout).lines().count()
-    };
+    let masters_of = |node: usize| processes_matching(&dirs[node]);
     let node = (0..nodes)
         .find(|n| masters_of(*n) > 0)
         .expect("a node keeps an ssh master after running commands on host-r");
@@ -483,30 +477,29 @@ async fn tail_follows_a_remote_file_across_a_lead_kill_a_rotation_and_an_sshd_re
 
     // Cancelled while its file is quiet, the tail leaves nothing behind on
     // the host: no poller of a dead session goes on there.
-    let response = cluster
-        .http
-        .delete(cluster.url(&format!("/v1/operations/{op}")))
-        .send()
-        .await
-        .expect("DELETE");
-    let (status, answer) = zerofoot_tests::status_and_json(response).await;
+    let (status, answer) = cluster.delete(&format!("/v1/operations/{op}")).await;
     assert_eq!(status, 202, "{answer}");
     let poller = format!("zf-tail {}", log.display());
     wait_until(
         "every remote poller of the tail to leave the host",
         Duration::from_secs(30),
         || async {
-            let out = std::process::Command::new("pgrep")
-                .args(["-f", &poller])
-                .output()
-                .map_err(|e| format!("pgrep (Debian: procps): {e}"))?;
-            match String::from_utf8_lossy(&out.stdout).lines().count() {
+            match processes_matching(&poller) {
                 0 => Ok(()),
                 n => Err(format!("{n} pollers of {} left on the host", log.display())),
             }
         },
     )
     .await;
+}
+
+/// How many processes on this machine have `pattern` in their command line.
+fn processes_matching(pattern: &str) -> usize {
+    let out = std::process::Command::new("pgrep")
+        .args(["-f", pattern])
+        .output()
+        .expect("pgrep (Debian: procps)");
+    String::from_utf8_lossy(&out.stdout).lines().count()
 }
 
 /// The `stdout` of every event of a watch, in seq order.
