@@ -5,13 +5,14 @@
 //! event in after its successor's takeover marker.
 
 use async_nats::jetstream::{consumer, stream};
-use futures::StreamExt;
+use futures::{Stream, StreamExt};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use time::OffsetDateTime;
 use utoipa::ToSchema;
 use uuid::Uuid;
 
+use crate::ordered_read::OrderedRead;
 use crate::protocol::v1;
 
 /// One event of an async operation.
@@ -106,7 +107,7 @@ pub async fn read(events: &stream::Stream, subject: &str, from: u64) -> Result<L
 /// Hands `visit` the messages of `subject` from stream position `from`
 /// (inclusive) up to `end`, in order, until it returns false or no message
 /// up to `end` is left (some may have expired meanwhile). Reads with an
-/// ordered consumer, deleted once done.
+/// ordered consumer ([`OrderedRead`]: each message once), deleted once done.
 pub async fn visit_messages(
     stream: &stream::Stream,
     subject: &str,
@@ -117,17 +118,10 @@ pub async fn visit_messages(
     if end == 0 || from > end {
         return Ok(());
     }
-    let consumer = stream
-        .create_consumer(consumer::pull::OrderedConfig {
-            filter_subject: subject.to_string(),
-            deliver_policy: consumer::DeliverPolicy::ByStartSequence {
-                start_sequence: from.max(1),
-            },
-            ..Default::default()
-        })
+    let consumer = OrderedRead::open(stream, subject, from)
         .await
         .map_err(nats)?;
-    let name = consumer.cached_info().name.clone();
+    let name = consumer.name();
     let read = async {
         let mut messages = consumer.messages().await.map_err(nats)?;
         while let Some(message) = next_message(&mut messages, subject, end).await? {
@@ -505,7 +499,8 @@ fn take(
 /// The next message of an ordered read, `None` when the stream ends; an
 /// error when none came for 5 s before the log's `end` was reached.
 async fn next_message(
-    messages: &mut consumer::pull::Ordered,
+    messages: &mut (impl Stream<Item = Result<async_nats::jetstream::Message, consumer::pull::OrderedError>>
+              + Unpin),
     subject: &str,
     end: u64,
 ) -> Result<Option<async_nats::jetstream::Message>, LogError> {

@@ -15,6 +15,7 @@
 //! - [`bundle`]: checking, packing and safely unpacking module bundles.
 //! - [`eventlog`]: the per-operation event log: entries and reading.
 //! - [`oplog`]: per-operation driver log lines: what a line holds, and reading them.
+//! - [`ordered_read`]: reading one subject of a stream in order, each message once.
 //! - [`modules`]: the read side of the module index (list, resolve, get).
 //! - [`selector`]: resource labels and the selectors that pick resources by them.
 //! - [`sealing`]: resource secrets sealed at rest with the cluster key.
@@ -35,6 +36,7 @@ pub mod names;
 pub mod nats;
 pub mod nats_auth;
 pub mod oplog;
+pub mod ordered_read;
 pub mod protocol;
 pub mod sealing;
 pub mod selector;

@@ -3,7 +3,8 @@
 //! a long log and whatever junk or takeover markers sit in it; a live SSE
 //! stream resumes right after `Last-Event-ID`; one client's live streams are
 //! capped and a closed one frees its slot; a cancel is recorded before it is
-//! acknowledged; and a token-less management only answers loopback names.
+//! acknowledged; a token-less management only answers loopback names; and an
+//! ordered read that loses its consumer still reads only its range, once.
 
 use std::time::Duration;
 
@@ -492,4 +493,61 @@ async fn a_token_less_management_answers_only_loopback_names() {
     );
     let (_, stored) = cluster.get(&format!("/v1/operations/{op}")).await;
     assert_eq!(stored["state"], "cancelled", "{stored}");
+}
+
+/// Every read of a log past its first messages (pages, live streams, a new
+/// owner's read) goes through an ordered consumer. One that loses its
+/// consumer before the first message (a NATS server crash, here a deleted
+/// consumer) is recreated by the client library from the stream's first
+/// message; the read must still hand on only its own range, each once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_ordered_read_that_loses_its_consumer_keeps_to_its_range() {
+    use async_nats::jetstream::stream;
+    use futures::StreamExt;
+    use zerofoot_shared::ordered_read::OrderedRead;
+
+    let cluster = Cluster::bare().await;
+    let js = async_nats::jetstream::new(cluster.nats.client().await);
+    let log = js
+        .create_stream(stream::Config {
+            name: "ORDERED".into(),
+            subjects: vec!["ordered.>".into()],
+            ..Default::default()
+        })
+        .await
+        .expect("create the test stream");
+    let mut positions = Vec::new();
+    for n in 0..40u32 {
+        let subject = if n % 2 == 0 { "ordered.a" } else { "ordered.b" };
+        let position = publish(&js, subject, n.to_string().into_bytes()).await;
+        if n % 2 == 0 {
+            positions.push(position);
+        }
+    }
+    let (start, last) = (positions[10], positions[positions.len() - 1]);
+    let wanted: Vec<u64> = positions.into_iter().filter(|p| *p >= start).collect();
+
+    let read = OrderedRead::open(&log, "ordered.a", start)
+        .await
+        .expect("open the ordered read");
+    log.delete_consumer(&read.name())
+        .await
+        .expect("delete the read's consumer before its first message");
+    let mut messages = read.messages().await.expect("start the ordered read");
+    let mut seen = Vec::new();
+    while seen.last() != Some(&last) {
+        let message = tokio::time::timeout(Duration::from_secs(30), messages.next())
+            .await
+            .unwrap_or_else(|_| {
+                panic!("no message within 30 s after positions {seen:?}; awaited up to {last}")
+            })
+            .expect("the read ended early")
+            .expect("read a message");
+        seen.push(message.info().expect("message metadata").stream_sequence);
+        assert!(
+            seen.len() <= wanted.len(),
+            "more messages than the range holds: {seen:?}, wanted {wanted:?}"
+        );
+    }
+    assert_eq!(seen, wanted, "each message of the range once, in order");
 }

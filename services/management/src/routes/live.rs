@@ -7,11 +7,13 @@
 use std::collections::HashMap;
 use std::convert::Infallible;
 
-use async_nats::jetstream::{consumer, stream::Stream};
+use async_nats::jetstream::stream::Stream;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use futures::{future, stream, StreamExt};
+
+use zerofoot_shared::ordered_read::OrderedRead;
 
 use crate::auth::ApiClient;
 use crate::error::ApiError;
@@ -109,14 +111,7 @@ where
         )
     })?;
     let fail = |e: &dyn std::fmt::Display| ApiError::nats("cannot read the operation's stream", e);
-    let consumer = source
-        .create_consumer(consumer::pull::OrderedConfig {
-            filter_subject: subject,
-            deliver_policy: consumer::DeliverPolicy::ByStartSequence {
-                start_sequence: start.max(1),
-            },
-            ..Default::default()
-        })
+    let consumer = OrderedRead::open(source, &subject, start)
         .await
         .map_err(|e| fail(&e))?;
     let messages = consumer.messages().await.map_err(|e| fail(&e))?;
