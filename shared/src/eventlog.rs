@@ -77,21 +77,27 @@ pub async fn last_position(events: &stream::Stream, subject: &str) -> Result<u64
 pub struct LogRead {
     /// `(stream sequence, entry)` in order; unreadable messages left out.
     pub entries: Vec<(u64, LogEntry)>,
-    /// Stream sequence of the log's last message, readable or not (0: empty).
-    /// An owner appends after this, never after the last entry that parsed:
-    /// one junk message must not make every append look fenced.
+    /// Stream sequence of the last message of the log this read got to,
+    /// readable or not (0: none). An owner appends after this, never after
+    /// the last entry that parsed: one junk message must not make every
+    /// append look fenced. Never past a message the read did not see: an
+    /// append expecting it is refused if the log holds more, so a read cut
+    /// short can never fence the log behind events it did not count.
     pub end: u64,
 }
 
 /// Reads the log from stream sequence `from` (inclusive) to its end as it
 /// stands now. Unreadable messages are skipped with a warning.
+///
+/// The end comes from a direct get and the messages from a consumer; both
+/// may be served by any replica, a lagging one included. The read reports
+/// as its end only what it saw through ([`read_through`]).
 pub async fn read(events: &stream::Stream, subject: &str, from: u64) -> Result<LogRead, LogError> {
     let end = last_position(events, subject).await?;
-    let mut out = LogRead {
-        entries: Vec::new(),
-        end,
-    };
+    let mut out = LogRead::default();
+    let mut visited = None;
     visit_messages(events, subject, from, end, |position, payload| {
+        visited = Some(position);
         match serde_json::from_slice::<LogEntry>(payload) {
             Ok(entry) => out.entries.push((position, entry)),
             Err(e) => {
@@ -101,7 +107,26 @@ pub async fn read(events: &stream::Stream, subject: &str, from: u64) -> Result<L
         true
     })
     .await?;
+    out.end = read_through(from, end, visited);
     Ok(out)
+}
+
+/// How far a read of a log from `from` got, as a position an append may
+/// expect as the log's last: `end` (the log's last position, as one
+/// replica saw it) when there was nothing to read from `from` or the read
+/// reached it; else the last message it saw (`visited`), or the position
+/// just before `from`. A read cut short (its consumer on a replica behind
+/// the one that gave `end`) thus reports a position the log has moved past,
+/// and an append expecting it is refused rather than fencing unread events.
+pub fn read_through(from: u64, end: u64, visited: Option<u64>) -> u64 {
+    if end < from {
+        return end;
+    }
+    match visited {
+        Some(position) if position >= end => end,
+        Some(position) => position,
+        None => from.saturating_sub(1),
+    }
 }
 
 /// Hands `visit` the messages of `subject` from stream position `from`
@@ -524,6 +549,20 @@ pub fn events_of(entries: Vec<(u64, LogEntry)>) -> impl Iterator<Item = Event> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_read_reports_only_the_end_it_saw_through() {
+        // Nothing after `from`: the log's end as it stands.
+        assert_eq!(read_through(10, 9, None), 9);
+        assert_eq!(read_through(1, 0, None), 0);
+        // The read reached the end.
+        assert_eq!(read_through(10, 14, Some(14)), 14);
+        // Cut short (its consumer on a replica behind the end's): the last
+        // message it saw, which the log has moved past, so an append
+        // expecting it is refused.
+        assert_eq!(read_through(10, 14, Some(12)), 12);
+        assert_eq!(read_through(10, 14, None), 9);
+    }
 
     #[test]
     fn log_entries_read_well_on_the_wire() {

@@ -97,16 +97,17 @@ pub struct OwnedLog {
 
 impl OwnedLog {
     /// Reads the log after the owner's checkpoint and appends the takeover
-    /// marker after the log's last message (readable or not), which fences
-    /// the previous owner; keyed events already in the log are skipped from
-    /// then on.
+    /// marker after the last message the read saw (readable or not), which
+    /// fences the previous owner; keyed events already in the log are
+    /// skipped from then on. The marker's append expects that message to be
+    /// the log's last, so it lands only if the read saw every event.
     pub async fn open(owned: &Owned, names: &Names, assets: &Assets) -> Result<Self, String> {
         let ctx = owned.ctx();
         let subject = names.op_events(&ctx.id.to_string());
         let from = ctx.checkpoint_at.map(|c| c.log_position + 1).unwrap_or(1);
         let checkpoint_seq = ctx.checkpoint_at.map(|c| c.seq).unwrap_or(0);
         let mut last_error = String::new();
-        for _ in 0..10 {
+        for attempt in 1..=10u64 {
             let read = eventlog::read(&assets.events, &subject, from)
                 .await
                 .map_err(|e| e.to_string())?;
@@ -148,9 +149,12 @@ impl OwnedLog {
                         seq: Sequencer::resume(last_seq, keys),
                     });
                 }
-                // The previous owner wrote after our read: read again.
+                // The log holds more than the read saw: the previous owner
+                // wrote after it, or its consumer was on a replica behind.
+                // Read again, giving a lagging replica a moment.
                 Err(AppendError::Fenced) => {
                     last_error = "the log kept changing under the takeover".into();
+                    tokio::time::sleep(Duration::from_millis(50 * attempt)).await;
                     continue;
                 }
                 Err(e) => return Err(format!("cannot write the takeover marker: {e}")),
