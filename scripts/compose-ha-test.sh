@@ -8,8 +8,8 @@
 #                   lead is connected to, restart it
 #   lead-partition  cut the lead's container from the network for 10 s
 #                   (docker network disconnect), then reconnect it
-#   nats-minority   cut one NATS server, with clients attached, from the
-#                   other two for 10 s
+#   nats-minority   cut the NATS server the lead is connected to (clients
+#                   attached) from the other two for 10 s
 #   management-kill kill -9 a management instance during a burst of
 #                   submissions, restart it
 #   full-restart    stop and start the whole stack, volumes kept
@@ -286,9 +286,12 @@ fault_lead_partition() {
 }
 
 fault_nats_minority() {
-  local victim attached
-  victim="nats-$((RANDOM % 3 + 1))"
+  local victim attached lead
+  # The lead's server: it has clients attached, the lead's among them.
+  lead=$(lead_node)
+  victim=$(server_of_node "$lead") || fail "no NATS server has the lead's ($lead) connection"
   attached=$(nats_get "$victim" '/connz?limit=1024' | jq '.num_connections')
+  [ "$attached" -gt 0 ] || fail "$victim has no clients attached to cut off"
   say "cutting $victim ($attached clients attached) from the other two for 10 s"
   docker network disconnect "$network" "$(container "$victim")"
   local started=$SECONDS

@@ -2,7 +2,7 @@
 //! answer recently, on its own monotonic clock. A silent partition (packets
 //! dropped, no TCP reset), a NATS server on the minority side or a stall of
 //! this process all look the same from here: the round trips stop coming
-//! back. The NATS client's ping interval (minutes) is not the detector.
+//! back. The NATS client's pings (every few seconds) are not the detector.
 //!
 //! Every probe interval the node reads the default zone's lead key (a
 //! JetStream round trip that proves the connection and the lead bucket's
