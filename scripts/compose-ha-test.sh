@@ -55,7 +55,13 @@ work=$(mktemp -d)
 cleanup() {
   status=$?
   jobs -p | xargs -r kill 2>/dev/null || true
-  if [ $status -ne 0 ]; then dc logs --no-color --tail 40 >&2 || true; fi
+  if [ $status -ne 0 ]; then
+    # The last lines of each service here; every line in a file to read.
+    mkdir -p target/compose-ha-logs
+    dc logs --no-color --timestamps >"target/compose-ha-logs/$project.log" 2>&1 || true
+    dc logs --no-color --tail 40 >&2 || true
+    echo "compose-ha-test: every service's whole log: target/compose-ha-logs/$project.log" >&2
+  fi
   dc down -v --remove-orphans >/dev/null 2>&1 || true
   rm -rf "$work"
   exit $status
@@ -88,6 +94,12 @@ one_lead() {
 }
 # The container a NATS server or node runs in.
 container() { dc ps -q "$1"; }
+# Cuts a service's container from the stack's network, and puts it back.
+# Reconnecting must give the service name back as an alias: without it the
+# others no longer resolve the name (NATS routes to "nats-1" fail for good),
+# which is no partition a real network makes.
+disconnect() { docker network disconnect "$network" "$(container "$1")"; }
+reconnect() { docker network connect --alias "$1" "$network" "$(container "$1")"; }
 nats_get() { # server path
   dc exec -T "$1" timeout 5 wget -q -O - "http://127.0.0.1:8222$2"
 }
@@ -162,16 +174,21 @@ sync_load() { # name
 # $work/sync.log not checked yet; violations go to $work/violations.
 checked=0 acknowledged=0
 check_sync() {
-  local code id want lines
+  local code id want lines again
   lines=$(wc -l <"$work/sync.log")
   sed -n "$((checked + 1)),${lines}p" "$work/sync.log" | awk '$1 ~ /^2/' >"$work/acked"
   checked=$lines
   rm -rf "$work/ctx" && mkdir "$work/ctx"
   cut -d' ' -f2 "$work/acked" | TOKEN=$token API=$api DIR=$work/ctx xargs -r -P 8 -I{} sh -c \
-    'command curl -sf --max-time 10 -H "Authorization: Bearer $TOKEN" "$API/v1/operations/$1" >"$DIR/$1" || rm -f "$DIR/$1"' sh {}
+    'command curl -s --max-time 10 -o "$DIR/$1" -w "%{http_code}" -H "Authorization: Bearer $TOKEN" "$API/v1/operations/$1" >"$DIR/$1.status"' sh {}
   while read -r code id want; do
     acknowledged=$((acknowledged + 1))
-    [ -s "$work/ctx/$id" ] || { echo "acknowledged sync operation $id ($want, $code) is gone" >>"$work/violations"; continue; }
+    if [ "$(cat "$work/ctx/$id.status")" != 200 ]; then
+      # Gone for good, or only for a moment: the second look says which.
+      again=$(command curl -s --max-time 10 -o /dev/null -w "%{http_code}" -H "Authorization: Bearer $token" "$api/v1/operations/$id")
+      echo "acknowledged sync operation $id ($want, $code) is gone: GET answered $(cat "$work/ctx/$id.status") $(head -c 200 "$work/ctx/$id"), then $again" >>"$work/violations"
+      continue
+    fi
     jq -e --arg want "$want" '.state == "complete" and .result.stdout == ($want + "\n")
       and ([.attempts[] | select(.outcome == "complete")] | length) == 1' "$work/ctx/$id" >/dev/null ||
       echo "sync operation $id did not complete exactly once: $(jq -c '{state, result, attempts}' "$work/ctx/$id")" >>"$work/violations"
@@ -269,7 +286,7 @@ fault_lead_partition() {
   lead=$(lead_node)
   say "cutting the lead ($lead) from the network for 10 s"
   started=$(now_ms)
-  docker network disconnect "$network" "$(container "$lead")"
+  disconnect "$lead"
   new_lead() { new=$(lead_node) && [ -n "$new" ] && [ "$new" != "$lead" ]; }
   wait_for $((1 + lead_bound_s)) "a new lead within the lapse (1 s) plus ${lead_bound_s} s of $lead's partition" new_lead
   elapsed=$(($(now_ms) - started))
@@ -281,7 +298,7 @@ fault_lead_partition() {
   wait_for $((1 + lead_bound_s)) "no driver left on the fenced lead $lead" no_drivers
   say "new lead $(lead_node) seen $elapsed ms after the partition; $lead fenced itself with no driver left"
   while [ $(($(now_ms) - started)) -lt 10000 ]; do sleep 0.5; done
-  docker network connect "$network" "$(container "$lead")"
+  reconnect "$lead"
   verify "$lead partitioned for 10 s and reconnected"
 }
 
@@ -293,14 +310,14 @@ fault_nats_minority() {
   attached=$(nats_get "$victim" '/connz?limit=1024' | jq '.num_connections')
   [ "$attached" -gt 0 ] || fail "$victim has no clients attached to cut off"
   say "cutting $victim ($attached clients attached) from the other two for 10 s"
-  docker network disconnect "$network" "$(container "$victim")"
+  disconnect "$victim"
   local started=$SECONDS
   # Work goes on meanwhile on the majority.
   local before
   before=$(events_now)
   wait_for 60 "the monitors to go on while $victim is cut off" monitors_advance "$before"
   while [ $((SECONDS - started)) -lt 10 ]; do sleep 0.5; done
-  docker network connect "$network" "$(container "$victim")"
+  reconnect "$victim"
   verify "$victim cut off from the majority for 10 s"
 }
 

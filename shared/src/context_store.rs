@@ -5,6 +5,7 @@
 //! parse.
 
 use async_nats::jetstream::kv;
+use async_nats::jetstream::stream::LastRawMessageErrorKind;
 use uuid::Uuid;
 
 use crate::protocol::{decode, encode, ExecutionContext};
@@ -38,6 +39,11 @@ pub struct Stored {
     pub revision: u64,
 }
 
+/// The header a KV bucket's stream marks deletes and purges with (the KV
+/// protocol's own; a put carries none or `PUT`).
+const KV_OPERATION: &str = "KV-Operation";
+const KV_PUT: &str = "PUT";
+
 #[derive(Clone)]
 pub struct ContextStore {
     kv: kv::Store,
@@ -54,25 +60,57 @@ impl ContextStore {
 
     /// The context of `op` as it stands in KV, or `None` if there is none.
     pub async fn load(&self, op: Uuid) -> Result<Option<Stored>, ContextStoreError> {
-        let entry =
-            self.kv
-                .entry(op.to_string())
-                .await
-                .map_err(|e| ContextStoreError::Unavailable {
-                    op,
-                    message: e.to_string(),
-                })?;
-        match entry {
-            Some(entry) if entry.operation == kv::Operation::Put => {
-                let ctx = decode::<ExecutionContext>(&entry.value)
-                    .map_err(|source| ContextStoreError::Unreadable { op, source })?;
+        match self.kv.entry(op.to_string()).await {
+            Ok(Some(entry)) if entry.operation == kv::Operation::Put => Ok(Some(Stored {
+                ctx: Self::decode(op, &entry.value)?,
+                revision: entry.revision,
+            })),
+            // A direct get may be answered by any replica, one still
+            // catching up after a partition too, or by none in time while
+            // the servers settle after one: an acknowledged operation must
+            // never look gone, so "none" and "no answer" go to the stream's
+            // leader.
+            Ok(_) => self.load_from_leader(op).await,
+            Err(e) => {
+                tracing::debug!(%op, error = %e, "a direct read of a context failed; asking the stream leader");
+                self.load_from_leader(op).await
+            }
+        }
+    }
+
+    /// [`Self::load`] as the bucket's stream leader has it.
+    async fn load_from_leader(&self, op: Uuid) -> Result<Option<Stored>, ContextStoreError> {
+        let subject = format!("{}{op}", self.kv.prefix);
+        match self
+            .kv
+            .stream
+            .get_last_raw_message_by_subject(&subject)
+            .await
+        {
+            Ok(message) => {
+                let removed = message
+                    .headers
+                    .get(KV_OPERATION)
+                    .is_some_and(|operation| operation.as_str() != KV_PUT);
+                if removed {
+                    return Ok(None);
+                }
                 Ok(Some(Stored {
-                    ctx,
-                    revision: entry.revision,
+                    ctx: Self::decode(op, &message.payload)?,
+                    revision: message.sequence,
                 }))
             }
-            _ => Ok(None),
+            Err(e) if e.kind() == LastRawMessageErrorKind::NoMessageFound => Ok(None),
+            Err(e) => Err(ContextStoreError::Unavailable {
+                op,
+                message: e.to_string(),
+            }),
         }
+    }
+
+    fn decode(op: Uuid, value: &[u8]) -> Result<ExecutionContext, ContextStoreError> {
+        decode::<ExecutionContext>(value)
+            .map_err(|source| ContextStoreError::Unreadable { op, source })
     }
 
     /// Records a new context; [`ContextStoreError::Conflict`] if one exists.

@@ -89,14 +89,14 @@ pub struct LogRead {
 /// Reads the log from stream sequence `from` (inclusive) to its end as it
 /// stands now. Unreadable messages are skipped with a warning.
 ///
-/// The end comes from a direct get and the messages from a consumer; both
-/// may be served by any replica, a lagging one included. The read reports
-/// as its end only what it saw through ([`read_through`]).
+/// The end and the messages ([`visit_messages`]) may each be served by
+/// any replica, a lagging one included. The read reports as its end only
+/// what it saw through ([`read_through`]).
 pub async fn read(events: &stream::Stream, subject: &str, from: u64) -> Result<LogRead, LogError> {
     let end = last_position(events, subject).await?;
     let mut out = LogRead::default();
     let mut visited = None;
-    visit_messages(events, subject, from, end, |position, payload| {
+    visit_messages(events, subject, from, end, None, |position, payload| {
         visited = Some(position);
         match serde_json::from_slice::<LogEntry>(payload) {
             Ok(entry) => out.entries.push((position, entry)),
@@ -129,21 +129,59 @@ pub fn read_through(from: u64, end: u64, visited: Option<u64>) -> u64 {
     }
 }
 
+/// Messages a read takes with direct gets before an ordered consumer
+/// brings the rest. Most reads are short (an owner's read after its last
+/// checkpoint, a page of large batches, up to 1000 events a message) and
+/// need no consumer at all. A consumer is also the weak part when a NATS
+/// server is cut off: the servers place it on any replica of the stream,
+/// the cut-off one included for as long as they do not count it gone
+/// (minutes), and its creation then times out; any replica still in touch
+/// answers a direct get.
+const DIRECT_READS: usize = 32;
+
 /// Hands `visit` the messages of `subject` from stream position `from`
 /// (inclusive) up to `end`, in order, until it returns false or no message
-/// up to `end` is left (some may have expired meanwhile). Reads with an
-/// ordered consumer ([`OrderedRead`]: each message once), deleted once done.
+/// up to `end` is left (some may have expired meanwhile). `last` is the
+/// log's last message when the caller has it already. The first
+/// [`DIRECT_READS`] messages come by direct get, the rest through an ordered
+/// consumer ([`OrderedRead`]: each message once), deleted once done.
+///
+/// Any replica may answer, a lagging one too; replicas apply the stream in
+/// order, so the read is a prefix of the log, cut short at worst, never
+/// with a hole.
 pub async fn visit_messages(
     stream: &stream::Stream,
     subject: &str,
     from: u64,
     end: u64,
+    last: Option<&async_nats::jetstream::message::StreamMessage>,
     mut visit: impl FnMut(u64, &[u8]) -> bool,
 ) -> Result<(), LogError> {
-    if end == 0 || from > end {
+    let mut position = from;
+    for _ in 0..DIRECT_READS {
+        if end == 0 || position > end {
+            return Ok(());
+        }
+        let message = match last {
+            Some(last) if last.sequence == position => last.clone(),
+            _ => match stream
+                .direct_get_next_for_subject(subject, Some(position))
+                .await
+            {
+                Ok(message) => message,
+                Err(e) if e.kind() == stream::DirectGetErrorKind::NotFound => return Ok(()),
+                Err(e) => return Err(nats(e)),
+            },
+        };
+        if message.sequence > end || !visit(message.sequence, &message.payload) {
+            return Ok(());
+        }
+        position = message.sequence + 1;
+    }
+    if position > end {
         return Ok(());
     }
-    let consumer = OrderedRead::open(stream, subject, from)
+    let consumer = OrderedRead::open(stream, subject, position)
         .await
         .map_err(nats)?;
     let name = consumer.name();
@@ -422,12 +460,6 @@ async fn search_start(
     Ok((search.start(), end))
 }
 
-/// Messages a page reads with direct gets before it starts a consumer for
-/// the rest: a page of large batches (up to 1000 events a message) needs no
-/// consumer at all, and one of small batches gets a consumer whose default
-/// pulls (500 messages) then bring small messages.
-const DIRECT_READS: usize = 8;
-
 /// One page of a log, as read by [`read_page`].
 #[derive(Debug, Default)]
 pub struct Page {
@@ -454,43 +486,20 @@ pub async fn read_page(
         events: Vec::new(),
         end,
     };
-    let mut position = start;
-    for _ in 0..DIRECT_READS {
-        if page.events.len() >= limit || position > end {
-            return Ok(page);
-        }
-        let message = match &last {
-            // The search fetched the last message already.
-            Some(last) if last.sequence == position => last.clone(),
-            _ => match events
-                .direct_get_next_for_subject(subject, Some(position))
-                .await
-            {
-                Ok(message) => message,
-                Err(e) if e.kind() == stream::DirectGetErrorKind::NotFound => return Ok(page),
-                Err(e) => return Err(nats(e)),
-            },
-        };
-        if message.sequence > end {
-            return Ok(page);
-        }
-        take(
-            &mut page,
-            subject,
-            message.sequence,
-            &message.payload,
-            after_seq,
-            limit,
-        );
-        position = message.sequence + 1;
-    }
-    if page.events.len() >= limit || position > end {
+    if limit == 0 {
         return Ok(page);
     }
-    visit_messages(events, subject, position, end, |position, payload| {
-        take(&mut page, subject, position, payload, after_seq, limit);
-        page.events.len() < limit
-    })
+    visit_messages(
+        events,
+        subject,
+        start,
+        end,
+        last.as_ref(),
+        |position, payload| {
+            take(&mut page, subject, position, payload, after_seq, limit);
+            page.events.len() < limit
+        },
+    )
     .await?;
     Ok(page)
 }

@@ -95,6 +95,7 @@ pub async fn read(
         subject,
         after.saturating_add(1),
         end,
+        None,
         |position, payload| {
             lines.extend(LogLine::decode(position, payload));
             lines.len() < limit

@@ -253,6 +253,12 @@ async fn pages_hold_exactly_the_seqs_asked_for_and_junk_does_not_break_them() {
         }
     }
     assert_eq!(walk(&cluster, &forged, 10).await, seqs(1..=last));
+    // Pages over more messages than a read takes by direct get: the rest
+    // comes through a consumer, from where the direct gets stopped.
+    for after in [0, 7, 40, 150] {
+        let got = page(&cluster, &forged, &format!("after={after}&limit=1000")).await;
+        assert_eq!(got, seqs(after + 1..=last), "after {after}, one long page");
+    }
 }
 
 /// Reads an SSE stream until `count` events arrived; returns their ids.
