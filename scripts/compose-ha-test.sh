@@ -173,22 +173,42 @@ sync_load() { # name
 # output, and has exactly one complete attempt. Checks the lines of
 # $work/sync.log not checked yet; violations go to $work/violations.
 checked=0 acknowledged=0
+# Reads an API path into a file, as a user would: a 5xx or no answer (the
+# NATS servers electing leaders again after a fault) is asked again for up
+# to 30 s; 2xx and 4xx are final. Prints the last status. Each answer asked
+# again adds a line to $work/refused, for the figures. A script of its own,
+# for xargs.
+cat >"$work/read.sh" <<'READ'
+#!/bin/sh
+path=$1 out=$2 deadline=$(($(date +%s) + 30))
+while :; do
+  status=$(curl -s --max-time 10 -o "$out" -w "%{http_code}" -H "Authorization: Bearer $TOKEN" "$API$path")
+  case $status in 2*|4*) break ;; esac
+  echo "$status $path" >>"$REFUSED"
+  [ "$(date +%s)" -lt "$deadline" ] || break
+  sleep 0.5
+done
+echo "$status"
+READ
+chmod +x "$work/read.sh"
+: >"$work/refused"
+export TOKEN=$token API=$api REFUSED=$work/refused
 check_sync() {
-  local code id want lines again
+  local code id want lines status
   lines=$(wc -l <"$work/sync.log")
   sed -n "$((checked + 1)),${lines}p" "$work/sync.log" | awk '$1 ~ /^2/' >"$work/acked"
   checked=$lines
   rm -rf "$work/ctx" && mkdir "$work/ctx"
-  cut -d' ' -f2 "$work/acked" | TOKEN=$token API=$api DIR=$work/ctx xargs -r -P 8 -I{} sh -c \
-    'command curl -s --max-time 10 -o "$DIR/$1" -w "%{http_code}" -H "Authorization: Bearer $TOKEN" "$API/v1/operations/$1" >"$DIR/$1.status"' sh {}
+  cut -d' ' -f2 "$work/acked" | READ=$work/read.sh DIR=$work/ctx xargs -r -P 8 -I{} sh -c \
+    '"$READ" "/v1/operations/$1" "$DIR/$1" >"$DIR/$1.status"' sh {}
   while read -r code id want; do
     acknowledged=$((acknowledged + 1))
-    if [ "$(cat "$work/ctx/$id.status")" != 200 ]; then
-      # Gone for good, or only for a moment: the second look says which.
-      again=$(command curl -s --max-time 10 -o /dev/null -w "%{http_code}" -H "Authorization: Bearer $token" "$api/v1/operations/$id")
-      echo "acknowledged sync operation $id ($want, $code) is gone: GET answered $(cat "$work/ctx/$id.status") $(head -c 200 "$work/ctx/$id"), then $again" >>"$work/violations"
-      continue
-    fi
+    status=$(cat "$work/ctx/$id.status")
+    case $status in
+      200) ;;
+      404) echo "acknowledged sync operation $id ($want, $code) is gone: GET answered 404" >>"$work/violations"; continue ;;
+      *) echo "acknowledged sync operation $id ($want, $code) unreadable for 30 s: GET answered $status $(head -c 200 "$work/ctx/$id")" >>"$work/violations"; continue ;;
+    esac
     jq -e --arg want "$want" '.state == "complete" and .result.stdout == ($want + "\n")
       and ([.attempts[] | select(.outcome == "complete")] | length) == 1' "$work/ctx/$id" >/dev/null ||
       echo "sync operation $id did not complete exactly once: $(jq -c '{state, result, attempts}' "$work/ctx/$id")" >>"$work/violations"
@@ -199,10 +219,12 @@ check_sync() {
 # go to $work/violations, $events_total counts the events checked last.
 events_total=0
 check_monitor() {
-  local op=$1 after=0 page count all="$work/events.$1"
+  local op=$1 after=0 page count status all="$work/events.$1"
   : >"$all"
   while :; do
-    page=$(curl -sf --max-time 20 "$api/v1/operations/$op/events?after=$after&limit=10000") || { echo "events of $op unreadable" >>"$work/violations"; return; }
+    status=$("$work/read.sh" "/v1/operations/$op/events?after=$after&limit=10000" "$work/page")
+    [ "$status" = 200 ] || { echo "events of $op unreadable for 30 s: GET answered $status $(head -c 200 "$work/page")" >>"$work/violations"; return; }
+    page=$(cat "$work/page")
     count=$(jq '.events | length' <<<"$page")
     [ "$count" -gt 0 ] || break
     jq -c '.events[] | [.key, .data.n, .seq, .node, .epoch]' <<<"$page" >>"$all"
@@ -398,6 +420,6 @@ fi
 jobs -p | xargs -r kill 2>/dev/null || true
 wait 2>/dev/null || true
 check_sync
-say "figures: seed $seed, faults $faults, sync operations acknowledged and checked $acknowledged, events checked $events_total, violations $violations"
+say "figures: seed $seed, faults $faults, sync operations acknowledged and checked $acknowledged, events checked $events_total, reads answered 5xx or not at all and asked again $(grep -c . "$work/refused"), violations $violations"
 [ "$violations" = 0 ] || fail "$violations violations"
 say "PASS"

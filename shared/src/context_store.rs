@@ -58,28 +58,17 @@ impl ContextStore {
         &self.kv
     }
 
-    /// The context of `op` as it stands in KV, or `None` if there is none.
+    /// The context of `op` as the bucket's stream leader has it, or `None`
+    /// if there is none.
+    ///
+    /// Not a KV get: that is a direct get, which any replica may answer,
+    /// one still catching up after a partition too. On the HA deployment
+    /// such reads showed an acknowledged operation as gone, or as still
+    /// `running` after it had answered complete. The leader is the one
+    /// replica that has every acknowledged write; while the servers elect
+    /// one, this fails ([`ContextStoreError::Unavailable`]) rather than
+    /// answer from the past.
     pub async fn load(&self, op: Uuid) -> Result<Option<Stored>, ContextStoreError> {
-        match self.kv.entry(op.to_string()).await {
-            Ok(Some(entry)) if entry.operation == kv::Operation::Put => Ok(Some(Stored {
-                ctx: Self::decode(op, &entry.value)?,
-                revision: entry.revision,
-            })),
-            // A direct get may be answered by any replica, one still
-            // catching up after a partition too, or by none in time while
-            // the servers settle after one: an acknowledged operation must
-            // never look gone, so "none" and "no answer" go to the stream's
-            // leader.
-            Ok(_) => self.load_from_leader(op).await,
-            Err(e) => {
-                tracing::debug!(%op, error = %e, "a direct read of a context failed; asking the stream leader");
-                self.load_from_leader(op).await
-            }
-        }
-    }
-
-    /// [`Self::load`] as the bucket's stream leader has it.
-    async fn load_from_leader(&self, op: Uuid) -> Result<Option<Stored>, ContextStoreError> {
         let subject = format!("{}{op}", self.kv.prefix);
         match self
             .kv
