@@ -175,14 +175,15 @@ sync_load() { # name
 checked=0 acknowledged=0
 # Reads an API path into a file, as a user would: a 5xx or no answer (the
 # NATS servers electing leaders again after a fault) is asked again for up
-# to 30 s; 2xx and 4xx are final. Prints the last status. Each answer asked
+# to 30 s; 2xx and 4xx are final. Prints the last status. The third
+# argument is one try's limit in seconds (10). Each answer asked
 # again adds a line to $work/refused, for the figures. A script of its own,
 # for xargs.
 cat >"$work/read.sh" <<'READ'
 #!/bin/sh
-path=$1 out=$2 deadline=$(($(date +%s) + 30))
+path=$1 out=$2 max_time=${3:-10} deadline=$(($(date +%s) + 30))
 while :; do
-  status=$(curl -s --max-time 10 -o "$out" -w "%{http_code}" -H "Authorization: Bearer $TOKEN" "$API$path")
+  status=$(curl -s --max-time "$max_time" -o "$out" -w "%{http_code}" -H "Authorization: Bearer $TOKEN" "$API$path")
   case $status in 2*|4*) break ;; esac
   echo "$status $path" >>"$REFUSED"
   [ "$(date +%s)" -lt "$deadline" ] || break
@@ -207,6 +208,7 @@ check_sync() {
     case $status in
       200) ;;
       404) echo "acknowledged sync operation $id ($want, $code) is gone: GET answered 404" >>"$work/violations"; continue ;;
+      4*) echo "acknowledged sync operation $id ($want, $code): GET answered $status $(head -c 200 "$work/ctx/$id")" >>"$work/violations"; continue ;;
       *) echo "acknowledged sync operation $id ($want, $code) unreadable for 30 s: GET answered $status $(head -c 200 "$work/ctx/$id")" >>"$work/violations"; continue ;;
     esac
     jq -e --arg want "$want" '.state == "complete" and .result.stdout == ($want + "\n")
@@ -222,7 +224,7 @@ check_monitor() {
   local op=$1 after=0 page count status all="$work/events.$1"
   : >"$all"
   while :; do
-    status=$("$work/read.sh" "/v1/operations/$op/events?after=$after&limit=10000" "$work/page")
+    status=$("$work/read.sh" "/v1/operations/$op/events?after=$after&limit=10000" "$work/page" 20)
     [ "$status" = 200 ] || { echo "events of $op unreadable for 30 s: GET answered $status $(head -c 200 "$work/page")" >>"$work/violations"; return; }
     page=$(cat "$work/page")
     count=$(jq '.events | length' <<<"$page")

@@ -43,6 +43,9 @@ pub struct Stored {
 /// protocol's own; a put carries none or `PUT`).
 const KV_OPERATION: &str = "KV-Operation";
 const KV_PUT: &str = "PUT";
+/// The header of a marker the server writes itself (a subject's last
+/// message aged out or was removed).
+const NATS_MARKER_REASON: &str = "Nats-Marker-Reason";
 
 #[derive(Clone)]
 pub struct ContextStore {
@@ -77,10 +80,13 @@ impl ContextStore {
             .await
         {
             Ok(message) => {
-                let removed = message
-                    .headers
+                let headers = &message.headers;
+                // A delete or purge, or a marker the server wrote where a
+                // message aged out (limit markers are on for this bucket).
+                let removed = headers
                     .get(KV_OPERATION)
-                    .is_some_and(|operation| operation.as_str() != KV_PUT);
+                    .is_some_and(|operation| operation.as_str() != KV_PUT)
+                    || headers.get(NATS_MARKER_REASON).is_some();
                 if removed {
                     return Ok(None);
                 }

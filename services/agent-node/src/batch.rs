@@ -15,6 +15,7 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
+use futures::StreamExt;
 use serde_json::json;
 use tokio::sync::broadcast;
 use tracing::Instrument;
@@ -36,6 +37,9 @@ use crate::store::Change;
 /// How often the children still unfinished are read from KV, in case a
 /// change notification was missed.
 const RESCAN_EVERY: Duration = Duration::from_secs(1);
+
+/// How many children a rescan reads at once.
+const RESCAN_READS: usize = 32;
 
 pub struct BatchRun {
     pub owned: Owned,
@@ -305,12 +309,18 @@ impl BatchRun {
                     .is_some_and(|s| s.state.is_terminal())
             })
             .collect();
-        let loads = open.iter().map(|&i| {
-            let store = store.clone();
-            async move { (i, store.load(batch::child_id(batch_id, i)).await) }
-        });
+        // Each read goes to the contexts stream's leader: a few at a time,
+        // not a batch's thousands at once.
+        let loaded: Vec<_> = futures::stream::iter(open)
+            .map(|i| {
+                let store = store.clone();
+                async move { (i, store.load(batch::child_id(batch_id, i)).await) }
+            })
+            .buffer_unordered(RESCAN_READS)
+            .collect()
+            .await;
         let mut missing = Vec::new();
-        for (i, loaded) in futures::future::join_all(loads).await {
+        for (i, loaded) in loaded {
             match loaded {
                 Ok(Some(stored)) => observe(seen, i, &stored.ctx),
                 Ok(None) => missing.push(i),

@@ -145,8 +145,23 @@ impl Scheduler {
     fn closed(&self, op: Uuid) {
         let contexts = ContextStore::new(self.assets.contexts.clone());
         self.owners.spawn(async move {
-            let Ok(Some(stored)) = contexts.load(op).await else {
-                return;
+            // Reads fail while the servers elect a leader, which is when
+            // takes happen: a few tries before giving the children up.
+            let mut wait = std::time::Duration::from_millis(100);
+            let stored = loop {
+                match contexts.load(op).await {
+                    Ok(Some(stored)) => break stored,
+                    Ok(None) => return,
+                    Err(e) if wait <= std::time::Duration::from_millis(1600) => {
+                        tracing::debug!(%op, error = %e, "cannot read a closed batch yet; trying again");
+                        tokio::time::sleep(wait).await;
+                        wait *= 2;
+                    }
+                    Err(e) => {
+                        tracing::warn!(%op, error = %e, "cannot read a closed batch, so its unfinished children are not cancelled; a repeated DELETE of the batch reaches them");
+                        return;
+                    }
+                }
             };
             let batch = stored.ctx;
             if batch.batch.is_none() || batch.state != OperationState::Cancelled {
