@@ -23,7 +23,7 @@ use crate::batch::BatchRun;
 use crate::heartbeat::Standing;
 use crate::monitor::{self, Monitor};
 use crate::ownership::{Owners, TakeError, Taken};
-use crate::rules::Why;
+use crate::rules::{Backoff, Why};
 use crate::run::Runner;
 use crate::store::{Change, Store};
 
@@ -147,20 +147,21 @@ impl Scheduler {
         self.owners.spawn(async move {
             // Reads fail while the servers elect a leader, which is when
             // takes happen: a few tries before giving the children up.
-            let mut wait = std::time::Duration::from_millis(100);
+            let mut backoff = Backoff::default();
             let stored = loop {
                 match contexts.load(op).await {
                     Ok(Some(stored)) => break stored,
                     Ok(None) => return,
-                    Err(e) if wait <= std::time::Duration::from_millis(1600) => {
-                        tracing::debug!(%op, error = %e, "cannot read a closed batch yet; trying again");
-                        tokio::time::sleep(wait).await;
-                        wait *= 2;
-                    }
-                    Err(e) => {
-                        tracing::warn!(%op, error = %e, "cannot read a closed batch, so its unfinished children are not cancelled; a repeated DELETE of the batch reaches them");
-                        return;
-                    }
+                    Err(e) => match backoff.failed(false) {
+                        Some(wait) => {
+                            tracing::debug!(%op, error = %e, "cannot read a closed batch yet; trying again");
+                            tokio::time::sleep(wait).await;
+                        }
+                        None => {
+                            tracing::warn!(%op, error = %e, "cannot read a closed batch, so its unfinished children are not cancelled; a repeated DELETE of the batch reaches them");
+                            return;
+                        }
+                    },
                 }
             };
             let batch = stored.ctx;
