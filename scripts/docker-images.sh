@@ -5,7 +5,7 @@
 #     from the official nats image.
 #   - No registry (or ZF_OFFLINE=1): the release binaries are built on this
 #     host and an image is made from them, their shared libraries, busybox
-#     (static) for sh and the usual tools, jq, curl and the OpenSSH client
+#     (static) for sh and the usual tools, jq, gojq, curl and the OpenSSH client
 #     (with libnss-wrapper) for the stock modules, the OpenSSH server for
 #     docker-compose.yml's example machine,
 #     and the nats-server binary from scripts/install-deps.sh. No base image
@@ -59,6 +59,7 @@ for applet in $(/bin/busybox --list); do
   [ "$applet" = busybox ] || ln -sf /bin/busybox "$rootfs/bin/$applet"
 done
 with_libs "$(command -v jq)" /usr/bin/jq
+with_libs "$(command -v gojq)" /usr/bin/gojq
 with_libs "$(command -v curl)" /usr/bin/curl
 # The ssh module: the OpenSSH client and its agent, and nss_wrapper, which
 # lends drivers (each under a uid of its own) the passwd entry ssh wants.

@@ -180,6 +180,14 @@ impl Names {
     pub fn node_mirror(&self, node: &str) -> String {
         format!("{}.node.{node}.mirror", self.prefix())
     }
+    /// Where one node takes a sync operation on a resource it is the
+    /// preferred node for (see `submit::preferred_node`).
+    pub fn node_submit(&self, node: &str) -> String {
+        format!("{}.node.{node}.submit", self.prefix())
+    }
+    pub fn all_node_submits(&self) -> String {
+        format!("{}.node.*.submit", self.prefix())
+    }
     pub fn all_heartbeats(&self) -> String {
         format!("{}.node.*.heartbeat", self.prefix())
     }
@@ -312,6 +320,7 @@ mod tests {
         assert_eq!(n.heartbeat("node-a"), "zf.prod-1.node.node-a.heartbeat");
         assert_eq!(n.all_heartbeats(), "zf.prod-1.node.*.heartbeat");
         assert_eq!(n.op_submit("dc1"), "zf.prod-1.zone.dc1.submit");
+        assert_eq!(n.node_submit("node-2"), "zf.prod-1.node.node-2.submit");
         assert_eq!(n.op_cancel("42"), "zf.prod-1.op.42.cancel");
         assert_eq!(n.op_events("42"), "zf.prod-1.evt.42");
         assert_eq!(n.management_prefix("m1"), "zf.prod-1.mgmt.m1");

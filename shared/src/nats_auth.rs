@@ -134,6 +134,7 @@ pub fn permissions(names: &Names, role: ServiceRole) -> Permissions {
         ServiceRole::Management => {
             p.serve_micro(crate::names::MANAGEMENT_SERVICE);
             p.publish.push(names.all_op_submits());
+            p.publish.push(names.all_node_submits());
             p.publish.push(names.op_cancel("*"));
             p.publish.push(names.repository_put());
             // /v1/cluster lists the management instances that answer.
@@ -170,6 +171,7 @@ pub fn permissions(names: &Names, role: ServiceRole) -> Permissions {
             p.subscribe.push(names.all_op_submits());
             // A lead running a batch hands its children to their zones.
             p.publish.push(names.all_op_submits());
+            p.publish.push(names.all_node_submits());
             p.subscribe.push(names.op_cancel("*"));
             p.subscribe.push(names.all_node_subjects());
             // A lead's connection closing starts the next election at once.
@@ -520,6 +522,15 @@ mod tests {
         );
         assert!(allows(&p.publish, &n.op_events("42")));
         assert!(allows(&p.subscribe, &n.op_submit("zone-a")));
+        assert!(allows(&p.subscribe, &n.node_submit("node-1")));
+        assert!(
+            !allows(&p.subscribe, &n.node_submit("node-2")),
+            "another's submissions"
+        );
+        assert!(
+            allows(&p.publish, &n.node_submit("node-2")),
+            "a lead hands a batch's child to the node its resource prefers"
+        );
     }
 
     #[test]

@@ -221,6 +221,7 @@ async fn repeated_commands_reuse_one_login_per_node_and_survive_its_loss() {
     cluster.wait_module("ssh", "1.0.0").await;
     let mut sshd = Sshd::start(&cluster.shared().join("sshd-reuse")).await;
     put_resource(&cluster, "host-r", &sshd.resource(json!({}))).await;
+    let mut ran_on = std::collections::BTreeSet::new();
     for i in 0..12 {
         let ctx = run(
             &cluster,
@@ -230,11 +231,18 @@ async fn repeated_commands_reuse_one_login_per_node_and_survive_its_loss() {
         )
         .await;
         assert_eq!(ctx["result"]["stdout"], format!("{i}\n"), "{ctx}");
+        ran_on.insert(ctx["attempts"][0]["node"].to_string());
     }
     let nodes = cluster.nodes.len();
-    assert!(
-        sshd.logins() <= nodes,
-        "12 commands logged in {} times; each of the {nodes} nodes should log in once and keep the connection",
+    assert_eq!(
+        ran_on.len(),
+        1,
+        "operations on one resource go to its preferred node while it lives; they ran on {ran_on:?}"
+    );
+    assert_eq!(
+        sshd.logins(),
+        1,
+        "12 commands logged in {} times; the node they ran on should log in once and keep the connection",
         sshd.logins()
     );
 
@@ -321,6 +329,22 @@ async fn repeated_commands_reuse_one_login_per_node_and_survive_its_loss() {
         },
     )
     .await;
+
+    // With the resource's preferred node gone, the other node takes its
+    // operations.
+    let ctx = run(
+        &cluster,
+        "host-r",
+        "exec",
+        json!({"command": "echo", "args": ["elsewhere"]}),
+    )
+    .await;
+    assert_eq!(ctx["result"]["stdout"], "elsewhere\n", "{ctx}");
+    assert_ne!(
+        ctx["attempts"][0]["node"],
+        cluster.node_id(node),
+        "a killed node ran an operation: {ctx}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -30,6 +30,7 @@ use zerofoot_shared::protocol::{
 use zerofoot_shared::submit::{self, Handed};
 
 use crate::eventlog::OwnedLog;
+use crate::membership::Membership;
 use crate::ownership::{Outcome, OwnError, Owned, Owners};
 use crate::rules::StopWhy;
 use crate::store::Change;
@@ -48,6 +49,8 @@ pub struct BatchRun {
     pub assets: Assets,
     /// The node's mirror of the contexts bucket, as it changes.
     pub changes: broadcast::Receiver<Change>,
+    /// The nodes this one hears, of whose zones a child's preferred node is picked.
+    pub members: Membership,
 }
 
 /// Why the batch stopped on this node before it ended.
@@ -270,7 +273,8 @@ impl BatchRun {
         let store = self.contexts();
         let outcome = match plan.child_kind {
             OperationKind::Sync => {
-                submit::hand_over(&self.client, &self.names, &store, &child).await
+                let live = self.members.live_in(&child.zone);
+                submit::hand_over(&self.client, &self.names, &store, &child, &live).await
             }
             // A monitor is its zone's lead's to take.
             OperationKind::Async => match store.create(&child).await {

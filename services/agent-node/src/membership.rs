@@ -64,6 +64,20 @@ impl Membership {
             .is_some_and(|s| s.at.elapsed() < s.lapse && s.zone == zone)
     }
 
+    /// The live nodes of `zone`, this one included when it serves it.
+    pub fn live_in(&self, zone: &str) -> Vec<String> {
+        let seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
+        let mut live: Vec<String> = seen
+            .iter()
+            .filter(|(node, s)| **node != self.me && s.at.elapsed() < s.lapse && s.zone == zone)
+            .map(|(node, _)| node.clone())
+            .collect();
+        if self.zone == zone {
+            live.push(self.me.clone());
+        }
+        live
+    }
+
     pub fn record(&self, node: &str, lapse: Duration, zone: &str) {
         let mut seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
         seen.insert(

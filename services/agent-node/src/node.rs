@@ -227,7 +227,7 @@ async fn serve(
             owners: owners.clone(),
             runner: runner.clone(),
             store: store.clone(),
-            members,
+            members: members.clone(),
             lapse,
             zone: args.zone.clone(),
         }
@@ -250,8 +250,33 @@ async fn serve(
         .await
         .map_err(|e| anyhow::anyhow!("cannot serve {}: {e}", names.op_submit(&args.zone)))?;
     tasks.spawn(
-        serve_submissions(submit, owners.clone(), runner.clone(), shutdown.clone())
-            .in_current_span(),
+        serve_submissions(
+            submit,
+            args.zone.clone(),
+            owners.clone(),
+            runner.clone(),
+            shutdown.clone(),
+        )
+        .in_current_span(),
+    );
+    // Operations on the resources this node is preferred for come here
+    // first (see `zerofoot_shared::submit::preferred_node`).
+    let submit_here = service
+        .endpoint_builder()
+        .name("submit-here")
+        .queue_group(format!("submit-{node_id}"))
+        .add(names.node_submit(&node_id))
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot serve {}: {e}", names.node_submit(&node_id)))?;
+    tasks.spawn(
+        serve_submissions(
+            submit_here,
+            args.zone.clone(),
+            owners.clone(),
+            runner.clone(),
+            shutdown.clone(),
+        )
+        .in_current_span(),
     );
     let mirror = service
         .endpoint_builder()
@@ -300,6 +325,7 @@ async fn serve(
             rescan_every: lapse,
             retention: Duration::from_secs(args.context_retention_s),
             zone: args.zone.clone(),
+            members,
         }
         .run(shutdown.clone())
         .in_current_span(),
@@ -362,8 +388,10 @@ async fn serve(
 
 /// `op.submit`: take the operation (or say why not) and answer at once; the
 /// outcome goes to the context.
+/// Takes the sync operations handed to this node, of its own `zone` only.
 async fn serve_submissions(
     mut endpoint: async_nats::service::endpoint::Endpoint,
+    zone: String,
     owners: Owners,
     runner: Runner,
     cancel: CancellationToken,
@@ -371,12 +399,21 @@ async fn serve_submissions(
     while let Some(request) = zerofoot_shared::nats::next_or_cancelled(&mut endpoint, &cancel).await
     {
         let (owners, runner, cancel) = (owners.clone(), runner.clone(), cancel.clone());
+        let zone = zone.clone();
         tokio::spawn(
             async move {
                 let reply: Reply<SubmitAccepted> = match zerofoot_shared::protocol::decode::<
                     SubmitOperation,
                 >(&request.message.payload)
                 {
+                    Ok(submit) if submit.context.zone != zone => Reply::Error(RemoteError::new(
+                        409,
+                        "wrong_zone",
+                        format!(
+                            "operation {} belongs to zone {}; this node serves zone {zone}",
+                            submit.op, submit.context.zone
+                        ),
+                    )),
                     Ok(submit) => submit_one(&owners, &runner, *submit.context, &cancel)
                         .await
                         .map(|()| SubmitAccepted {

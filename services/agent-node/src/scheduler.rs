@@ -21,6 +21,7 @@ use zerofoot_shared::protocol::{decode, ExecutionContext, OperationKind, Operati
 
 use crate::batch::BatchRun;
 use crate::heartbeat::Standing;
+use crate::membership::Membership;
 use crate::monitor::{self, Monitor};
 use crate::ownership::{Owners, TakeError, Taken};
 use crate::rules::{Backoff, Why};
@@ -45,6 +46,7 @@ pub struct Scheduler {
     pub retention: Duration,
     /// The zone this node leads when it leads: only its monitors are taken.
     pub zone: String,
+    pub members: Membership,
 }
 
 /// The term this node leads and the token that stops its monitors.
@@ -190,6 +192,7 @@ impl Scheduler {
                     names: self.names.clone(),
                     assets: self.assets.clone(),
                     changes: self.changes.resubscribe(),
+                    members: self.members.clone(),
                 };
                 crate::batch::start(&self.owners, run, lead.term);
             }

@@ -185,6 +185,18 @@ impl ClusterView {
         list
     }
 
+    /// The ids of the nodes of `zone` heard within their lapse.
+    pub fn live_nodes_in(&self, zone: &str) -> Vec<String> {
+        let seen = self.nodes.lock().unwrap_or_else(|e| e.into_inner());
+        seen.values()
+            .filter(|s| {
+                s.heartbeat.zone == zone
+                    && (s.at.elapsed().as_millis() as u64) <= s.heartbeat.lapse_ms
+            })
+            .map(|s| s.heartbeat.node.clone())
+            .collect()
+    }
+
     /// Whether `zone` surely has no live node: the view has listened for
     /// the longest lapse of the nodes it heard, and at least the default
     /// one (every live node beats more often than that), and none of the

@@ -336,6 +336,30 @@ fn timed_command(program: &std::path::Path, args: &[String], envs: &[(&str, Stri
     took
 }
 
+/// `ssh host uname` with nothing of zerofoot's: the user key, the host's
+/// known_hosts line, a handshake every time.
+fn plain_ssh_uname(key: &std::path::Path, known: &std::path::Path, port: u16) -> Vec<String> {
+    [
+        "-F",
+        "/dev/null",
+        "-i",
+        &key.display().to_string(),
+        "-o",
+        "IdentitiesOnly=yes",
+        "-o",
+        &format!("UserKnownHostsFile={}", known.display()),
+        "-o",
+        "BatchMode=yes",
+        "-p",
+        &port.to_string(),
+        &format!("{}@127.0.0.1", zerofoot_tests::sshd::Sshd::user()),
+        "uname",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect()
+}
+
 /// The stock `ssh` module: sequential `exec uname` against one host (after
 /// the first, no handshake: the node keeps a master connection) next to a
 /// plain `ssh host uname` with its handshake; and one command on a fleet
@@ -381,25 +405,7 @@ async fn ssh_module(quick: bool, figures: &mut Vec<Figure>) {
         format!("[127.0.0.1]:{} {}\n", sshd.port, sshd.host_key),
     )
     .expect("known_hosts");
-    let plain: Vec<String> = [
-        "-F",
-        "/dev/null",
-        "-i",
-        &key.display().to_string(),
-        "-o",
-        "IdentitiesOnly=yes",
-        "-o",
-        &format!("UserKnownHostsFile={}", known.display()),
-        "-o",
-        "BatchMode=yes",
-        "-p",
-        &sshd.port.to_string(),
-        &format!("{}@127.0.0.1", Sshd::user()),
-        "uname",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
+    let plain = plain_ssh_uname(&key, &known, sshd.port);
     let mut raw = Vec::new();
     for _ in 0..sequential.min(30) {
         raw.push(timed_command(
@@ -519,6 +525,50 @@ async fn ssh_module(quick: bool, figures: &mut Vec<Figure>) {
     };
     let zerofoot_cold = batch(1).await;
     let zerofoot_warm = batch(2).await;
+    // The floor of a cold round on this machine: a plain `ssh host uname`
+    // to every host at once, each paying its key exchange on both ends
+    // (client and sshd share these cores).
+    let handshakes = {
+        let t = Instant::now();
+        let children: Vec<_> = servers
+            .iter()
+            .map(|sshd| {
+                std::process::Command::new("/usr/bin/ssh")
+                    .args(plain_ssh_uname(
+                        &sshd.dir.join("user_key"),
+                        &work.join("known_hosts"),
+                        sshd.port,
+                    ))
+                    .stdout(std::process::Stdio::null())
+                    .stderr(std::process::Stdio::piped())
+                    .spawn()
+                    .expect("spawn ssh")
+            })
+            .collect();
+        for child in children {
+            let out = child.wait_with_output().expect("wait for ssh");
+            assert!(
+                out.status.success(),
+                "plain ssh failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        t.elapsed()
+    };
+    let floor = hosts as f64 / handshakes.as_secs_f64();
+    let cold_rate = hosts as f64 / zerofoot_cold.as_secs_f64();
+    figures.push(Figure {
+        figure: format!("`uname` on {hosts} sshd hosts, cold, next to the handshakes alone"),
+        value: cold_rate,
+        unit: "hosts/s",
+        baseline: Some(floor),
+        baseline_what: Some(format!(
+            "{hosts} plain `ssh host uname` at once, handshake included"
+        )),
+        ratio: Some(cold_rate / floor),
+        target: "-",
+        meets_target: None,
+    });
     for (what, ours, theirs) in [
         ("cold", zerofoot_cold, ansible_cold),
         ("warm", zerofoot_warm, ansible_warm),

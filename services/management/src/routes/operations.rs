@@ -471,7 +471,10 @@ async fn submit_to_a_node(
     nats: &Nats,
     ctx: &ExecutionContext,
 ) -> Result<(), ApiError> {
-    match zerofoot_shared::submit::hand_over(&nats.client, state.names(), &nats.store, ctx).await {
+    let live = state.view().live_nodes_in(&ctx.zone);
+    match zerofoot_shared::submit::hand_over(&nats.client, state.names(), &nats.store, ctx, &live)
+        .await
+    {
         Ok(Handed::Taken { .. } | Handed::Recorded) => Ok(()),
         Ok(Handed::NoNode) => Err(ApiError::unavailable(format!(
             "no agent node of zone {} is running in cluster {}; operation {} was marked failed",
