@@ -48,7 +48,8 @@ chmod 1777 "$rootfs/tmp"
 # Copies a program and every shared library it loads (ldd) into the rootfs.
 with_libs() { # program destination
   cp -L "$1" "$rootfs$2"
-  ldd "$1" 2>/dev/null | grep -o '/[^ ]*' | while read -r lib; do
+  # A static program (gojq) has no libraries: ldd and grep find nothing.
+  { ldd "$1" 2>/dev/null || true; } | { grep -o '/[^ ]*' || true; } | while read -r lib; do
     mkdir -p "$rootfs$(dirname "$lib")"
     cp -L "$lib" "$rootfs$lib"
   done

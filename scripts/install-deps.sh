@@ -36,7 +36,7 @@ if ! command -v jq >/dev/null || ! command -v gojq >/dev/null || ! command -v cu
     echo "installing jq, gojq and curl (the stock modules need them)" >&2
     apt-get update -qq >/dev/null && apt-get install -y -qq jq gojq curl >/dev/null
   else
-    echo "warning: jq, gojq or curl is missing; the stock modules need them on every node" >&2
+    echo "warning: jq, gojq or curl is missing; the stock modules need jq and curl on every node (the ssh module runs faster with gojq)" >&2
   fi
 fi
 

@@ -31,6 +31,10 @@ const NO_NODE_RETRIES: [Duration; 5] = [
 ];
 /// How long a node has to accept a submission.
 const SUBMIT_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long the preferred node has, before the zone's queue group is asked:
+/// a node that answers at all takes a submission in one KV write, and one
+/// that is paused must not hold the operation up for long.
+const PREFERRED_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// Where a handed-over operation stands.
 #[derive(Debug, PartialEq, Eq)]
@@ -92,7 +96,7 @@ pub async fn hand_over(
         // node that recorded it after all makes the next claim a conflict,
         // which ends as `Recorded` below.
         let attempt = tokio::time::timeout(
-            SUBMIT_TIMEOUT,
+            PREFERRED_TIMEOUT,
             client.request(names.node_submit(node), payload.clone()),
         )
         .await;

@@ -5,6 +5,16 @@
 
 use tracing_subscriber::EnvFilter;
 
+/// The target of the debug events that time each phase of a sync operation
+/// (fields ending in `_us`): `RUST_LOG=info,zerofoot::timing=debug` shows
+/// them, and `scripts/bench.sh` turns them into docs/PERFORMANCE.md's table.
+pub const TIMING: &str = "zerofoot::timing";
+
+/// Microseconds since `start`, for a timing field.
+pub fn micros_since(start: std::time::Instant) -> u64 {
+    start.elapsed().as_micros() as u64
+}
+
 /// How log lines are written.
 #[derive(clap::ValueEnum, Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum LogFormat {

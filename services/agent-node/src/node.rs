@@ -30,6 +30,7 @@ use crate::ownership::Owners;
 use crate::rules::{StopWhy, Why};
 use crate::run::Runner;
 use crate::store::{Mirrored, Store};
+use zerofoot_shared::telemetry::{micros_since, TIMING};
 
 /// How long shutdown may take once the drivers are told to stop (they get
 /// SIGTERM, then SIGKILL after 5 s); the watchdog kills whatever is left
@@ -437,10 +438,19 @@ async fn submit_one(
     ctx: zerofoot_shared::protocol::ExecutionContext,
     cancel: &CancellationToken,
 ) -> Result<(), crate::ownership::TakeError> {
+    let received = std::time::Instant::now();
     let claim = owners
         .claim(ctx.id, Why::Submitted, Some(ctx), cancel)
         .await?;
-    crate::sync_op::start_claimed(owners, runner, claim).await
+    let claim_us = micros_since(received);
+    let taken = crate::sync_op::start_claimed(owners, runner, claim).await;
+    tracing::debug!(
+        target: TIMING,
+        claim_us,
+        take_written_us = micros_since(received),
+        "submission taken"
+    );
+    taken
 }
 
 /// `op.<id>.cancel`: the node running the operation stops it and answers;

@@ -9,6 +9,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 use zerofoot_shared::protocol::{ExecutionContext, Output};
+use zerofoot_shared::telemetry::{micros_since, TIMING};
 
 use crate::driver;
 use crate::ownership::{Claim, Outcome, Owned, Owners, Stopper, TakeError, Taken};
@@ -77,7 +78,7 @@ async fn run(
         match committed.await {
             Ok(owned) => {
                 let _ = feed.send(());
-                Some(owned)
+                Some((owned, micros_since(started)))
             }
             Err(_) => {
                 token.cancel();
@@ -85,8 +86,20 @@ async fn run(
             }
         }
     };
-    let (outcome, owned) = tokio::join!(drive(&runner, &ctx, stopper.token(), fed), committed);
-    let Some(owned) = owned else {
+    let mut prepared_us = 0;
+    let (outcome, owned) = tokio::join!(
+        drive(
+            &runner,
+            &ctx,
+            stopper.token(),
+            fed,
+            &mut prepared_us,
+            started
+        ),
+        committed
+    );
+    let driver_done_us = micros_since(started);
+    let Some((owned, fed_us)) = owned else {
         tracing::debug!("the take was not written; the driver was stopped before its input");
         return;
     };
@@ -107,11 +120,21 @@ async fn run(
         (Err(error), None) => Outcome::Failed(error),
     };
     match owned.finish(outcome).await {
-        Ok(state) => tracing::info!(
-            state = state.as_str(),
-            ms = started.elapsed().as_millis() as u64,
-            "operation finished"
-        ),
+        Ok(state) => {
+            tracing::debug!(
+                target: TIMING,
+                prepared_us,
+                fed_us,
+                driver_done_us,
+                finish_us = micros_since(started) - driver_done_us,
+                "sync operation run"
+            );
+            tracing::info!(
+                state = state.as_str(),
+                ms = started.elapsed().as_millis() as u64,
+                "operation finished"
+            )
+        }
         Err(e) => tracing::warn!(error = %e, "outcome not written"),
     }
 }
@@ -122,11 +145,14 @@ async fn drive(
     ctx: &ExecutionContext,
     token: &CancellationToken,
     stdin_after: oneshot::Receiver<()>,
+    prepared_us: &mut u64,
+    started: Instant,
 ) -> Result<Option<serde_json::Value>, String> {
     let (run, mut invocation) = runner
         .prepare(ctx, &ctx.attempts.len().to_string())
         .await
         .map_err(|e| e.to_string())?;
+    *prepared_us = micros_since(started);
     invocation.stdin_after = Some(stdin_after);
     let (outputs, mut rx) = mpsc::channel(64);
     let (state_tx, state_rx) = mpsc::channel(16);

@@ -18,6 +18,7 @@ use zerofoot_shared::protocol::{
     decode, ExecutionContext, NewOperation, OperationKind, OperationState,
 };
 use zerofoot_shared::submit::Handed;
+use zerofoot_shared::telemetry::{micros_since, TIMING};
 
 use crate::auth::ApiClient;
 use crate::error::{ApiError, ApiJson, ApiPath, ApiQuery, ErrorBody};
@@ -144,6 +145,7 @@ pub async fn submit(
     Extension(client): Extension<ApiClient>,
     ApiJson(body): ApiJson<Submit>,
 ) -> Result<(StatusCode, ApiJson<ExecutionContext>), ApiError> {
+    let received = std::time::Instant::now();
     let wait = flag(&query, "wait", true)?;
     let nats = state.nats()?;
     let params = match body.params {
@@ -189,6 +191,7 @@ pub async fn submit(
                 format!("no {which}; GET /v1/modules lists the modules"),
             )
         })?;
+    let resolved = std::time::Instant::now();
     let spec = module.operations.get(&body.operation).ok_or_else(|| {
         let known: Vec<&str> = module.operations.keys().map(String::as_str).collect();
         ApiError::unprocessable(
@@ -281,6 +284,7 @@ pub async fn submit(
         ));
     }
     // The resource's zone decides which nodes may run the operation.
+    let reading_resource = std::time::Instant::now();
     let zone = match &body.resource {
         None => zerofoot_shared::names::default_zone(),
         Some(resource) => {
@@ -333,17 +337,32 @@ pub async fn submit(
     if ctx.kind == OperationKind::Async {
         return record_async(nats, &client, ctx).await;
     }
+    let resource_us = micros_since(reading_resource);
     let admission = admit(nats, &client)?;
     // Subscribe before submitting, so no change of the context can slip past.
     let subscription = nats.contexts.subscribe(ctx.id);
+    let submitting = std::time::Instant::now();
     submit_to_a_node(&state, nats, &ctx).await?;
+    let submit_us = micros_since(submitting);
     admission.recorded(ctx.id);
     tracing::info!(op = %ctx.id, module = %ctx.module, operation = %ctx.operation, "operation recorded");
     if !wait {
         return Ok((StatusCode::ACCEPTED, ApiJson(ctx)));
     }
     let budget = Duration::from_millis(ctx.timeout_ms) * (ctx.retries + 1) + WAIT_SLACK;
+    let waiting = std::time::Instant::now();
+    let id = ctx.id;
     let final_ctx = wait_for_end(nats, subscription, ctx, budget).await;
+    tracing::debug!(
+        target: TIMING,
+        op = %id,
+        resolve_module_us = resolved.duration_since(received).as_micros() as u64,
+        resource_us,
+        submit_us,
+        wait_result_us = micros_since(waiting),
+        handler_us = micros_since(received),
+        "sync operation answered"
+    );
     let status = if final_ctx.state.is_terminal() {
         StatusCode::OK
     } else {
