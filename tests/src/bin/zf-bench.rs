@@ -839,7 +839,9 @@ async fn module_transfer(figures: &mut Vec<Figure>) {
 
 /// Writes `count` keyed events as fast as the shell can, a checkpoint every 1000.
 const FIREHOSE: &str = r#"#!/bin/sh
-count=$(jq -r '.params.count')
+# sed, not jq: jq 1.6 spends about 40 ms of CPU starting, which for 100
+# monitors at once would be most of what the figure measures.
+count=$(sed -n 's/.*"count":\([0-9]*\).*/\1/p')
 awk -v count="$count" 'BEGIN {
   for (n = 1; n <= count; n++) {
     printf "{\"type\":\"event\",\"key\":\"%d\",\"data\":{\"n\":%d}}\n", n, n
@@ -971,8 +973,8 @@ async fn event_throughput(sizes: &Sizes, figures: &mut Vec<Figure>) {
         baseline: Some(raw_rate),
         baseline_what: Some("raw JetStream publish, one message per event, acks pipelined".into()),
         ratio: Some(many_rate / raw_rate),
-        target: "-",
-        meets_target: None,
+        target: ">= 200000 events/s",
+        meets_target: Some(many_rate >= 200_000.0),
     });
     let rate = one_monitor_rate;
     figures.push(Figure {
