@@ -30,6 +30,13 @@ impl ContextStoreError {
     pub fn is_conflict(&self) -> bool {
         matches!(self, Self::Conflict { .. })
     }
+
+    /// NATS did not answer (a timeout, a stream without a leader for the
+    /// moment): the same request may succeed later, and a write may have
+    /// landed although no answer came.
+    pub fn is_unavailable(&self) -> bool {
+        matches!(self, Self::Unavailable { .. })
+    }
 }
 
 /// A context and the KV revision it was read at.

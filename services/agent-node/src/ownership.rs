@@ -419,10 +419,15 @@ impl Owned {
     /// Compare-and-set of the context as this guard holds it. On a conflict
     /// the stored context is read again: still this take's, its newer state
     /// (a cancel request) is kept and the write retried; otherwise the
-    /// ownership is gone.
+    /// ownership is gone. While NATS does not answer (a stream electing its
+    /// leader), the write is tried again with backoff as long as this node
+    /// may act: giving up would leave a finished run's outcome unwritten,
+    /// and the operation to be run again.
     async fn save(&mut self) -> Result<(), OwnError> {
         let op = self.ctx.id;
-        for _ in 0..10 {
+        let mut backoff = rules::Backoff::default();
+        let mut conflicts = 0;
+        while conflicts < 10 {
             if !self.owners.liveness.may_act() {
                 return Err(OwnError::Fenced);
             }
@@ -431,16 +436,33 @@ impl Owned {
                     self.revision = revision;
                     return Ok(());
                 }
-                Err(e) if e.is_conflict() => {}
+                Err(e) if e.is_conflict() => conflicts += 1,
+                Err(e) if e.is_unavailable() => match backoff.failed(false) {
+                    Some(delay) => {
+                        tracing::warn!(%op, error = %e, ?delay, "the context write was not answered; trying again");
+                        tokio::time::sleep(delay).await;
+                        continue;
+                    }
+                    None => return Err(OwnError::Store(e)),
+                },
                 Err(e) => return Err(OwnError::Store(e)),
             }
-            let stored = self
-                .owners
-                .contexts
-                .load(op)
-                .await
-                .map_err(OwnError::Store)?
-                .ok_or(OwnError::Lost(op))?;
+            let stored = match self.owners.contexts.load(op).await {
+                Ok(stored) => stored.ok_or(OwnError::Lost(op))?,
+                Err(e) if e.is_unavailable() => match backoff.failed(false) {
+                    Some(delay) => {
+                        tokio::time::sleep(delay).await;
+                        continue;
+                    }
+                    None => return Err(OwnError::Store(e)),
+                },
+                Err(e) => return Err(OwnError::Store(e)),
+            };
+            // An earlier try whose answer was lost landed after all.
+            if stored.ctx == self.ctx {
+                self.revision = stored.revision;
+                return Ok(());
+            }
             match rules::on_change(
                 &stored.ctx,
                 &self.owners.node,
