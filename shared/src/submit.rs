@@ -49,6 +49,37 @@ pub enum Handed {
     NoNode,
 }
 
+/// What one submission request came to.
+enum Answer {
+    /// A node recorded the operation and runs it.
+    Taken(String),
+    /// Nobody serves the subject.
+    NoResponders,
+    /// Refused, unreadable, or not answered in time: why, in words.
+    NotTaken(String),
+}
+
+/// Asks `subject` to take the operation in `payload`, waiting `within`.
+async fn offer(
+    client: &async_nats::Client,
+    subject: String,
+    payload: &bytes::Bytes,
+    within: Duration,
+) -> Answer {
+    match tokio::time::timeout(within, client.request(subject, payload.clone())).await {
+        Ok(Ok(message)) => {
+            match serde_json::from_slice::<Reply<SubmitAccepted>>(&message.payload) {
+                Ok(Reply::Ok(accepted)) => Answer::Taken(accepted.node),
+                Ok(Reply::Error(e)) => Answer::NotTaken(format!("the node refused it: {e}")),
+                Err(e) => Answer::NotTaken(format!("unreadable answer: {e}")),
+            }
+        }
+        Ok(Err(e)) if e.kind() == RequestErrorKind::NoResponders => Answer::NoResponders,
+        Ok(Err(e)) => Answer::NotTaken(e.to_string()),
+        Err(_) => Answer::NotTaken(format!("no answer within {within:?}")),
+    }
+}
+
 /// The node of `nodes` that operations on `resource` go to first: the one
 /// whose hash with the resource is highest. Every submitter that sees the
 /// same nodes picks the same one, and a node joining or leaving moves only
@@ -92,72 +123,37 @@ pub async fn hand_over(
         .as_deref()
         .and_then(|resource| preferred_node(resource, live_nodes));
     if let Some(node) = preferred {
-        // A refusal, no answer or no such node: the queue group decides. A
-        // node that recorded it after all makes the next claim a conflict,
-        // which ends as `Recorded` below.
-        let attempt = tokio::time::timeout(
-            PREFERRED_TIMEOUT,
-            client.request(names.node_submit(node), payload.clone()),
-        )
-        .await;
-        match attempt {
-            Ok(Ok(message)) => {
-                match serde_json::from_slice::<Reply<SubmitAccepted>>(&message.payload) {
-                    Ok(Reply::Ok(accepted)) => {
-                        tracing::debug!(op = %ctx.id, node = %accepted.node, "taken by the resource's preferred node");
-                        return Ok(Handed::Taken {
-                            node: accepted.node,
-                        });
-                    }
-                    Ok(Reply::Error(e)) => {
-                        tracing::debug!(op = %ctx.id, node, error = %e, "the preferred node refused; the zone's queue group takes it")
-                    }
-                    Err(e) => {
-                        tracing::warn!(op = %ctx.id, node, error = %e, "unreadable answer from the preferred node")
-                    }
-                }
+        // Not taken (refused, no answer, no such node): the queue group
+        // decides. A node that recorded it after all makes the next claim
+        // a conflict, which ends as `Recorded` below.
+        match offer(client, names.node_submit(node), &payload, PREFERRED_TIMEOUT).await {
+            Answer::Taken(node) => {
+                tracing::debug!(op = %ctx.id, %node, "taken by the resource's preferred node");
+                return Ok(Handed::Taken { node });
             }
-            Ok(Err(e)) => {
-                tracing::debug!(op = %ctx.id, node, error = %e, "the preferred node did not take it")
+            Answer::NoResponders => {
+                tracing::debug!(op = %ctx.id, node, "the preferred node is gone; the zone's queue group takes it")
             }
-            Err(_) => {
-                tracing::warn!(op = %ctx.id, node, "the preferred node did not answer in time")
+            Answer::NotTaken(why) => {
+                tracing::debug!(op = %ctx.id, node, why, "the preferred node did not take it; the zone's queue group takes it")
             }
         }
     }
     // No responders while a node restarts: give the queue group a moment.
-    let mut answer = None;
+    let mut answer = Answer::NoResponders;
     for pause in NO_NODE_RETRIES {
-        let attempt = tokio::time::timeout(
-            SUBMIT_TIMEOUT,
-            client.request(names.op_submit(&ctx.zone), payload.clone()),
-        )
-        .await;
-        let no_node = matches!(&attempt, Ok(Err(e)) if e.kind() == RequestErrorKind::NoResponders);
-        answer = Some(attempt);
-        if !no_node {
+        answer = offer(client, names.op_submit(&ctx.zone), &payload, SUBMIT_TIMEOUT).await;
+        if !matches!(answer, Answer::NoResponders) {
             break;
         }
         tokio::time::sleep(pause).await;
     }
     match answer {
-        Some(Ok(Ok(message))) => {
-            match serde_json::from_slice::<Reply<SubmitAccepted>>(&message.payload) {
-                Ok(Reply::Ok(accepted)) => {
-                    tracing::debug!(op = %ctx.id, node = %accepted.node, "taken");
-                    return Ok(Handed::Taken {
-                        node: accepted.node,
-                    });
-                }
-                Ok(Reply::Error(e)) => {
-                    tracing::warn!(op = %ctx.id, error = %e, "the node refused the submission")
-                }
-                Err(e) => {
-                    tracing::warn!(op = %ctx.id, error = %e, "unreadable answer to a submission")
-                }
-            }
+        Answer::Taken(node) => {
+            tracing::debug!(op = %ctx.id, %node, "taken");
+            return Ok(Handed::Taken { node });
         }
-        Some(Ok(Err(e))) if e.kind() == RequestErrorKind::NoResponders => {
+        Answer::NoResponders => {
             let mut failed = ctx.clone();
             failed.fail(format!(
                 "no agent node of zone {} was running to take the operation",
@@ -170,8 +166,7 @@ pub async fn hand_over(
                 Err(e) => Err(e),
             };
         }
-        Some(Ok(Err(e))) => tracing::warn!(op = %ctx.id, error = %e, "submission not confirmed"),
-        Some(Err(_)) | None => tracing::warn!(op = %ctx.id, "submission not confirmed in time"),
+        Answer::NotTaken(why) => tracing::warn!(op = %ctx.id, why, "submission not confirmed"),
     }
     // Unless a node recorded it meanwhile, record it as pending: the nodes'
     // sweepers take pending operations that nobody took.

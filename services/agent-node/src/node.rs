@@ -243,42 +243,39 @@ async fn serve(
         .start(AGENT_NODE_SERVICE, zerofoot_shared::VERSION)
         .await
         .map_err(|e| anyhow::anyhow!("cannot register the micro service: {e}"))?;
-    let submit = service
-        .endpoint_builder()
-        .name("submit")
-        .queue_group(AGENT_QUEUE_GROUP)
-        .add(names.op_submit(&args.zone))
-        .await
-        .map_err(|e| anyhow::anyhow!("cannot serve {}: {e}", names.op_submit(&args.zone)))?;
-    tasks.spawn(
-        serve_submissions(
-            submit,
-            args.zone.clone(),
-            owners.clone(),
-            runner.clone(),
-            shutdown.clone(),
-        )
-        .in_current_span(),
-    );
-    // Operations on the resources this node is preferred for come here
-    // first (see `zerofoot_shared::submit::preferred_node`).
-    let submit_here = service
-        .endpoint_builder()
-        .name("submit-here")
-        .queue_group(format!("submit-{node_id}"))
-        .add(names.node_submit(&node_id))
-        .await
-        .map_err(|e| anyhow::anyhow!("cannot serve {}: {e}", names.node_submit(&node_id)))?;
-    tasks.spawn(
-        serve_submissions(
-            submit_here,
-            args.zone.clone(),
-            owners.clone(),
-            runner.clone(),
-            shutdown.clone(),
-        )
-        .in_current_span(),
-    );
+    // The zone's queue group, and this node's own subject: operations on
+    // the resources this node is preferred for come there first (see
+    // `zerofoot_shared::submit::preferred_node`).
+    for (name, queue_group, subject) in [
+        (
+            "submit",
+            AGENT_QUEUE_GROUP.to_string(),
+            names.op_submit(&args.zone),
+        ),
+        (
+            "submit-here",
+            format!("submit-{node_id}"),
+            names.node_submit(&node_id),
+        ),
+    ] {
+        let endpoint = service
+            .endpoint_builder()
+            .name(name)
+            .queue_group(queue_group)
+            .add(subject.clone())
+            .await
+            .map_err(|e| anyhow::anyhow!("cannot serve {subject}: {e}"))?;
+        tasks.spawn(
+            serve_submissions(
+                endpoint,
+                args.zone.clone(),
+                owners.clone(),
+                runner.clone(),
+                shutdown.clone(),
+            )
+            .in_current_span(),
+        );
+    }
     let mirror = service
         .endpoint_builder()
         .name("mirror")

@@ -437,25 +437,18 @@ impl Owned {
                     return Ok(());
                 }
                 Err(e) if e.is_conflict() => conflicts += 1,
-                Err(e) if e.is_unavailable() => match backoff.failed(false) {
-                    Some(delay) => {
-                        tracing::warn!(%op, error = %e, ?delay, "the context write was not answered; trying again");
-                        tokio::time::sleep(delay).await;
-                        continue;
-                    }
-                    None => return Err(OwnError::Store(e)),
-                },
+                Err(e) if e.is_unavailable() => {
+                    pause_or_give_up(&mut backoff, e).await?;
+                    continue;
+                }
                 Err(e) => return Err(OwnError::Store(e)),
             }
             let stored = match self.owners.contexts.load(op).await {
                 Ok(stored) => stored.ok_or(OwnError::Lost(op))?,
-                Err(e) if e.is_unavailable() => match backoff.failed(false) {
-                    Some(delay) => {
-                        tokio::time::sleep(delay).await;
-                        continue;
-                    }
-                    None => return Err(OwnError::Store(e)),
-                },
+                Err(e) if e.is_unavailable() => {
+                    pause_or_give_up(&mut backoff, e).await?;
+                    continue;
+                }
                 Err(e) => return Err(OwnError::Store(e)),
             };
             // An earlier try whose answer was lost landed after all.
@@ -482,4 +475,18 @@ impl Owned {
         }
         Err(OwnError::Lost(op))
     }
+}
+
+/// After NATS left a context read or write unanswered: waits the backoff's
+/// next delay, or gives the error back once it has failed too often.
+async fn pause_or_give_up(
+    backoff: &mut rules::Backoff,
+    error: ContextStoreError,
+) -> Result<(), OwnError> {
+    let Some(delay) = backoff.failed(false) else {
+        return Err(OwnError::Store(error));
+    };
+    tracing::warn!(%error, ?delay, "NATS did not answer a context read or write; trying again");
+    tokio::time::sleep(delay).await;
+    Ok(())
 }

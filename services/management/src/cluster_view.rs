@@ -205,19 +205,16 @@ impl ClusterView {
         let Some(since) = self.listening_since.get() else {
             return false;
         };
-        let seen = self.nodes.lock().unwrap_or_else(|e| e.into_inner());
-        let lapse = seen
-            .values()
-            .map(|s| s.heartbeat.lapse_ms)
-            .max()
-            .unwrap_or(0)
-            .max(DEFAULT_LAPSE_MS);
+        let lapse = {
+            let seen = self.nodes.lock().unwrap_or_else(|e| e.into_inner());
+            seen.values()
+                .map(|s| s.heartbeat.lapse_ms)
+                .max()
+                .unwrap_or(0)
+                .max(DEFAULT_LAPSE_MS)
+        };
         let heard_everyone = since.elapsed().as_millis() as u64 > lapse;
-        heard_everyone
-            && !seen.values().any(|s| {
-                s.heartbeat.zone == zone
-                    && (s.at.elapsed().as_millis() as u64) <= s.heartbeat.lapse_ms
-            })
+        heard_everyone && self.live_nodes_in(zone).is_empty()
     }
 
     /// Of `nodes`, the live node of `zone` that says it leads it at the
