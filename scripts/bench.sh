@@ -14,4 +14,16 @@ cargo build --release --bins --quiet
 export ZF_TEST_LOG=${ZF_TEST_LOG:-warn,zerofoot::timing=debug}
 # Figures are measured with every JetStream write synced to disk (SPEC §12).
 export ZF_NATS_SYNC_ALWAYS=1
+# Ten thousand monitors are thirty thousand processes (shim, namespace init,
+# driver), above the kernel's default of 32768 process ids with the rest.
+if [[ " $* " != *" --quick "* ]]; then
+  pid_max=$(cat /proc/sys/kernel/pid_max)
+  if ((pid_max < 65536)); then
+    if echo 4194304 >/proc/sys/kernel/pid_max 2>/dev/null; then
+      echo "bench: raised kernel.pid_max from $pid_max to 4194304 for the scale scenario" >&2
+    else
+      echo "bench: kernel.pid_max is $pid_max and cannot be raised here; the scale scenario (10000 monitors) will say so" >&2
+    fi
+  fi
+fi
 exec target/release/zf-bench "$@"

@@ -88,7 +88,8 @@ impl Scheduler {
                 }
                 change = self.changes.recv() => match change {
                     Ok(Change::Put { value, .. }) => {
-                        if let (Some(lead), Ok(ctx)) = (&leading, decode::<ExecutionContext>(&value)) {
+                        // Only a lead decodes the change: every node hears all of them.
+                        if let Some((lead, Ok(ctx))) = leading.as_ref().map(|lead| (lead, decode::<ExecutionContext>(&value))) {
                             if ctx.kind == OperationKind::Async && ctx.state == OperationState::Pending && ctx.zone == self.zone {
                                 self.take(ctx.id, lead).await;
                             }
@@ -123,7 +124,12 @@ impl Scheduler {
 
     /// Takes every unfinished monitor that does not run here.
     async fn take_all(&self, lead: &Leading) {
-        let contexts = match self.store.run(|s| s.unfinished_contexts()).await {
+        let zone = self.zone.clone();
+        let contexts = match self
+            .store
+            .run(move |s| s.unfinished_in(OperationKind::Async, &zone))
+            .await
+        {
             Ok(c) => c,
             Err(e) => {
                 tracing::error!(error = %e, "cannot read the local mirror to take over monitors");
@@ -132,11 +138,9 @@ impl Scheduler {
         };
         // Each take is a compare-and-set synced to disk: a failover waits
         // for one of them, not for one per monitor in a row.
-        let ops = contexts.into_iter().filter(|ctx| {
-            ctx.kind == OperationKind::Async
-                && ctx.zone == self.zone
-                && !self.owners.runs_here(&ctx.id)
-        });
+        let ops = contexts
+            .into_iter()
+            .filter(|ctx| !self.owners.runs_here(&ctx.id));
         futures::stream::iter(ops)
             .for_each_concurrent(TAKES_AT_ONCE, |ctx| self.take(ctx.id, lead))
             .await;

@@ -6,9 +6,11 @@
 //! Two indexes over the contexts table are kept in the same transaction as
 //! the table itself, so they can never disagree with it:
 //!
-//! - `unfinished`: the id of every context whose state is not terminal
-//!   ([`OperationState::is_terminal`]); the scheduler and the sweeper read
-//!   only these ([`Store::unfinished_contexts`]).
+//! - `unfinished`: every context whose state is not terminal
+//!   ([`OperationState::is_terminal`]), by id and by kind and zone: the
+//!   sweeper reads only its zone's sync operations and a lead only its
+//!   zone's monitors ([`Store::unfinished_in`]), so ten thousand monitors
+//!   cost a node's periodic sweep nothing.
 //! - `finished`: every terminal context by the time the server stored its
 //!   last write (the KV entry's own timestamp, never a node's clock) and its
 //!   revision, so a purge round reads only the contexts past their retention
@@ -23,13 +25,21 @@ use std::sync::Arc;
 use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
-use zerofoot_shared::protocol::{decode, ExecutionContext, OperationState, ResourceRecord};
+use zerofoot_shared::protocol::{
+    decode, ExecutionContext, OperationKind, OperationState, ResourceRecord,
+};
 
 const CONTEXTS: TableDefinition<&str, &[u8]> = TableDefinition::new("contexts");
 const RESOURCES: TableDefinition<&str, &[u8]> = TableDefinition::new("resources");
 const REVISIONS: TableDefinition<&str, u64> = TableDefinition::new("revisions");
-/// Ids of the contexts that are not finished.
-const UNFINISHED: TableDefinition<&str, ()> = TableDefinition::new("contexts_unfinished");
+/// Contexts that are not finished: id -> (kind, zone).
+const UNFINISHED: TableDefinition<&str, (&str, &str)> =
+    TableDefinition::new("contexts_unfinished_scoped");
+/// The same contexts by (kind, zone, id), for a range read of one scope.
+const UNFINISHED_BY_SCOPE: TableDefinition<(&str, &str, &str), ()> =
+    TableDefinition::new("contexts_unfinished_by_scope");
+/// Version 1's index of unfinished ids, dropped when a file is upgraded.
+const UNFINISHED_V1: TableDefinition<&str, ()> = TableDefinition::new("contexts_unfinished");
 /// Finished contexts: (server time of the last write in ms since the epoch,
 /// id) -> KV revision of that write.
 const FINISHED: TableDefinition<(u64, &str), u64> = TableDefinition::new("contexts_finished");
@@ -39,7 +49,7 @@ const FINISHED_AT: TableDefinition<&str, u64> = TableDefinition::new("contexts_f
 const SCHEMA: TableDefinition<&str, u64> = TableDefinition::new("schema");
 const CONTEXT_INDEXES: &str = "context_indexes";
 /// The version of the context indexes this build keeps.
-const CONTEXT_INDEXES_VERSION: u64 = 1;
+const CONTEXT_INDEXES_VERSION: u64 = 2;
 
 /// Which KV bucket a table mirrors.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -119,6 +129,25 @@ fn redb_err(e: impl std::fmt::Display) -> StoreError {
     StoreError::Redb(e.to_string())
 }
 
+/// Decodes the context `key` of `contexts` onto `out`; one that is missing
+/// or unreadable is logged and left out.
+fn push_context(
+    contexts: &redb::ReadOnlyTable<&str, &[u8]>,
+    key: &str,
+    out: &mut Vec<ExecutionContext>,
+) -> Result<(), StoreError> {
+    let Some(value) = contexts.get(key).map_err(redb_err)? else {
+        // Cannot happen: both are written in one transaction.
+        tracing::warn!(key, "an indexed context is missing from the mirror");
+        return Ok(());
+    };
+    match decode::<ExecutionContext>(value.value()) {
+        Ok(ctx) => out.push(ctx),
+        Err(e) => tracing::warn!(key, error = %e, "skipping an unreadable context"),
+    }
+    Ok(())
+}
+
 #[derive(Clone)]
 pub struct Store {
     db: Arc<Database>,
@@ -143,6 +172,9 @@ struct Indexed {
     #[serde(default = "protocol_v1")]
     v: u32,
     state: OperationState,
+    kind: OperationKind,
+    #[serde(default = "zerofoot_shared::names::default_zone")]
+    zone: String,
     #[serde(with = "time::serde::rfc3339")]
     updated_at: OffsetDateTime,
 }
@@ -161,7 +193,8 @@ fn classify(value: &[u8]) -> Option<Indexed> {
 
 /// The index tables, open in one write transaction.
 struct Indexes<'t> {
-    unfinished: redb::Table<'t, &'static str, ()>,
+    unfinished: redb::Table<'t, &'static str, (&'static str, &'static str)>,
+    unfinished_by_scope: redb::Table<'t, (&'static str, &'static str, &'static str), ()>,
     finished: redb::Table<'t, (u64, &'static str), u64>,
     finished_at: redb::Table<'t, &'static str, u64>,
 }
@@ -170,6 +203,7 @@ impl<'t> Indexes<'t> {
     fn open(tx: &'t redb::WriteTransaction) -> Result<Self, StoreError> {
         Ok(Self {
             unfinished: tx.open_table(UNFINISHED).map_err(redb_err)?,
+            unfinished_by_scope: tx.open_table(UNFINISHED_BY_SCOPE).map_err(redb_err)?,
             finished: tx.open_table(FINISHED).map_err(redb_err)?,
             finished_at: tx.open_table(FINISHED_AT).map_err(redb_err)?,
         })
@@ -177,6 +211,9 @@ impl<'t> Indexes<'t> {
 
     fn clear(&mut self) -> Result<(), StoreError> {
         self.unfinished.retain(|_, _| false).map_err(redb_err)?;
+        self.unfinished_by_scope
+            .retain(|_, _| false)
+            .map_err(redb_err)?;
         self.finished.retain(|_, _| false).map_err(redb_err)?;
         self.finished_at.retain(|_, _| false).map_err(redb_err)?;
         Ok(())
@@ -184,7 +221,15 @@ impl<'t> Indexes<'t> {
 
     /// Forgets `key` in every index.
     fn remove(&mut self, key: &str) -> Result<(), StoreError> {
-        self.unfinished.remove(key).map_err(redb_err)?;
+        let scope = self.unfinished.remove(key).map_err(redb_err)?.map(|v| {
+            let (kind, zone) = v.value();
+            (kind.to_string(), zone.to_string())
+        });
+        if let Some((kind, zone)) = scope {
+            self.unfinished_by_scope
+                .remove((kind.as_str(), zone.as_str(), key))
+                .map_err(redb_err)?;
+        }
         let at = self
             .finished_at
             .remove(key)
@@ -214,7 +259,13 @@ impl<'t> Indexes<'t> {
             return Ok(());
         };
         if !ctx.state.is_terminal() {
-            self.unfinished.insert(key, ()).map_err(redb_err)?;
+            let kind = ctx.kind.as_str();
+            self.unfinished
+                .insert(key, (kind, ctx.zone.as_str()))
+                .map_err(redb_err)?;
+            self.unfinished_by_scope
+                .insert((kind, ctx.zone.as_str(), key), ())
+                .map_err(redb_err)?;
             return Ok(());
         }
         let (stored_ms, revision) = stamp.unwrap_or((unix_ms(ctx.updated_at), 0));
@@ -257,6 +308,7 @@ impl Store {
                 .map(|v| v.value())
                 .unwrap_or(0);
             if version < CONTEXT_INDEXES_VERSION {
+                tx.delete_table(UNFINISHED_V1).map_err(redb_err)?;
                 indexes.clear()?;
                 let mut count = 0u64;
                 for row in contexts.iter().map_err(redb_err)? {
@@ -424,16 +476,30 @@ impl Store {
         let mut out = Vec::new();
         for row in ids.iter().map_err(redb_err)? {
             let (key, _) = row.map_err(redb_err)?;
-            let key = key.value();
-            let Some(value) = contexts.get(key).map_err(redb_err)? else {
-                // Cannot happen: both are written in one transaction.
-                tracing::warn!(key, "an indexed context is missing from the mirror");
-                continue;
-            };
-            match decode::<ExecutionContext>(value.value()) {
-                Ok(ctx) => out.push(ctx),
-                Err(e) => tracing::warn!(key, error = %e, "skipping an unreadable context"),
+            push_context(&contexts, key.value(), &mut out)?;
+        }
+        Ok(out)
+    }
+
+    /// The unfinished contexts of one kind in one zone, read through the
+    /// `unfinished` index by scope: no other context is read or decoded.
+    pub fn unfinished_in(
+        &self,
+        kind: OperationKind,
+        zone: &str,
+    ) -> Result<Vec<ExecutionContext>, StoreError> {
+        let tx = self.db.begin_read().map_err(redb_err)?;
+        let scoped = tx.open_table(UNFINISHED_BY_SCOPE).map_err(redb_err)?;
+        let contexts = tx.open_table(CONTEXTS).map_err(redb_err)?;
+        let kind = kind.as_str();
+        let mut out = Vec::new();
+        for row in scoped.range((kind, zone, "")..).map_err(redb_err)? {
+            let (scope, _) = row.map_err(redb_err)?;
+            let (row_kind, row_zone, key) = scope.value();
+            if row_kind != kind || row_zone != zone {
+                break;
             }
+            push_context(&contexts, key, &mut out)?;
         }
         Ok(out)
     }
@@ -543,7 +609,7 @@ impl Store {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use zerofoot_shared::protocol::{NewOperation, OperationKind};
+    use zerofoot_shared::protocol::NewOperation;
 
     fn stamp(change: Change, revision: u64, stored_ms: u64) -> Stamped {
         Stamped {
@@ -691,6 +757,83 @@ mod tests {
         store.replace(Mirrored::Contexts, &[], 12).expect("replace");
         assert_eq!(store.revision(Mirrored::Contexts).expect("rev"), 12);
         assert!(store.keys(Mirrored::Contexts).expect("keys").is_empty());
+    }
+
+    fn ids_in(store: &Store, kind: OperationKind, zone: &str) -> Vec<String> {
+        let mut ids: Vec<String> = store
+            .unfinished_in(kind, zone)
+            .expect("unfinished in")
+            .iter()
+            .map(|c| c.id.to_string())
+            .collect();
+        ids.sort();
+        ids
+    }
+
+    #[test]
+    fn unfinished_contexts_are_read_by_kind_and_zone() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::open(&dir.path().join("node.redb")).expect("open");
+        let in_zone = |kind, zone: &str, state| {
+            let mut c = ctx(state);
+            c.kind = kind;
+            c.zone = zone.into();
+            c
+        };
+        let sync_a = in_zone(OperationKind::Sync, "a", OperationState::Running);
+        let mut async_a = in_zone(OperationKind::Async, "a", OperationState::Pending);
+        let sync_b = in_zone(OperationKind::Sync, "b", OperationState::Pending);
+        // "a" is a prefix of "ab": a range read must not run into it.
+        let sync_ab = in_zone(OperationKind::Sync, "ab", OperationState::Running);
+        let done_a = in_zone(OperationKind::Sync, "a", OperationState::Complete);
+        let changes: Vec<Stamped> = [&sync_a, &async_a, &sync_b, &sync_ab, &done_a]
+            .iter()
+            .enumerate()
+            .map(|(i, c)| stamp(put_ctx(c), i as u64 + 1, 100))
+            .collect();
+        store
+            .apply(Mirrored::Contexts, &changes, 5, true)
+            .expect("apply");
+        assert_eq!(
+            ids_in(&store, OperationKind::Sync, "a"),
+            [sync_a.id.to_string()]
+        );
+        assert_eq!(
+            ids_in(&store, OperationKind::Async, "a"),
+            [async_a.id.to_string()]
+        );
+        assert_eq!(
+            ids_in(&store, OperationKind::Sync, "b"),
+            [sync_b.id.to_string()]
+        );
+        assert_eq!(
+            ids_in(&store, OperationKind::Sync, "ab"),
+            [sync_ab.id.to_string()]
+        );
+        assert!(ids_in(&store, OperationKind::Async, "b").is_empty());
+
+        // Finished, then deleted: out of its scope.
+        async_a.state = OperationState::Complete;
+        store
+            .apply(
+                Mirrored::Contexts,
+                &[
+                    stamp(put_ctx(&async_a), 6, 200),
+                    stamp(
+                        Change::Delete {
+                            key: sync_b.id.to_string(),
+                        },
+                        7,
+                        200,
+                    ),
+                ],
+                7,
+                true,
+            )
+            .expect("apply");
+        assert!(ids_in(&store, OperationKind::Async, "a").is_empty());
+        assert!(ids_in(&store, OperationKind::Sync, "b").is_empty());
+        assert_eq!(store.index_sizes().expect("sizes").0, 2);
     }
 
     #[test]
@@ -888,6 +1031,10 @@ mod tests {
                         .insert(c.id.to_string().as_str(), value.as_ref())
                         .expect("insert");
                 }
+                // Version 1's index, which the upgrade drops.
+                let mut v1 = tx.open_table(UNFINISHED_V1).expect("v1 index");
+                v1.insert(running.id.to_string().as_str(), ())
+                    .expect("insert");
                 let mut revisions = tx.open_table(REVISIONS).expect("revisions");
                 revisions.insert("contexts", 77).expect("insert");
                 revisions.insert("resources", 5).expect("insert");
@@ -897,6 +1044,15 @@ mod tests {
         {
             let store = Store::open(&path).expect("open");
             assert_eq!(unfinished_ids(&store), [running.id.to_string()]);
+            assert_eq!(
+                ids_in(&store, OperationKind::Sync, "default"),
+                [running.id.to_string()]
+            );
+            let tx = store.db.begin_read().expect("read");
+            assert!(
+                tx.open_table(UNFINISHED_V1).is_err(),
+                "version 1's index is dropped"
+            );
             assert_eq!(
                 store.finished_before(u64::MAX, None, 10).expect("finished"),
                 [Finished {

@@ -40,7 +40,12 @@ impl Sweeper {
             if !self.members.settled() {
                 continue;
             }
-            let contexts = match self.store.run(|s| s.unfinished_contexts()).await {
+            let zone = self.zone.clone();
+            let contexts = match self
+                .store
+                .run(move |s| s.unfinished_in(OperationKind::Sync, &zone))
+                .await
+            {
                 Ok(c) => c,
                 Err(e) => {
                     tracing::warn!(error = %e, "cannot read the local mirror");
@@ -49,9 +54,6 @@ impl Sweeper {
             };
             let mut still_pending = HashMap::new();
             for ctx in contexts {
-                if ctx.kind != OperationKind::Sync || ctx.zone != self.zone {
-                    continue;
-                }
                 let why = match ctx.state {
                     OperationState::Running | OperationState::Cancelling => {
                         let owner = ctx.owner.as_deref().unwrap_or("");
