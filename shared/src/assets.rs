@@ -47,9 +47,24 @@ pub struct AssetSettings {
     pub events_max_bytes: u64,
 }
 
-/// Handles on every bucket, object store and stream of one cluster.
+/// Handles on every bucket, object store and stream of one cluster, shared:
+/// a clone is a reference count, not a copy. Every operation and monitor
+/// holds the assets, and the handles by value are over 12 KiB (each keeps
+/// its stream's configuration), which at ten thousand monitors was most of
+/// a node's memory per monitor.
 #[derive(Clone)]
-pub struct Assets {
+pub struct Assets(std::sync::Arc<AssetHandles>);
+
+impl std::ops::Deref for Assets {
+    type Target = AssetHandles;
+
+    fn deref(&self) -> &AssetHandles {
+        &self.0
+    }
+}
+
+/// What [`Assets`] shares.
+pub struct AssetHandles {
     pub jetstream: jetstream::Context,
     pub contexts: kv::Store,
     pub lead: kv::Store,
@@ -161,7 +176,7 @@ impl Assets {
             .await
             .map_err(|e| AssetError::new(&logs_name, e))?;
         check_stream(&mut logs, &logs_name, replicas).await;
-        Ok(Self {
+        Ok(Self(std::sync::Arc::new(AssetHandles {
             jetstream: js,
             contexts,
             lead,
@@ -171,7 +186,7 @@ impl Assets {
             uploads,
             events,
             logs,
-        })
+        })))
     }
 }
 

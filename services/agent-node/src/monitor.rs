@@ -6,6 +6,11 @@
 //! the owner guard only after every event before it is acknowledged. A
 //! driver (or a takeover) that fails is retried with backoff; five failures
 //! in a row fail the operation with the reason.
+//!
+//! A monitor's task lives as long as the monitor, and a future holds the
+//! state of the deepest await it may reach: every one-off write (opening
+//! the log, a batch, a checkpoint, the outcome) is boxed, so that ten
+//! thousand monitors keep only what waiting for the driver needs.
 
 use tokio::sync::mpsc;
 use tracing::Instrument;
@@ -65,7 +70,7 @@ impl Monitor {
                 return;
             }
         };
-        match self.owned.finish(outcome).await {
+        match Box::pin(self.owned.finish(outcome)).await {
             Ok(state) => tracing::info!(state = state.as_str(), "monitor finished"),
             Err(e) => tracing::warn!(error = %e, "monitor's final state not written"),
         }
@@ -81,13 +86,15 @@ impl Monitor {
             run += 1;
             let (end, progressed) = match &mut state {
                 Some(log) => self.run_driver(log, run).await,
-                None => match OwnedLog::open(&self.owned, &self.names, &self.assets).await {
-                    Ok(log) => {
-                        let log = state.insert(log);
-                        self.run_driver(log, run).await
+                None => {
+                    match Box::pin(OwnedLog::open(&self.owned, &self.names, &self.assets)).await {
+                        Ok(log) => {
+                            let log = state.insert(log);
+                            self.run_driver(log, run).await
+                        }
+                        Err(error) => (RunEnd::Exited(Err(error)), false),
                     }
-                    Err(error) => (RunEnd::Exited(Err(error)), false),
-                },
+                }
             };
             match end {
                 RunEnd::Stopped(stop) => return Err(stop),
@@ -126,7 +133,8 @@ impl Monitor {
     /// One run of the driver; how it ended and whether it wrote a checkpoint.
     async fn run_driver(&mut self, state: &mut OwnedLog, run: u32) -> (RunEnd, bool) {
         let run_name = format!("{}-{run}", self.owned.ctx().epoch);
-        let (prepared, invocation) = match self.runner.prepare(self.owned.ctx(), &run_name).await {
+        let prepare = Box::pin(self.runner.prepare(self.owned.ctx(), &run_name));
+        let (prepared, invocation) = match prepare.await {
             Ok(p) => p,
             Err(e) => return (RunEnd::Exited(Err(e.to_string())), false),
         };
@@ -157,7 +165,7 @@ impl Monitor {
                         continue;
                     };
                     if rules::batch_full(batch.events.len(), batch.bytes, bytes) {
-                        if let Err(s) = self.flush(state, &mut batch).await {
+                        if let Err(s) = Box::pin(self.flush(state, &mut batch)).await {
                             stop = Some(s);
                             break;
                         }
@@ -165,14 +173,14 @@ impl Monitor {
                     batch.push(event, bytes);
                     // Append when the driver has nothing more queued.
                     if rx.is_empty() {
-                        if let Err(s) = self.flush(state, &mut batch).await {
+                        if let Err(s) = Box::pin(self.flush(state, &mut batch)).await {
                             stop = Some(s);
                             break;
                         }
                     }
                 }
                 Output::Checkpoint(mut data) => {
-                    if let Err(s) = self.flush(state, &mut batch).await {
+                    if let Err(s) = Box::pin(self.flush(state, &mut batch)).await {
                         stop = Some(s);
                         break;
                     }
@@ -181,7 +189,7 @@ impl Monitor {
                         seq: state.seq.last_seq(),
                         log_position: state.log.last_position(),
                     };
-                    match self.owned.checkpoint(data, at).await {
+                    match Box::pin(self.owned.checkpoint(data, at)).await {
                         Ok(()) => {
                             state.seq.checkpointed();
                             checkpointed = true;
@@ -196,14 +204,14 @@ impl Monitor {
                     prepared.mask(&mut data);
                     let _ = state_tx.send(data).await;
                 }
-                Output::Log { level, msg } => prepared.log(&level, &msg).await,
+                Output::Log { level, msg } => Box::pin(prepared.log(&level, &msg)).await,
                 Output::Result(_) => {
                     tracing::debug!("an async operation wrote a result line; ignored")
                 }
             }
         }
         if stop.is_none() {
-            if let Err(s) = self.flush(state, &mut batch).await {
+            if let Err(s) = Box::pin(self.flush(state, &mut batch)).await {
                 stop = Some(s);
             }
         }

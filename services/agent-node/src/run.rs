@@ -342,29 +342,37 @@ impl Runner {
                 );
                 continue;
             };
-            for _ in 0..10 {
-                let entry = match self.assets.resources.entry(id.as_str()).await {
-                    Ok(Some(entry)) if entry.operation == kv::Operation::Put => entry,
-                    _ => {
-                        tracing::warn!(resource = %id, "resource gone; state report dropped");
-                        break;
-                    }
-                };
-                let Ok(mut record) = decode::<ResourceRecord>(&entry.value) else {
-                    break;
-                };
-                record.state = Some(state.clone());
-                record.state_updated_at = Some(zerofoot_shared::time::now());
-                record.reported_by = Some(self.node.clone());
-                if self
-                    .assets
-                    .resources
-                    .update(id.as_str(), encode(&record), entry.revision)
-                    .await
-                    .is_ok()
-                {
-                    break;
+            // Boxed: this task lives as long as the driver, the write only
+            // as long as itself.
+            Box::pin(self.report_state(id, state)).await;
+        }
+    }
+
+    /// Writes `state` into resource `id`'s record (compare-and-set, a few
+    /// tries against concurrent writers).
+    async fn report_state(&self, id: &str, state: Value) {
+        for _ in 0..10 {
+            let entry = match self.assets.resources.entry(id).await {
+                Ok(Some(entry)) if entry.operation == kv::Operation::Put => entry,
+                _ => {
+                    tracing::warn!(resource = %id, "resource gone; state report dropped");
+                    return;
                 }
+            };
+            let Ok(mut record) = decode::<ResourceRecord>(&entry.value) else {
+                return;
+            };
+            record.state = Some(state.clone());
+            record.state_updated_at = Some(zerofoot_shared::time::now());
+            record.reported_by = Some(self.node.clone());
+            if self
+                .assets
+                .resources
+                .update(id, encode(&record), entry.revision)
+                .await
+                .is_ok()
+            {
+                return;
             }
         }
     }
