@@ -55,6 +55,76 @@ pub enum LogEntry {
     },
 }
 
+/// The bytes of one event as a log entry holds it. An event serializes:
+/// its data is a JSON value, whose map keys are strings.
+pub fn encode(event: &Event) -> Vec<u8> {
+    serde_json::to_vec(event).expect("an event is JSON with string keys")
+}
+
+/// The events of one [`LogEntry::Events`], encoded as they join it: each
+/// event is serialized once, its size is known before it joins (to bound
+/// the batch), and the entry is their bytes in the envelope. At a hundred
+/// thousand events a second, serializing each event a second time for the
+/// whole entry was a good part of the owner's CPU.
+#[derive(Debug, Default)]
+pub struct EncodedEvents {
+    body: Vec<u8>,
+    count: usize,
+    first_seq: Option<u64>,
+}
+
+impl EncodedEvents {
+    /// `events`, encoded.
+    pub fn of(events: &[Event]) -> Self {
+        let mut encoded = Self::default();
+        for event in events {
+            encoded.push(event.seq, &encode(event));
+        }
+        encoded
+    }
+
+    /// Adds event `seq`, encoded by [`encode`].
+    pub fn push(&mut self, seq: u64, encoded: &[u8]) {
+        if self.count > 0 {
+            self.body.push(b',');
+        }
+        self.body.extend_from_slice(encoded);
+        self.first_seq.get_or_insert(seq);
+        self.count += 1;
+    }
+
+    pub fn len(&self) -> usize {
+        self.count
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.count == 0
+    }
+
+    /// What the events take in the entry, separators included.
+    pub fn bytes(&self) -> usize {
+        self.body.len()
+    }
+
+    /// The sequence number of the first event.
+    pub fn first_seq(&self) -> Option<u64> {
+        self.first_seq
+    }
+
+    /// The entry, byte for byte as [`LogEntry::Events`] serializes.
+    pub fn entry(&self) -> Vec<u8> {
+        let head = format!(
+            r#"{{"kind":"events","v":{},"events":["#,
+            crate::protocol::PROTOCOL_VERSION
+        );
+        let mut entry = Vec::with_capacity(head.len() + self.body.len() + 2);
+        entry.extend_from_slice(head.as_bytes());
+        entry.extend_from_slice(&self.body);
+        entry.extend_from_slice(b"]}");
+        entry
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum LogError {
     #[error("cannot read the event log: {0}")]
@@ -627,6 +697,32 @@ mod tests {
             after_seq,
         };
         serde_json::to_vec(&entry).expect("json")
+    }
+
+    #[test]
+    fn encoded_events_are_the_entry_serde_writes() {
+        let mut events: Vec<Event> = (1..=3).map(event).collect();
+        events[1].key = Some("k\"1".into());
+        events[2].data = serde_json::json!({"n": [1, "two", null], "s": "é\n"});
+        let expected = LogEntry::Events {
+            v: crate::protocol::PROTOCOL_VERSION,
+            events: events.clone(),
+        };
+        let encoded = EncodedEvents::of(&events);
+        assert_eq!(encoded.len(), 3);
+        assert_eq!(encoded.first_seq(), Some(1));
+        assert_eq!(
+            encoded.entry(),
+            serde_json::to_vec(&expected).expect("json"),
+            "the same bytes as serde's"
+        );
+        assert_eq!(
+            serde_json::from_slice::<LogEntry>(&encoded.entry()).expect("parses"),
+            expected
+        );
+        let empty = EncodedEvents::default();
+        assert!(empty.is_empty());
+        assert_eq!(empty.first_seq(), None);
     }
 
     #[test]

@@ -34,6 +34,7 @@ use crate::membership::Membership;
 use crate::ownership::{Outcome, OwnError, Owned, Owners};
 use crate::rules::StopWhy;
 use crate::store::Change;
+use zerofoot_shared::eventlog::EncodedEvents;
 
 /// How often the children still unfinished are read from KV, in case a
 /// change notification was missed.
@@ -372,7 +373,7 @@ impl BatchRun {
             }
         }
         for chunk in events.chunks(100) {
-            log.append(&self.owned, chunk.to_vec())
+            log.append(&self.owned, &EncodedEvents::of(chunk))
                 .await
                 .map_err(|e| Stop::Released(e.to_string()))?;
         }

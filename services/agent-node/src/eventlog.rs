@@ -11,7 +11,7 @@ use std::time::Duration;
 use async_nats::jetstream::{self, context::PublishErrorKind};
 use serde_json::Value;
 use zerofoot_shared::assets::Assets;
-use zerofoot_shared::eventlog::{self, Event, LogEntry};
+use zerofoot_shared::eventlog::{self, EncodedEvents, Event, LogEntry};
 use zerofoot_shared::names::Names;
 use zerofoot_shared::protocol::PROTOCOL_VERSION;
 
@@ -51,9 +51,16 @@ impl EventLog {
 
     /// Appends one entry and waits for its acknowledgement; returns its position.
     pub async fn append(&mut self, entry: &LogEntry, msg_id: &str) -> Result<u64, AppendError> {
-        let payload = bytes::Bytes::from(
-            serde_json::to_vec(entry).map_err(|e| AppendError::Nats(e.to_string()))?,
-        );
+        let payload = serde_json::to_vec(entry).map_err(|e| AppendError::Nats(e.to_string()))?;
+        self.append_encoded(payload.into(), msg_id).await
+    }
+
+    /// Appends one entry already serialized, as [`EventLog::append`] does.
+    pub async fn append_encoded(
+        &mut self,
+        payload: bytes::Bytes,
+        msg_id: &str,
+    ) -> Result<u64, AppendError> {
         let mut delay = Duration::from_millis(50);
         let mut last_error = String::new();
         let started = std::time::Instant::now();
@@ -181,18 +188,21 @@ impl OwnedLog {
     }
 
     /// Appends `events` as one entry.
-    pub async fn append(&mut self, owned: &Owned, events: Vec<Event>) -> Result<(), AppendError> {
-        let Some(first) = events.first().map(|e| e.seq) else {
+    pub async fn append(
+        &mut self,
+        owned: &Owned,
+        events: &EncodedEvents,
+    ) -> Result<(), AppendError> {
+        let Some(first) = events.first_seq() else {
             return Ok(());
-        };
-        let entry = LogEntry::Events {
-            v: PROTOCOL_VERSION,
-            events,
         };
         let ctx = owned.ctx();
         // Unique per take and batch: a retry of this append is a no-op, and
         // no earlier take's batch can answer for it.
         let msg_id = format!("{}:{}:{}:{first}", ctx.id, ctx.epoch, ctx.attempts.len());
-        self.log.append(&entry, &msg_id).await.map(|_| ())
+        self.log
+            .append_encoded(events.entry().into(), &msg_id)
+            .await
+            .map(|_| ())
     }
 }

@@ -15,7 +15,7 @@
 use tokio::sync::mpsc;
 use tracing::Instrument;
 use zerofoot_shared::assets::Assets;
-use zerofoot_shared::eventlog::Event;
+use zerofoot_shared::eventlog::{self, EncodedEvents};
 use zerofoot_shared::names::Names;
 use zerofoot_shared::protocol::{CheckpointPosition, Output};
 
@@ -150,7 +150,7 @@ impl Monitor {
                 .clone()
                 .report_states(self.owned.ctx().resource.clone(), state_rx),
         );
-        let mut batch = Batch::default();
+        let mut batch = EncodedEvents::default();
         let mut checkpointed = false;
         let mut stop = None;
         while let Some(output) = rx.recv().await {
@@ -161,16 +161,16 @@ impl Monitor {
             match output {
                 Output::Event { data, key } => {
                     let event = self.event(&prepared, state, data, key);
-                    let Some((event, bytes)) = event else {
+                    let Some((seq, encoded)) = event else {
                         continue;
                     };
-                    if rules::batch_full(batch.events.len(), batch.bytes, bytes) {
+                    if rules::batch_full(batch.len(), batch.bytes(), encoded.len()) {
                         if let Err(s) = Box::pin(self.flush(state, &mut batch)).await {
                             stop = Some(s);
                             break;
                         }
                     }
-                    batch.push(event, bytes);
+                    batch.push(seq, &encoded);
                     // Append when the driver has nothing more queued.
                     if rx.is_empty() {
                         if let Err(s) = Box::pin(self.flush(state, &mut batch)).await {
@@ -233,30 +233,31 @@ impl Monitor {
         (end, checkpointed)
     }
 
-    /// The event for a driver's `event` line, masked and numbered, with its
-    /// encoded size; `None` if its key is in the log already. An event too
-    /// large to append is replaced by an error event (same key and seq).
+    /// The event for a driver's `event` line, masked, numbered and
+    /// encoded, with its sequence number; `None` if its key is in the log
+    /// already. An event too large to append is replaced by an error event
+    /// (same key and seq).
     fn event(
         &self,
         run: &Run,
         state: &mut OwnedLog,
         mut data: serde_json::Value,
         key: Option<String>,
-    ) -> Option<(Event, usize)> {
+    ) -> Option<(u64, Vec<u8>)> {
         let key = key.map(|k| run.mask_str(&k));
         run.mask(&mut data);
         let mut event = state.event(&self.owned, data, key)?;
-        let mut bytes = encoded_len(&event);
-        if bytes > rules::MAX_EVENT_BYTES {
+        let mut encoded = eventlog::encode(&event);
+        if encoded.len() > rules::MAX_EVENT_BYTES {
             tracing::warn!(
                 seq = event.seq,
-                bytes,
+                bytes = encoded.len(),
                 "the driver wrote an event larger than the limit; an error event stands in for it"
             );
-            event.data = rules::oversized_event(bytes);
-            bytes = encoded_len(&event);
+            event.data = rules::oversized_event(encoded.len());
+            encoded = eventlog::encode(&event);
         }
-        Some((event, bytes))
+        Some((event.seq, encoded))
     }
 
     fn stop_for(&self, e: OwnError) -> Stop {
@@ -266,12 +267,8 @@ impl Monitor {
         }
     }
 
-    async fn flush(&self, state: &mut OwnedLog, batch: &mut Batch) -> Result<(), Stop> {
-        batch.bytes = 0;
-        match state
-            .append(&self.owned, std::mem::take(&mut batch.events))
-            .await
-        {
+    async fn flush(&self, state: &mut OwnedLog, batch: &mut EncodedEvents) -> Result<(), Stop> {
+        match state.append(&self.owned, &std::mem::take(batch)).await {
             Ok(()) => Ok(()),
             Err(AppendError::Fenced) => Err(Stop::Fenced(
                 "the event log was written by another owner".into(),
@@ -279,23 +276,4 @@ impl Monitor {
             Err(e) => Err(Stop::Fenced(e.to_string())),
         }
     }
-}
-
-#[derive(Default)]
-struct Batch {
-    events: Vec<Event>,
-    bytes: usize,
-}
-
-impl Batch {
-    fn push(&mut self, event: Event, bytes: usize) {
-        self.events.push(event);
-        self.bytes += bytes + 1;
-    }
-}
-
-fn encoded_len(event: &Event) -> usize {
-    serde_json::to_vec(event)
-        .map(|v| v.len())
-        .unwrap_or(usize::MAX / 2)
 }
