@@ -225,7 +225,8 @@ impl BatchRun {
                         match change {
                             Ok(Change::Put { key, value }) => {
                                 let child = key.parse::<Uuid>().ok().and_then(|id| index_of.get(&id));
-                                if let (Some(&i), Ok(ctx)) = (child, decode::<ExecutionContext>(&value)) {
+                                // Only a child's change is decoded.
+                                if let Some((&i, Ok(ctx))) = child.map(|i| (i, decode::<ExecutionContext>(&value))) {
                                     observe(&mut seen, i, &ctx);
                                 }
                             }

@@ -520,7 +520,14 @@ async fn follow_contexts(
             change = changes.recv() => change,
         };
         match change {
-            Ok(crate::store::Change::Put { value, .. }) => {
+            Ok(crate::store::Change::Put { key, value }) => {
+                // Every node hears every change; only its own runs' are decoded.
+                let runs_here = key
+                    .parse::<uuid::Uuid>()
+                    .is_ok_and(|id| owners.runs_here(&id));
+                if !runs_here {
+                    continue;
+                }
                 if let Ok(ctx) = zerofoot_shared::protocol::decode::<
                     zerofoot_shared::protocol::ExecutionContext,
                 >(&value)

@@ -111,8 +111,9 @@ async fn purge_round(
     let started = Instant::now();
     let mut round = PurgeRound::default();
     let mut after: Option<Finished> = None;
-    // Read once a round: a batch that starts meanwhile has no finished child yet.
-    let running_batches = std::sync::Arc::new(store.run(|s| s.running_batches()).await?);
+    // Read once a round, and only if something is due: a batch that starts
+    // meanwhile has no finished child yet.
+    let mut running_batches = None;
     loop {
         let from = after.clone();
         let due = store
@@ -122,7 +123,14 @@ async fn purge_round(
             return Ok(round);
         };
         let full = due.len() == BATCH;
-        let running = running_batches.clone();
+        let running = match &running_batches {
+            Some(running) => std::sync::Arc::clone(running),
+            None => {
+                let running = std::sync::Arc::new(store.run(|s| s.running_batches()).await?);
+                running_batches = Some(std::sync::Arc::clone(&running));
+                running
+            }
+        };
         let due = store
             .run(move |s| s.without_children_of(due, &running))
             .await?;

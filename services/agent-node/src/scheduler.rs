@@ -124,10 +124,13 @@ impl Scheduler {
 
     /// Takes every unfinished monitor that does not run here.
     async fn take_all(&self, lead: &Leading) {
-        let zone = self.zone.clone();
+        let (zone, owners) = (self.zone.clone(), self.owners.clone());
+        // The monitors that already run here are not even decoded: a lead
+        // rescans every lapse, and may hold thousands.
+        let not_here = move |key: &str| key.parse().is_ok_and(|id| !owners.runs_here(&id));
         let contexts = match self
             .store
-            .run(move |s| s.unfinished_in(OperationKind::Async, &zone))
+            .run(move |s| s.unfinished_in(OperationKind::Async, &zone, not_here))
             .await
         {
             Ok(c) => c,
@@ -138,6 +141,7 @@ impl Scheduler {
         };
         // Each take is a compare-and-set synced to disk: a failover waits
         // for one of them, not for one per monitor in a row.
+        // One may have started here since.
         let ops = contexts
             .into_iter()
             .filter(|ctx| !self.owners.runs_here(&ctx.id));

@@ -259,14 +259,7 @@ impl<'t> Indexes<'t> {
             return Ok(());
         };
         if !ctx.state.is_terminal() {
-            let kind = ctx.kind.as_str();
-            self.unfinished
-                .insert(key, (kind, ctx.zone.as_str()))
-                .map_err(redb_err)?;
-            self.unfinished_by_scope
-                .insert((kind, ctx.zone.as_str(), key), ())
-                .map_err(redb_err)?;
-            return Ok(());
+            return self.put_unfinished(key, &ctx);
         }
         let (stored_ms, revision) = stamp.unwrap_or((unix_ms(ctx.updated_at), 0));
         self.finished
@@ -275,11 +268,43 @@ impl<'t> Indexes<'t> {
         self.finished_at.insert(key, stored_ms).map_err(redb_err)?;
         Ok(())
     }
+
+    fn put_unfinished(&mut self, key: &str, ctx: &Indexed) -> Result<(), StoreError> {
+        let kind = ctx.kind.as_str();
+        self.unfinished
+            .insert(key, (kind, ctx.zone.as_str()))
+            .map_err(redb_err)?;
+        self.unfinished_by_scope
+            .insert((kind, ctx.zone.as_str(), key), ())
+            .map_err(redb_err)?;
+        Ok(())
+    }
+
+    /// Builds the `unfinished` index again from `contexts`, leaving the
+    /// `finished` one (and its server stamps) as it is.
+    fn rebuild_unfinished(
+        &mut self,
+        contexts: &redb::Table<&str, &[u8]>,
+    ) -> Result<(), StoreError> {
+        self.unfinished.retain(|_, _| false).map_err(redb_err)?;
+        self.unfinished_by_scope
+            .retain(|_, _| false)
+            .map_err(redb_err)?;
+        for row in contexts.iter().map_err(redb_err)? {
+            let (key, value) = row.map_err(redb_err)?;
+            if let Some(ctx) = classify(value.value()).filter(|c| !c.state.is_terminal()) {
+                self.put_unfinished(key.value(), &ctx)?;
+            }
+        }
+        Ok(())
+    }
 }
 
 impl Store {
-    /// Opens (or creates) the file. A file without the context indexes, or
-    /// with an older version of them, gets them built from the contexts table
+    /// Opens (or creates) the file. A file of version 1 gets its unfinished
+    /// index rebuilt by kind and zone. A file without the context indexes,
+    /// or with a version this build does not know, gets them built from the
+    /// contexts table
     /// here; its contexts revision is then reset so that the mirror rebuilds
     /// from a snapshot, which stamps every finished context with the server's
     /// time of its last write (until then the context's own `updated_at`
@@ -307,7 +332,18 @@ impl Store {
                 .map_err(redb_err)?
                 .map(|v| v.value())
                 .unwrap_or(0);
-            if version < CONTEXT_INDEXES_VERSION {
+            if version == 1 {
+                // Version 1 kept the same `finished` index: only the
+                // unfinished one changed (it is now by kind and zone).
+                tx.delete_table(UNFINISHED_V1).map_err(redb_err)?;
+                indexes.rebuild_unfinished(&contexts)?;
+                schema
+                    .insert(CONTEXT_INDEXES, CONTEXT_INDEXES_VERSION)
+                    .map_err(redb_err)?;
+                tracing::info!("rebuilt the unfinished-contexts index of a version 1 redb file by kind and zone");
+            } else if version != CONTEXT_INDEXES_VERSION {
+                // None, or one this build does not know (a newer build
+                // wrote the file): everything is built again.
                 tx.delete_table(UNFINISHED_V1).map_err(redb_err)?;
                 indexes.clear()?;
                 let mut count = 0u64;
@@ -481,12 +517,14 @@ impl Store {
         Ok(out)
     }
 
-    /// The unfinished contexts of one kind in one zone, read through the
-    /// `unfinished` index by scope: no other context is read or decoded.
+    /// The unfinished contexts of one kind in one zone whose id `wanted`
+    /// keeps, read through the `unfinished` index by scope: no other context
+    /// is read or decoded.
     pub fn unfinished_in(
         &self,
         kind: OperationKind,
         zone: &str,
+        wanted: impl Fn(&str) -> bool,
     ) -> Result<Vec<ExecutionContext>, StoreError> {
         let tx = self.db.begin_read().map_err(redb_err)?;
         let scoped = tx.open_table(UNFINISHED_BY_SCOPE).map_err(redb_err)?;
@@ -499,7 +537,9 @@ impl Store {
             if row_kind != kind || row_zone != zone {
                 break;
             }
-            push_context(&contexts, key, &mut out)?;
+            if wanted(key) {
+                push_context(&contexts, key, &mut out)?;
+            }
         }
         Ok(out)
     }
@@ -761,7 +801,7 @@ mod tests {
 
     fn ids_in(store: &Store, kind: OperationKind, zone: &str) -> Vec<String> {
         let mut ids: Vec<String> = store
-            .unfinished_in(kind, zone)
+            .unfinished_in(kind, zone, |_| true)
             .expect("unfinished in")
             .iter()
             .map(|c| c.id.to_string())
@@ -1010,6 +1050,71 @@ mod tests {
             .replace(Mirrored::Resources, &[stamp(put("r1"), 3, 30)], 3)
             .expect("replace");
         assert_eq!(store.index_sizes().expect("sizes"), (1, 1));
+    }
+
+    #[test]
+    fn a_version_1_file_keeps_its_finished_index_and_gets_unfinished_by_scope() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("node.redb");
+        let mut running = ctx(OperationState::Running);
+        running.kind = OperationKind::Async;
+        running.zone = "z1".into();
+        let done = ctx(OperationState::Complete);
+        {
+            // A file as a build with version 1 of the indexes wrote it.
+            let db = Database::create(&path).expect("create");
+            let tx = db.begin_write().expect("tx");
+            {
+                let mut contexts = tx.open_table(CONTEXTS).expect("contexts");
+                for c in [&running, &done] {
+                    let value = zerofoot_shared::protocol::encode(c);
+                    contexts
+                        .insert(c.id.to_string().as_str(), value.as_ref())
+                        .expect("insert");
+                }
+                let mut v1 = tx.open_table(UNFINISHED_V1).expect("v1 index");
+                v1.insert(running.id.to_string().as_str(), ())
+                    .expect("insert");
+                let done_id = done.id.to_string();
+                let mut finished = tx.open_table(FINISHED).expect("finished");
+                finished
+                    .insert((1_800_000_000_000, done_id.as_str()), 41)
+                    .expect("insert");
+                let mut finished_at = tx.open_table(FINISHED_AT).expect("finished at");
+                finished_at
+                    .insert(done_id.as_str(), 1_800_000_000_000)
+                    .expect("insert");
+                let mut schema = tx.open_table(SCHEMA).expect("schema");
+                schema.insert(CONTEXT_INDEXES, 1).expect("insert");
+                let mut revisions = tx.open_table(REVISIONS).expect("revisions");
+                revisions.insert("contexts", 77).expect("insert");
+            }
+            tx.commit().expect("commit");
+        }
+        let store = Store::open(&path).expect("open");
+        assert_eq!(
+            ids_in(&store, OperationKind::Async, "z1"),
+            [running.id.to_string()]
+        );
+        assert_eq!(
+            store.finished_before(u64::MAX, None, 10).expect("finished"),
+            [Finished {
+                id: done.id.to_string(),
+                revision: 41,
+                stored_ms: 1_800_000_000_000
+            }],
+            "the server's stamps are kept"
+        );
+        assert_eq!(
+            store.revision(Mirrored::Contexts).expect("rev"),
+            77,
+            "no snapshot is needed"
+        );
+        let tx = store.db.begin_read().expect("read");
+        assert!(
+            tx.open_table(UNFINISHED_V1).is_err(),
+            "version 1's index is dropped"
+        );
     }
 
     #[test]

@@ -43,7 +43,7 @@ impl Sweeper {
             let zone = self.zone.clone();
             let contexts = match self
                 .store
-                .run(move |s| s.unfinished_in(OperationKind::Sync, &zone))
+                .run(move |s| s.unfinished_in(OperationKind::Sync, &zone, |_| true))
                 .await
             {
                 Ok(c) => c,
