@@ -1409,7 +1409,9 @@ async fn many_monitors(sizes: &Sizes, figures: &mut Vec<Figure>) {
         baseline_what: None,
         ratio: None,
         target: "10000 monitors, <= 128 KiB each, no lead lost",
-        meets_target: Some(monitors >= 10_000 && per_monitor <= 128.0 && lead_per_monitor <= 128.0 && kept_leads),
+        // A run of fewer monitors (--quick) cannot show the target.
+        meets_target: (monitors >= 10_000)
+            .then_some(per_monitor <= 128.0 && lead_per_monitor <= 128.0 && kept_leads),
     });
 }
 
