@@ -967,6 +967,37 @@ impl Cluster {
         status_and_json(r).await
     }
 
+    /// Each zone's lead node and term, sorted by zone, as `GET /v1/cluster`
+    /// shows them, once each of `zones` zones has one.
+    pub async fn zone_leads(&self, zones: usize) -> Vec<(String, String, u64)> {
+        wait_until(
+            &format!("a lead in each of {zones} zones"),
+            Duration::from_secs(60),
+            || async {
+                let (_, view) = self.get("/v1/cluster").await;
+                let mut leads: Vec<(String, String, u64)> = view["zones"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|z| {
+                        Some((
+                            z["zone"].as_str()?.to_string(),
+                            z["lead"]["node"].as_str()?.to_string(),
+                            z["lead"]["term"].as_u64()?,
+                        ))
+                    })
+                    .collect();
+                leads.sort();
+                if leads.len() == zones {
+                    Ok(leads)
+                } else {
+                    Err(format!("leads so far: {leads:?}"))
+                }
+            },
+        )
+        .await
+    }
+
     pub async fn delete(&self, path: &str) -> (u16, Value) {
         let r = self
             .http

@@ -208,26 +208,12 @@ done
 
 /// Each zone's lead, by zone, once every zone has one.
 async fn zone_leads(cluster: &Cluster) -> HashMap<String, String> {
-    wait_until("a lead in every zone", Duration::from_secs(20), || async {
-        let (_, view) = cluster.get("/v1/cluster").await;
-        let leads: HashMap<String, String> = view["zones"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter_map(|z| {
-                Some((
-                    z["zone"].as_str()?.to_string(),
-                    z["lead"]["node"].as_str()?.to_string(),
-                ))
-            })
-            .collect();
-        if leads.len() == ZONES.len() {
-            Ok(leads)
-        } else {
-            Err(view.to_string())
-        }
-    })
-    .await
+    cluster
+        .zone_leads(ZONES.len())
+        .await
+        .into_iter()
+        .map(|(zone, node, _term)| (zone, node))
+        .collect()
 }
 
 async fn context(cluster: &Cluster, op: &str) -> Value {

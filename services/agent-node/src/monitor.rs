@@ -165,7 +165,7 @@ impl Monitor {
                         continue;
                     };
                     if rules::batch_full(batch.len(), batch.bytes(), encoded.len()) {
-                        if let Err(s) = Box::pin(self.flush(state, &mut batch)).await {
+                        if let Err(s) = self.flush(state, &mut batch).await {
                             stop = Some(s);
                             break;
                         }
@@ -173,14 +173,14 @@ impl Monitor {
                     batch.push(seq, &encoded);
                     // Append when the driver has nothing more queued.
                     if rx.is_empty() {
-                        if let Err(s) = Box::pin(self.flush(state, &mut batch)).await {
+                        if let Err(s) = self.flush(state, &mut batch).await {
                             stop = Some(s);
                             break;
                         }
                     }
                 }
                 Output::Checkpoint(mut data) => {
-                    if let Err(s) = Box::pin(self.flush(state, &mut batch)).await {
+                    if let Err(s) = self.flush(state, &mut batch).await {
                         stop = Some(s);
                         break;
                     }
@@ -211,7 +211,7 @@ impl Monitor {
             }
         }
         if stop.is_none() {
-            if let Err(s) = Box::pin(self.flush(state, &mut batch)).await {
+            if let Err(s) = self.flush(state, &mut batch).await {
                 stop = Some(s);
             }
         }
@@ -268,7 +268,8 @@ impl Monitor {
     }
 
     async fn flush(&self, state: &mut OwnedLog, batch: &mut EncodedEvents) -> Result<(), Stop> {
-        match state.append(&self.owned, &std::mem::take(batch)).await {
+        let batch = std::mem::take(batch);
+        match Box::pin(state.append(&self.owned, &batch)).await {
             Ok(()) => Ok(()),
             Err(AppendError::Fenced) => Err(Stop::Fenced(
                 "the event log was written by another owner".into(),

@@ -1052,6 +1052,35 @@ mod tests {
         assert_eq!(store.index_sizes().expect("sizes"), (1, 1));
     }
 
+    /// Writes a file as an older build did: the contexts `running` and
+    /// `done`, version 1's index of unfinished ids holding `running`, the
+    /// contexts revision 77, and whatever `more` adds.
+    fn write_older_file(
+        path: &Path,
+        running: &ExecutionContext,
+        done: &ExecutionContext,
+        more: impl FnOnce(&redb::WriteTransaction),
+    ) {
+        let db = Database::create(path).expect("create");
+        let tx = db.begin_write().expect("tx");
+        {
+            let mut contexts = tx.open_table(CONTEXTS).expect("contexts");
+            for c in [running, done] {
+                let value = zerofoot_shared::protocol::encode(c);
+                contexts
+                    .insert(c.id.to_string().as_str(), value.as_ref())
+                    .expect("insert");
+            }
+            let mut v1 = tx.open_table(UNFINISHED_V1).expect("v1 index");
+            v1.insert(running.id.to_string().as_str(), ())
+                .expect("insert");
+            let mut revisions = tx.open_table(REVISIONS).expect("revisions");
+            revisions.insert("contexts", 77).expect("insert");
+        }
+        more(&tx);
+        tx.commit().expect("commit");
+    }
+
     #[test]
     fn a_version_1_file_keeps_its_finished_index_and_gets_unfinished_by_scope() {
         let dir = tempfile::tempdir().expect("tempdir");
@@ -1060,37 +1089,20 @@ mod tests {
         running.kind = OperationKind::Async;
         running.zone = "z1".into();
         let done = ctx(OperationState::Complete);
-        {
-            // A file as a build with version 1 of the indexes wrote it.
-            let db = Database::create(&path).expect("create");
-            let tx = db.begin_write().expect("tx");
-            {
-                let mut contexts = tx.open_table(CONTEXTS).expect("contexts");
-                for c in [&running, &done] {
-                    let value = zerofoot_shared::protocol::encode(c);
-                    contexts
-                        .insert(c.id.to_string().as_str(), value.as_ref())
-                        .expect("insert");
-                }
-                let mut v1 = tx.open_table(UNFINISHED_V1).expect("v1 index");
-                v1.insert(running.id.to_string().as_str(), ())
-                    .expect("insert");
-                let done_id = done.id.to_string();
-                let mut finished = tx.open_table(FINISHED).expect("finished");
-                finished
-                    .insert((1_800_000_000_000, done_id.as_str()), 41)
-                    .expect("insert");
-                let mut finished_at = tx.open_table(FINISHED_AT).expect("finished at");
-                finished_at
-                    .insert(done_id.as_str(), 1_800_000_000_000)
-                    .expect("insert");
-                let mut schema = tx.open_table(SCHEMA).expect("schema");
-                schema.insert(CONTEXT_INDEXES, 1).expect("insert");
-                let mut revisions = tx.open_table(REVISIONS).expect("revisions");
-                revisions.insert("contexts", 77).expect("insert");
-            }
-            tx.commit().expect("commit");
-        }
+        // A file as a build with version 1 of the indexes wrote it.
+        write_older_file(&path, &running, &done, |tx| {
+            let done_id = done.id.to_string();
+            let mut finished = tx.open_table(FINISHED).expect("finished");
+            finished
+                .insert((1_800_000_000_000, done_id.as_str()), 41)
+                .expect("insert");
+            let mut finished_at = tx.open_table(FINISHED_AT).expect("finished at");
+            finished_at
+                .insert(done_id.as_str(), 1_800_000_000_000)
+                .expect("insert");
+            let mut schema = tx.open_table(SCHEMA).expect("schema");
+            schema.insert(CONTEXT_INDEXES, 1).expect("insert");
+        });
         let store = Store::open(&path).expect("open");
         assert_eq!(
             ids_in(&store, OperationKind::Async, "z1"),
@@ -1124,28 +1136,12 @@ mod tests {
         let running = ctx(OperationState::Running);
         let mut done = ctx(OperationState::Complete);
         done.updated_at = OffsetDateTime::from_unix_timestamp(1_700_000_000).expect("time");
-        {
-            // A file as an older build wrote it: tables, no indexes.
-            let db = Database::create(&path).expect("create");
-            let tx = db.begin_write().expect("tx");
-            {
-                let mut contexts = tx.open_table(CONTEXTS).expect("contexts");
-                for c in [&running, &done] {
-                    let value = zerofoot_shared::protocol::encode(c);
-                    contexts
-                        .insert(c.id.to_string().as_str(), value.as_ref())
-                        .expect("insert");
-                }
-                // Version 1's index, which the upgrade drops.
-                let mut v1 = tx.open_table(UNFINISHED_V1).expect("v1 index");
-                v1.insert(running.id.to_string().as_str(), ())
-                    .expect("insert");
-                let mut revisions = tx.open_table(REVISIONS).expect("revisions");
-                revisions.insert("contexts", 77).expect("insert");
-                revisions.insert("resources", 5).expect("insert");
-            }
-            tx.commit().expect("commit");
-        }
+        // A file as an older build wrote it: tables, no indexes (but a
+        // version 1 index table, which the upgrade drops).
+        write_older_file(&path, &running, &done, |tx| {
+            let mut revisions = tx.open_table(REVISIONS).expect("revisions");
+            revisions.insert("resources", 5).expect("insert");
+        });
         {
             let store = Store::open(&path).expect("open");
             assert_eq!(unfinished_ids(&store), [running.id.to_string()]);

@@ -1245,37 +1245,6 @@ const HOLD: &str = "#!/bin/sh\ncat >/dev/null\nexec sleep 2147483647\n";
 /// Zones of the scale scenario, two nodes each.
 const SCALE_ZONES: usize = 5;
 
-/// Each zone's lead and term, as `GET /v1/cluster` shows them, once each
-/// of the `zones` has one.
-async fn zone_leads(cluster: &Cluster, zones: usize) -> Vec<(String, String, u64)> {
-    zerofoot_tests::wait_until(
-        &format!("a lead in each of {zones} zones"),
-        Duration::from_secs(60),
-        || async {
-            let (_, view) = cluster.get("/v1/cluster").await;
-            let mut leads: Vec<(String, String, u64)> = view["zones"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .filter_map(|z| {
-                    Some((
-                        z["zone"].as_str()?.to_string(),
-                        z["lead"]["node"].as_str()?.to_string(),
-                        z["lead"]["term"].as_u64()?,
-                    ))
-                })
-                .collect();
-            leads.sort();
-            if leads.len() == zones {
-                Ok(leads)
-            } else {
-                Err(format!("{leads:?}"))
-            }
-        },
-    )
-    .await
-}
-
 /// `sizes.monitors` monitors across ten nodes in five zones of two (each
 /// zone's monitors on its lead): the nodes' memory per monitor, drivers
 /// excluded, and whether every zone kept its lead while they started. Each
@@ -1341,7 +1310,7 @@ async fn many_monitors(sizes: &Sizes, figures: &mut Vec<Figure>) {
         cluster.delete(&format!("/v1/operations/{warm}")).await;
         wait_state(&cluster, &warm, "cancelled", Duration::from_secs(30)).await;
     }
-    let leads_before = zone_leads(&cluster, SCALE_ZONES).await;
+    let leads_before = cluster.zone_leads(SCALE_ZONES).await;
     let pids: Vec<_> = cluster.nodes.iter().map(|n| n.pid()).collect();
     let rss = |pids: &[nix::unistd::Pid]| pids.iter().map(|p| rss_kib(*p)).collect::<Vec<u64>>();
     let before = rss(&pids);
@@ -1381,7 +1350,7 @@ async fn many_monitors(sizes: &Sizes, figures: &mut Vec<Figure>) {
     .await;
     let started = t.elapsed();
     let after = rss(&pids);
-    let leads_after = zone_leads(&cluster, SCALE_ZONES).await;
+    let leads_after = cluster.zone_leads(SCALE_ZONES).await;
     let grown: u64 = after
         .iter()
         .zip(&before)
