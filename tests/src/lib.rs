@@ -71,6 +71,34 @@ pub fn run_processes(home: &str) -> Vec<i32> {
         .collect()
 }
 
+/// The pids whose parent is `parent`.
+pub fn children_of(parent: i32) -> Vec<i32> {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                .ok()
+                .and_then(|stat| {
+                    let rest = stat.rsplit_once(')')?.1.to_string();
+                    rest.split_whitespace().nth(1)?.parse::<i32>().ok()
+                })
+                == Some(parent)
+        })
+        .collect()
+}
+
+/// A child of `parent` with `arg` among its command line's arguments.
+pub fn child_with_arg(parent: i32, arg: &str) -> Option<i32> {
+    children_of(parent).into_iter().find(|pid| {
+        std::fs::read(format!("/proc/{pid}/cmdline"))
+            .map(|line| line.split(|b| *b == 0).any(|a| a == arg.as_bytes()))
+            .unwrap_or(false)
+    })
+}
+
 /// Waits until no process of the driver run with scratch dir `home` is left.
 pub async fn wait_run_gone(what: &str, home: &str) {
     wait_until(what, Duration::from_secs(10), || async move {

@@ -1,5 +1,5 @@
 //! One owner, one driver, under faults beyond a clean crash: a node killed
-//! takes its drivers along; a paused node's and a silently partitioned
+//! takes its drivers along, and so does its driver spawner; a paused node's and a silently partitioned
 //! lead's drivers stop before (or about when) another node runs the same
 //! operation; junk in an operation's log does not stop a takeover; a burst
 //! of large events is appended whole; a cancel survives its owner's death.
@@ -242,6 +242,67 @@ async fn a_killed_node_takes_its_drivers_along() {
         "all drivers gone {:?} after the node's SIGKILL",
         killed_at.elapsed()
     );
+}
+
+/// The node starts its drivers through one spawner process. Killed, it
+/// takes its drivers along (each driver's shim dies with it), their
+/// operations end failed and say so, and the next driver starts through a
+/// new spawner.
+#[tokio::test]
+async fn a_killed_spawner_takes_its_drivers_along_and_the_next_driver_starts_anew() {
+    let mut cluster = Cluster::start(0).await;
+    cluster.add_node(&NodeFlags(fast()));
+    cluster.wait_nodes_up(1).await;
+    publish_modules(&cluster).await;
+    let node = cluster.nodes[0].pid().as_raw();
+    let sleep_file = cluster.shared_file("sleeper");
+    let op = submit(&cluster, "sleeper", "sleep", json!({"file": sleep_file})).await;
+    let run = wait_until("the sync driver's run", Duration::from_secs(30), || async {
+        let text = std::fs::read_to_string(&sleep_file).map_err(|e| e.to_string())?;
+        match text.trim() {
+            "" => Err("not yet".to_string()),
+            run => Ok(run.to_string()),
+        }
+    })
+    .await;
+    let spawner = zerofoot_tests::child_with_arg(node, "--serve")
+        .expect("the node's spawner runs beside its driver");
+
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(spawner), Signal::SIGKILL)
+        .expect("SIGKILL the spawner");
+    wait_run_gone(
+        &format!("the sync driver and its child ({run}) gone with their spawner"),
+        &run,
+    )
+    .await;
+    let failed = wait_state(&cluster, &op, "failed").await;
+    assert!(
+        failed["error"].to_string().contains("signal 9"),
+        "the operation says its driver was killed: {failed}"
+    );
+
+    let again = cluster.shared_file("again");
+    let op = submit(&cluster, "sleeper", "sleep", json!({"file": again})).await;
+    wait_until("the next driver's run", Duration::from_secs(30), || async {
+        let text = std::fs::read_to_string(&again).map_err(|e| e.to_string())?;
+        if text.trim().is_empty() {
+            Err("not yet".to_string())
+        } else {
+            Ok(())
+        }
+    })
+    .await;
+    let respawned = zerofoot_tests::child_with_arg(node, "--serve")
+        .expect("a new spawner runs the next driver");
+    assert_ne!(respawned, spawner, "the spawner was started anew");
+    let response = cluster
+        .http
+        .delete(cluster.url(&format!("/v1/operations/{op}")))
+        .send()
+        .await
+        .expect("DELETE");
+    assert_eq!(response.status().as_u16(), 202, "cancel acknowledged");
+    wait_state(&cluster, &op, "cancelled").await;
 }
 
 #[tokio::test]

@@ -195,25 +195,6 @@ async fn a_hostile_module_reaches_nothing_of_the_node_and_harms_no_one() {
     .await;
 }
 
-/// The pids whose parent is `parent`.
-fn children_of(parent: i32) -> Vec<i32> {
-    let Ok(entries) = std::fs::read_dir("/proc") else {
-        return Vec::new();
-    };
-    entries
-        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
-        .filter(|pid| {
-            std::fs::read_to_string(format!("/proc/{pid}/stat"))
-                .ok()
-                .and_then(|stat| {
-                    let rest = stat.rsplit_once(')')?.1.to_string();
-                    rest.split_whitespace().nth(1)?.parse::<i32>().ok()
-                })
-                == Some(parent)
-        })
-        .collect()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_secret_given_in_the_environment_reaches_no_child() {
     let mut cluster = Cluster::start(0).await;
@@ -244,10 +225,8 @@ async fn a_secret_given_in_the_environment_reaches_no_child() {
         "the node's watchdog process",
         Duration::from_secs(10),
         || async {
-            children_of(node_pid)
-                .into_iter()
-                .next()
-                .ok_or_else(|| "no child yet".to_string())
+            zerofoot_tests::child_with_arg(node_pid, "watchdog")
+                .ok_or_else(|| "no watchdog child yet".to_string())
         },
     )
     .await;

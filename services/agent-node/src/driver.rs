@@ -14,8 +14,8 @@ use std::path::PathBuf;
 use std::process::ExitStatus;
 use std::time::Duration;
 
+use crate::launcher::DriverProcess;
 use nix::sys::signal::{killpg, Signal};
-use nix::unistd::Pid;
 use tokio::io::{AsyncBufRead, AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio_util::sync::CancellationToken;
 
@@ -146,31 +146,32 @@ async fn run_to_end(
     cancel: &CancellationToken,
     outputs: tokio::sync::mpsc::Sender<Output>,
 ) -> Result<(), DriverError> {
-    let mut command = inv.launcher.command(
-        &inv.program,
-        &inv.operation,
-        &inv.scratch,
-        &inv.env,
-        &inv.sandbox,
-    );
-    let mut child = command.spawn().map_err(|e| DriverError::Spawn {
-        program: inv.program.display().to_string(),
-        message: e.to_string(),
-    })?;
+    let mut child = inv
+        .launcher
+        .start(
+            &inv.program,
+            &inv.operation,
+            &inv.scratch,
+            &inv.env,
+            &inv.sandbox,
+        )
+        .await
+        .map_err(|e| DriverError::Spawn {
+            program: inv.program.display().to_string(),
+            message: e.to_string(),
+        })?;
     // The shim makes its pid the driver's process group; until it has (a
     // moment after the spawn), only the process itself can be signalled.
-    let group = child.id().map(|id| Pid::from_raw(id as i32));
-    let _watched = match (inv.launcher.watchdog(), group) {
-        (Some(watchdog), Some(group)) => Some(watchdog.watch(group.as_raw())),
-        _ => None,
-    };
-    let kill_group = |child: &mut tokio::process::Child, signal: Signal| {
-        if let Some(group) = group {
-            if killpg(group, signal) == Err(nix::errno::Errno::ESRCH) {
-                // No group yet: the shim has not started the session. Not
-                // reaped yet either, so the pid is still the shim's.
-                let _ = child.start_kill();
-            }
+    let group = child.id();
+    let _watched = inv
+        .launcher
+        .watchdog()
+        .map(|watchdog| watchdog.watch(group.as_raw()));
+    let kill_group = |child: &mut DriverProcess, signal: Signal| {
+        if killpg(group, signal) == Err(nix::errno::Errno::ESRCH) {
+            // No group yet: the shim has not started its session. Its
+            // end not heard of either, so the pid is still the shim's.
+            child.start_kill();
         }
     };
 
@@ -383,16 +384,6 @@ mod tests {
         assert_eq!(next_line(&mut reader, &mut line).await.ok().flatten(), None);
     }
 
-    /// The shim cargo built next to this test binary (target/<profile>/).
-    fn built_shim() -> PathBuf {
-        let exe = std::env::current_exe().expect("test binary path");
-        let profile_dir = exe
-            .parent()
-            .and_then(|deps| deps.parent())
-            .expect("target/<profile>/deps");
-        profile_dir.join(crate::launcher::SHIM_NAME)
-    }
-
     /// A driver that answers with the first line of its input (or "none").
     async fn run_echo(gate: Option<tokio::sync::oneshot::Receiver<()>>) -> Option<Output> {
         use std::os::unix::fs::PermissionsExt;
@@ -413,11 +404,7 @@ mod tests {
             stdin_after: gate,
             timeout: Some(Duration::from_secs(10)),
             max_output: None,
-            launcher: crate::launcher::Launcher::new(
-                crate::launcher::locate_shim(Some(&built_shim()))
-                    .expect("zf-driver-shim built (cargo build --bins)"),
-                None,
-            ),
+            launcher: crate::launcher::tests::launcher(),
             sandbox: crate::shim_spec::Sandbox::default(),
         };
         let (tx, mut rx) = tokio::sync::mpsc::channel(8);

@@ -1,14 +1,31 @@
-//! How this node starts driver processes: through `zf-driver-shim`, spawned
-//! with `posix_spawn`, so the node's address space is never forked (a fork
-//! copies the page tables of everything the node holds, and its cost grows
-//! with the mirror), and every setup step runs in the shim, a fresh
-//! single-threaded process where it is safe. The watchdog hears of each
-//! driver's process group while it runs.
+//! How this node starts driver processes: through its spawner, one
+//! `zf-driver-shim --serve` process started with `posix_spawn` the first
+//! time a driver is needed (and again if it ever dies), which forks a shim
+//! for each driver. The node's address space is never forked (a fork copies
+//! the page tables of everything the node holds, and its cost grows with
+//! the mirror), no shim costs an exec, and every setup step runs in the
+//! shim, a single-threaded process where it is safe. The watchdog hears of
+//! each driver's process group while it runs.
 
+use std::collections::{HashMap, VecDeque};
+use std::io::IoSlice;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
+use std::process::{ExitStatus, Stdio};
+use std::sync::Arc;
 
-use crate::shim_spec::{Sandbox, ShimSpec};
+use nix::sys::signal::{kill, Signal};
+use nix::sys::socket::{
+    recv, sendmsg, socketpair, AddressFamily, ControlMessage, MsgFlags, SockFlag, SockType,
+    UnixAddr,
+};
+use nix::unistd::Pid;
+use tokio::io::unix::AsyncFd;
+use tokio::net::unix::pipe;
+use tokio::sync::oneshot;
+
+use crate::shim_spec::{Sandbox, SpawnReply, SpawnRequest, MAX_SPAWN_REQUEST};
 use crate::watchdog::Watchdog;
 
 /// The shim's file name, next to `zf-agent-node` unless `--driver-shim` says.
@@ -55,44 +72,436 @@ pub fn locate_shim(configured: Option<&Path>) -> Result<PathBuf, LauncherError> 
 pub struct Launcher {
     shim: PathBuf,
     watchdog: Option<Watchdog>,
+    spawner: Arc<tokio::sync::Mutex<Option<Arc<Spawner>>>>,
 }
+
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct SpawnError(String);
 
 impl Launcher {
     pub fn new(shim: PathBuf, watchdog: Option<Watchdog>) -> Self {
-        Self { shim, watchdog }
+        Self {
+            shim,
+            watchdog,
+            spawner: Arc::default(),
+        }
     }
 
     pub fn watchdog(&self) -> Option<&Watchdog> {
         self.watchdog.as_ref()
     }
 
-    /// The command that runs `program operation` with exactly `env`, in
-    /// `dir`, with piped stdio. Nothing here may add a `pre_exec` hook or a
-    /// uid: either would make the standard library fork instead of spawn.
-    pub fn command(
+    /// Starts `program operation` with exactly `env`, in `dir`, confined by
+    /// `sandbox`, with piped stdio.
+    pub async fn start(
         &self,
         program: &Path,
         operation: &str,
         dir: &Path,
         env: &[(String, String)],
         sandbox: &Sandbox,
-    ) -> tokio::process::Command {
-        let spec = ShimSpec {
-            parent: std::process::id() as i32,
+    ) -> Result<DriverProcess, SpawnError> {
+        let request = SpawnRequest {
             program: program.to_path_buf(),
             args: vec![operation.to_string()],
+            dir: dir.to_path_buf(),
+            env: env.to_vec(),
             sandbox: sandbox.clone(),
         };
-        let mut command = tokio::process::Command::new(&self.shim);
-        command
-            .arg(serde_json::to_string(&spec).unwrap_or_default())
-            .current_dir(dir)
+        let pipe = || {
+            nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
+                .map_err(|e| SpawnError(format!("cannot make the driver's pipes: {e}")))
+        };
+        let (stdin_read, stdin_write) = pipe()?;
+        let (stdout_read, stdout_write) = pipe()?;
+        let (stderr_read, stderr_write) = pipe()?;
+        let spawner = self.spawner().await?;
+        let (pid, exit) = spawner
+            .start(&request, [stdin_read, stdout_write, stderr_write])
+            .await?;
+        let mut driver = DriverProcess {
+            pid: Pid::from_raw(pid),
+            stdin: None,
+            stdout: None,
+            stderr: None,
+            exit,
+            status: None,
+        };
+        let io =
+            |e: std::io::Error| SpawnError(format!("cannot read or write the driver's pipes: {e}"));
+        driver.stdin = Some(pipe::Sender::from_owned_fd(stdin_write).map_err(io)?);
+        driver.stdout = Some(pipe::Receiver::from_owned_fd(stdout_read).map_err(io)?);
+        driver.stderr = Some(pipe::Receiver::from_owned_fd(stderr_read).map_err(io)?);
+        Ok(driver)
+    }
+
+    /// The running spawner, started anew if there is none or it died.
+    async fn spawner(&self) -> Result<Arc<Spawner>, SpawnError> {
+        let mut current = self.spawner.lock().await;
+        if let Some(spawner) = current.as_ref().filter(|s| s.is_alive()) {
+            return Ok(spawner.clone());
+        }
+        let spawner = Spawner::spawn(&self.shim, self.watchdog.as_ref())?;
+        *current = Some(spawner.clone());
+        Ok(spawner)
+    }
+}
+
+/// One driver's shim, as the node holds it: its pid (also its process
+/// group, once the shim has made it), its stdio, and its end. Killed if
+/// dropped before it ended.
+pub struct DriverProcess {
+    pid: Pid,
+    pub stdin: Option<pipe::Sender>,
+    pub stdout: Option<pipe::Receiver>,
+    pub stderr: Option<pipe::Receiver>,
+    exit: oneshot::Receiver<ExitStatus>,
+    status: Option<ExitStatus>,
+}
+
+impl DriverProcess {
+    pub fn id(&self) -> Pid {
+        self.pid
+    }
+
+    /// How the shim ended (as its driver ended). Cancel-safe.
+    pub async fn wait(&mut self) -> std::io::Result<ExitStatus> {
+        if let Some(status) = self.status {
+            return Ok(status);
+        }
+        let status = (&mut self.exit)
+            .await
+            .map_err(|_| std::io::Error::other("the driver spawner lost this driver"))?;
+        self.status = Some(status);
+        Ok(status)
+    }
+
+    /// SIGKILLs the shim itself, unless it is known to have ended (its pid
+    /// is not reaped before the spawner says so).
+    pub fn start_kill(&mut self) {
+        if self.status.is_none() && self.exit.try_recv().is_err() {
+            let _ = kill(self.pid, Signal::SIGKILL);
+        }
+    }
+}
+
+impl Drop for DriverProcess {
+    fn drop(&mut self) {
+        self.start_kill();
+    }
+}
+
+/// The node's end of a running spawner.
+struct Spawner {
+    socket: AsyncFd<OwnedFd>,
+    /// Held while a request is sent, so the pending starts stay in the
+    /// order the spawner reads them.
+    sending: tokio::sync::Mutex<()>,
+    state: std::sync::Mutex<SpawnerState>,
+}
+
+#[derive(Default)]
+struct SpawnerState {
+    /// One per request sent and not yet answered, oldest first.
+    starts: VecDeque<oneshot::Sender<Result<Started, String>>>,
+    /// One per shim started and not yet ended.
+    exits: HashMap<i32, oneshot::Sender<ExitStatus>>,
+    /// Why the spawner is gone, once it is.
+    gone: Option<String>,
+}
+
+type Started = (i32, oneshot::Receiver<ExitStatus>);
+
+impl Spawner {
+    /// Starts a spawner, its group announced to `watchdog` until it is
+    /// reaped: until a shim starts its own session, it is in that group.
+    fn spawn(shim: &Path, watchdog: Option<&Watchdog>) -> Result<Arc<Self>, SpawnError> {
+        let cannot = |what: &str, e: &dyn std::fmt::Display| {
+            SpawnError(format!(
+                "cannot start the driver spawner ({}): {what}: {e}",
+                shim.display()
+            ))
+        };
+        let (node_end, spawner_end) = socketpair(
+            AddressFamily::Unix,
+            SockType::SeqPacket,
+            None,
+            SockFlag::SOCK_CLOEXEC,
+        )
+        .map_err(|e| cannot("socketpair", &e))?;
+        let flags = nix::fcntl::fcntl(&node_end, nix::fcntl::FcntlArg::F_GETFL)
+            .map_err(|e| cannot("fcntl", &e))?;
+        let flags = nix::fcntl::OFlag::from_bits_retain(flags) | nix::fcntl::OFlag::O_NONBLOCK;
+        nix::fcntl::fcntl(&node_end, nix::fcntl::FcntlArg::F_SETFL(flags))
+            .map_err(|e| cannot("fcntl", &e))?;
+        // Spawned from a runtime thread, which lives as long as the node:
+        // the spawner's death signal is tied to it. Its own process group
+        // keeps a terminal's ^C away from it; it needs no environment.
+        let mut child = tokio::process::Command::new(shim)
+            .arg("--serve")
+            .arg(std::process::id().to_string())
             .env_clear()
-            .envs(env.iter().map(|(k, v)| (k, v)))
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .kill_on_drop(true);
-        command
+            .process_group(0)
+            .stdin(Stdio::from(spawner_end))
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .kill_on_drop(false)
+            .spawn()
+            .map_err(|e| cannot("spawn", &e))?;
+        // SAFETY: the descriptor is owned here and moves into the AsyncFd,
+        // which holds it open, as it is, until it is dropped.
+        let socket = unsafe { AsyncFd::register(node_end) }.map_err(|e| cannot("register", &e))?;
+        let spawner = Arc::new(Self {
+            socket,
+            sending: tokio::sync::Mutex::new(()),
+            state: std::sync::Mutex::default(),
+        });
+        tokio::spawn(spawner.clone().read_replies());
+        let watched = child
+            .id()
+            .zip(watchdog)
+            .map(|(pid, watchdog)| watchdog.watch(pid as i32));
+        tokio::spawn(async move {
+            let status = child.wait().await;
+            drop(watched);
+            tracing::debug!(?status, "the driver spawner exited");
+        });
+        Ok(spawner)
+    }
+
+    fn is_alive(&self) -> bool {
+        self.lock().gone.is_none()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, SpawnerState> {
+        self.state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Sends one request with the driver's end of its three pipes; the shim's
+    /// pid and its end, once started.
+    async fn start(
+        &self,
+        request: &SpawnRequest,
+        stdio: [OwnedFd; 3],
+    ) -> Result<Started, SpawnError> {
+        let bytes = serde_json::to_vec(request)
+            .map_err(|e| SpawnError(format!("cannot encode the driver's request: {e}")))?;
+        if bytes.len() > MAX_SPAWN_REQUEST {
+            return Err(SpawnError(format!(
+                "the driver's request is {} bytes, over the {MAX_SPAWN_REQUEST} a spawner reads: its environment is too large",
+                bytes.len()
+            )));
+        }
+        let (answer, answered) = oneshot::channel();
+        {
+            let _sending = self.sending.lock().await;
+            {
+                let mut state = self.lock();
+                if let Some(why) = &state.gone {
+                    return Err(SpawnError(format!("the driver spawner is gone: {why}")));
+                }
+                state.starts.push_back(answer);
+            }
+            // Until the request is sent, its place in the queue is taken
+            // back, however this future ends.
+            let mut unsent = Unsent {
+                spawner: self,
+                sent: false,
+            };
+            let fds = stdio.each_ref().map(|fd| fd.as_raw_fd());
+            let rights = [ControlMessage::ScmRights(&fds)];
+            loop {
+                let mut ready =
+                    self.socket.writable().await.map_err(|e| {
+                        SpawnError(format!("cannot write to the driver spawner: {e}"))
+                    })?;
+                let sent = ready.try_io(|socket| {
+                    sendmsg::<UnixAddr>(
+                        socket.as_raw_fd(),
+                        &[IoSlice::new(&bytes)],
+                        &rights,
+                        MsgFlags::MSG_NOSIGNAL,
+                        None,
+                    )
+                    .map_err(std::io::Error::from)
+                });
+                match sent {
+                    Ok(Ok(_)) => break,
+                    Ok(Err(e)) => {
+                        return Err(SpawnError(format!(
+                            "cannot write to the driver spawner: {e}"
+                        )))
+                    }
+                    Err(_would_block) => continue,
+                }
+            }
+            unsent.sent = true;
+        }
+        drop(stdio);
+        match answered.await {
+            Ok(Ok(started)) => Ok(started),
+            Ok(Err(reason)) => Err(SpawnError(reason)),
+            Err(_) => Err(SpawnError("the driver spawner is gone".into())),
+        }
+    }
+
+    /// Reads the spawner's replies until it is gone, then fails whatever
+    /// waits on it: its shims died with it.
+    async fn read_replies(self: Arc<Self>) {
+        let mut buffer = vec![0u8; 64 * 1024];
+        let why = loop {
+            let mut ready = match self.socket.readable().await {
+                Ok(ready) => ready,
+                Err(e) => break format!("cannot read from it: {e}"),
+            };
+            let read = ready.try_io(|socket| {
+                recv(socket.as_raw_fd(), &mut buffer, MsgFlags::empty())
+                    .map_err(std::io::Error::from)
+            });
+            match read {
+                Err(_would_block) => continue,
+                Ok(Err(e)) => break format!("cannot read from it: {e}"),
+                Ok(Ok(0)) => break "it exited".to_string(),
+                Ok(Ok(n)) => match serde_json::from_slice::<SpawnReply>(&buffer[..n]) {
+                    Ok(reply) => self.take(reply),
+                    Err(e) => break format!("it said something unreadable: {e}"),
+                },
+            }
+        };
+        tracing::warn!(reason = %why, "the driver spawner is gone; the drivers it started were killed with it, and the next driver starts a new spawner");
+        let mut state = self.lock();
+        state.gone = Some(why.clone());
+        for start in state.starts.drain(..) {
+            let _ = start.send(Err(format!("the driver spawner is gone: {why}")));
+        }
+        for (_, exit) in state.exits.drain() {
+            let _ = exit.send(ExitStatus::from_raw(Signal::SIGKILL as i32));
+        }
+        drop(state);
+        // Dropping the socket lets a spawner that still runs see the end.
+        let _ = nix::sys::socket::shutdown(
+            self.socket.get_ref().as_raw_fd(),
+            nix::sys::socket::Shutdown::Both,
+        );
+    }
+
+    fn take(&self, reply: SpawnReply) {
+        let mut state = self.lock();
+        match reply {
+            SpawnReply::Started { pid } => {
+                let (ended, end) = oneshot::channel();
+                state.exits.insert(pid, ended);
+                let waiting = state.starts.pop_front();
+                if waiting.is_none_or(|w| w.send(Ok((pid, end))).is_err()) {
+                    // Nobody waits for it any more: it must not run.
+                    let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+                }
+            }
+            SpawnReply::Refused { reason } => {
+                if let Some(waiting) = state.starts.pop_front() {
+                    let _ = waiting.send(Err(reason));
+                }
+            }
+            SpawnReply::Exited { pid, status } => {
+                if let Some(ended) = state.exits.remove(&pid) {
+                    let _ = ended.send(ExitStatus::from_raw(status));
+                }
+            }
+        }
+    }
+}
+
+/// Takes back the last queued start unless its request was sent.
+struct Unsent<'a> {
+    spawner: &'a Spawner,
+    sent: bool,
+}
+
+impl Drop for Unsent<'_> {
+    fn drop(&mut self) {
+        if !self.sent {
+            // Only the holder of `sending` queues starts: the last is ours.
+            self.spawner.lock().starts.pop_back();
+        }
+    }
+}
+
+#[cfg(test)]
+pub mod tests {
+    use super::*;
+    use tokio::io::AsyncReadExt;
+
+    /// A launcher with the shim cargo built next to this test binary
+    /// (target/<profile>/), and no watchdog.
+    pub fn launcher() -> Launcher {
+        let exe = std::env::current_exe().expect("test binary path");
+        let profile_dir = exe
+            .parent()
+            .and_then(|deps| deps.parent())
+            .expect("target/<profile>/deps");
+        let shim = locate_shim(Some(&profile_dir.join(SHIM_NAME)))
+            .expect("zf-driver-shim built (cargo build --bins)");
+        Launcher::new(shim, None)
+    }
+
+    #[tokio::test]
+    async fn a_shim_that_cannot_start_its_driver_says_why_and_the_next_one_starts() {
+        let launcher = launcher();
+        let dir = tempfile::tempdir().expect("tempdir");
+        let missing = dir.path().join("gone");
+        let mut shim = launcher
+            .start(
+                Path::new("/bin/true"),
+                "go",
+                &missing,
+                &[],
+                &Sandbox::default(),
+            )
+            .await
+            .expect("the spawner starts a shim");
+        let mut stderr = String::new();
+        shim.stderr
+            .take()
+            .expect("stderr")
+            .read_to_string(&mut stderr)
+            .await
+            .expect("read stderr");
+        assert!(
+            stderr.contains("cannot enter") && stderr.contains("gone"),
+            "the shim says which directory it could not enter: {stderr}"
+        );
+        assert_eq!(shim.wait().await.expect("its end").code(), Some(127));
+
+        // The next request goes to the same spawner, and its driver gets
+        // its argument, exactly the given environment, and its directory.
+        use std::os::unix::fs::PermissionsExt;
+        let program = dir.path().join("run");
+        std::fs::write(
+            &program,
+            "#!/bin/sh\necho \"$1 $GREETING home=$HOME in $(pwd)\"\n",
+        )
+        .expect("write driver");
+        std::fs::set_permissions(&program, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+        let env = [("GREETING".to_string(), "hello".to_string())];
+        let mut driver = launcher
+            .start(&program, "go", dir.path(), &env, &Sandbox::default())
+            .await
+            .expect("the same spawner starts the next");
+        let mut out = String::new();
+        driver
+            .stdout
+            .take()
+            .expect("stdout")
+            .read_to_string(&mut out)
+            .await
+            .expect("read stdout");
+        assert_eq!(
+            out.trim(),
+            format!("go hello home= in {}", dir.path().display())
+        );
+        assert!(driver.wait().await.expect("its end").success());
     }
 }

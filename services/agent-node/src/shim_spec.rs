@@ -1,17 +1,22 @@
-//! What the node hands `zf-driver-shim` (one JSON argument): the driver to
-//! exec, the node it belongs to, and the sandbox to put it in. Shared by the
-//! node (`launcher.rs`, `sandbox.rs`) and the shim
-//! (`bin/zf-driver-shim.rs`), which are built together, so the two always
-//! agree.
+//! What the node and `zf-driver-shim` say to each other: the driver to
+//! exec, the process it belongs to, and the sandbox to put it in; and, for
+//! the shim serving as the node's spawner, each request to start a driver
+//! and the spawner's replies. Shared by the node (`launcher.rs`,
+//! `sandbox.rs`) and the shim (`bin/zf-driver-shim.rs`), which are built
+//! together, so the two always agree.
 
 use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
+/// What one shim applies. Only the shim builds it (from its argument, or
+/// from a [`SpawnRequest`]); the node builds requests.
+#[allow(dead_code)]
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
 pub struct ShimSpec {
-    /// The node's pid: a shim whose parent is already another process (the
-    /// node died while it started) starts nothing.
+    /// The pid of the process that started the shim (the spawner, or the
+    /// node): a shim whose parent is already another process (it died while
+    /// the shim started) starts nothing.
     pub parent: i32,
     /// The driver's executable and its arguments.
     pub program: PathBuf,
@@ -59,3 +64,35 @@ pub struct AllowedPaths {
     /// Everything: the driver's scratch dir.
     pub full: Vec<PathBuf>,
 }
+
+/// One driver to start, as the node asks its spawner (one datagram, with
+/// the driver's stdin, stdout and stderr passed alongside, in that order).
+/// The environment travels here, not on a command line others can read.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct SpawnRequest {
+    pub program: PathBuf,
+    pub args: Vec<String>,
+    /// The driver's working directory.
+    pub dir: PathBuf,
+    /// The driver's whole environment: it inherits nothing else.
+    pub env: Vec<(String, String)>,
+    pub sandbox: Sandbox,
+}
+
+/// What the spawner tells the node, one datagram each. Every request gets
+/// exactly one `Started` or `Refused`, in the order the requests came;
+/// every started shim later gets one `Exited`.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum SpawnReply {
+    /// The shim for the next request runs as `pid`, which is also the
+    /// process group it is about to lead.
+    Started { pid: i32 },
+    /// The next request started nothing, and why.
+    Refused { reason: String },
+    /// Shim `pid` ended; `status` is its raw wait status.
+    Exited { pid: i32, status: i32 },
+}
+
+/// The largest request a spawner reads; a larger one is refused.
+pub const MAX_SPAWN_REQUEST: usize = 128 * 1024;

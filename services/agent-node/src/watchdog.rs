@@ -10,11 +10,12 @@
 //!   so a paused node's drivers do not run on beside its successor's.
 //!
 //! A driver spawned in the instant before its group was announced, or before
-//! its shim made the group, is still covered: every driver's shim sets
-//! PR_SET_PDEATHSIG (SIGKILL), tied to the tokio worker thread that spawned
-//! it, which lives as long as the node; and a stalled node cannot reap, so
-//! the watchdog may signal a group's leader by its pid when the group does
-//! not exist yet. The
+//! its shim made the group, is still covered: the node announces its
+//! spawner's group too, which holds every shim until the shim starts its
+//! own session, and whose end takes every shim along (each shim sets
+//! PR_SET_PDEATHSIG, SIGKILL, tied to the spawner, and the spawner one tied
+//! to the tokio worker thread that started it, which lives as long as the
+//! node). The
 //! watchdog ignores SIGINT, SIGTERM and SIGHUP so a terminal's Ctrl-C or a
 //! `pkill zf-agent-node` cannot take it down before the node's own cleanup.
 
@@ -61,17 +62,17 @@ pub fn run(starve: Duration) -> std::process::ExitCode {
                 apply(&mut groups, &line);
             }
             Ok(None) | Err(RecvTimeoutError::Disconnected) => {
-                let killed = kill_all(&mut groups, false);
+                let killed = kill_all(&mut groups);
                 if killed > 0 {
-                    eprintln!("zf-agent-node watchdog: the node is gone; killed {killed} driver process group(s)");
+                    eprintln!("zf-agent-node watchdog: the node is gone; killed {killed} process group(s) of drivers and their spawner");
                 }
                 return std::process::ExitCode::SUCCESS;
             }
             Err(RecvTimeoutError::Timeout) => {
-                let killed = kill_all(&mut groups, true);
+                let killed = kill_all(&mut groups);
                 if killed > 0 {
                     eprintln!(
-                        "zf-agent-node watchdog: the node was silent for {starve:?} (stopped or starved); killed {killed} driver process group(s) so they cannot run beside another node's"
+                        "zf-agent-node watchdog: the node was silent for {starve:?} (stopped or starved); killed {killed} process group(s) of drivers and their spawner, so they cannot run beside another node's"
                     );
                 }
                 fed = Instant::now();
@@ -100,16 +101,11 @@ fn apply(groups: &mut BTreeSet<i32>, line: &str) {
     }
 }
 
-/// SIGKILLs every group. `leaders_too`: where a group does not exist yet
-/// (its shim has not made it), kill its leader by pid; only safe while the
-/// node cannot reap that pid and let it be reused, i.e. while it is stalled.
-fn kill_all(groups: &mut BTreeSet<i32>, leaders_too: bool) -> usize {
+/// SIGKILLs every group.
+fn kill_all(groups: &mut BTreeSet<i32>) -> usize {
     let n = groups.len();
     for pgid in std::mem::take(groups) {
-        let pgid = Pid::from_raw(pgid);
-        if killpg(pgid, Signal::SIGKILL) == Err(nix::errno::Errno::ESRCH) && leaders_too {
-            let _ = nix::sys::signal::kill(pgid, Signal::SIGKILL);
-        }
+        let _ = killpg(Pid::from_raw(pgid), Signal::SIGKILL);
     }
     n
 }
@@ -182,7 +178,8 @@ impl Watchdog {
         Ok(Self { lines })
     }
 
-    /// Announces a driver's process group until the guard is dropped.
+    /// Announces a process group (a driver's, or the spawner's) until the
+    /// guard is dropped.
     pub fn watch(&self, pgid: i32) -> Watched {
         let _ = self.lines.send(format!("+{pgid}\n"));
         Watched {
@@ -192,7 +189,7 @@ impl Watchdog {
     }
 }
 
-/// A driver's process group known to the watchdog; dropped once it is dead.
+/// A process group known to the watchdog; dropped once it is dead.
 pub struct Watched {
     lines: tokio_mpsc::UnboundedSender<String>,
     pgid: i32,

@@ -266,6 +266,10 @@ async fn sync_operations(sizes: &Sizes, figures: &mut Vec<Figure>) {
         .iter()
         .map(|(_, pid)| cpu_ticks_and_children(*pid))
         .collect();
+    let spawners_before: Vec<Option<(i32, u64)>> = processes
+        .iter()
+        .map(|(_, pid)| spawner_ticks(*pid))
+        .collect();
     let t = Instant::now();
     let clients = (0..sizes.clients).map(|_| async {
         for _ in 0..sizes.ops_per_client {
@@ -280,7 +284,9 @@ async fn sync_operations(sizes: &Sizes, figures: &mut Vec<Figure>) {
     futures::future::join_all(clients).await;
     let http_rate = total as f64 / t.elapsed().as_secs_f64();
     let mut cpu_per_op: Vec<(String, f64)> = Vec::new();
-    for ((name, pid), (own, children)) in processes.iter().zip(&cpu_before) {
+    for (((name, pid), (own, children)), spawner_before) in
+        processes.iter().zip(&cpu_before).zip(&spawners_before)
+    {
         let (own_after, children_after) = cpu_ticks_and_children(*pid);
         let mut add = |what: String, ticks: u64| {
             let ms = ticks as f64 * 10.0 / total as f64;
@@ -291,7 +297,17 @@ async fn sync_operations(sizes: &Sizes, figures: &mut Vec<Figure>) {
         };
         add(name.to_string(), own_after - own);
         if *name == "agent nodes" {
-            add("shims and drivers".into(), children_after - children);
+            let spawner = match (spawner_before, spawner_ticks(*pid)) {
+                (Some((before, ticks)), Some((after, ticks_after))) if *before == after => {
+                    ticks_after - ticks
+                }
+                (_, Some((_, ticks_after))) => ticks_after,
+                (_, None) => 0,
+            };
+            add(
+                "shims and drivers".into(),
+                children_after - children + spawner,
+            );
         }
     }
     for (what, ms) in cpu_per_op {
@@ -1525,7 +1541,7 @@ fn cpu_ticks(pid: nix::unistd::Pid) -> u64 {
 }
 
 /// CPU ticks (1/100 s) of `pid` itself, and of its children it has reaped
-/// (for a node: the shims and drivers it ran).
+/// (for a node's spawner: the shims and drivers it ran).
 fn cpu_ticks_and_children(pid: nix::unistd::Pid) -> (u64, u64) {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
     // Fields after the command name, which ends with the last ')'.
@@ -1540,6 +1556,14 @@ fn cpu_ticks_and_children(pid: nix::unistd::Pid) -> (u64, u64) {
             .unwrap_or(0)
     };
     (field(14) + field(15), field(16) + field(17))
+}
+
+/// A node's driver spawner (its child `zf-driver-shim --serve`), and the
+/// CPU ticks it has used with the shims and drivers it has reaped.
+fn spawner_ticks(node: nix::unistd::Pid) -> Option<(i32, u64)> {
+    let spawner = zerofoot_tests::child_with_arg(node.as_raw(), "--serve")?;
+    let (own, children) = cpu_ticks_and_children(nix::unistd::Pid::from_raw(spawner));
+    Some((spawner, own + children))
 }
 
 /// The nodes' CPU use while nothing is submitted, in % of one core.

@@ -1,8 +1,12 @@
-//! `zf-driver-shim`: the first thing a driver process runs. The node starts
-//! it with `posix_spawn` (no fork of the node's address space, so starting a
-//! driver costs the same however much memory the node holds) and the shim,
-//! a fresh single-threaded process, sets the driver up where that is safe:
-//! - it dies with the node, and starts nothing if the node is already gone;
+//! `zf-driver-shim`: the first thing a driver process runs. It serves
+//! the node as its spawner (`--serve <node pid>`): a small single-threaded
+//! process the node starts once with `posix_spawn`, which forks a shim for
+//! each driver the node asks for. A fork of this process is cheap (it holds
+//! almost nothing), and the shim needs no exec of its own; the node's
+//! address space is never forked. Each shim sets its driver up where that
+//! is safe:
+//! - it dies with the spawner, which dies with the node, and starts
+//!   nothing if its parent is already gone;
 //! - it leads its own session and process group (the group the node and its
 //!   watchdog kill), and stays as the driver's parent and subreaper, so
 //!   nothing the driver leaves behind outlives it or lingers as a zombie;
@@ -13,11 +17,16 @@
 //!   confines the filesystem with Landlock (and signals to its own domain);
 //! - then its child execs the driver.
 //!
-//! It prints why on stderr and exits 127 when any step fails: a driver never
-//! runs less confined than the node asked.
+//! Given a spec as its one argument instead, it is that one shim, for one
+//! driver, with the environment and directory it was started with.
+//!
+//! A shim prints why on stderr and exits 127 when any step fails: a driver
+//! never runs less confined than the node asked.
 
 #[path = "../shim_spec.rs"]
 mod shim_spec;
+#[path = "zf-driver-shim/spawner.rs"]
+mod spawner;
 
 use std::convert::Infallible;
 use std::os::unix::process::CommandExt;
@@ -35,8 +44,10 @@ use shim_spec::{AllowedPaths, DriverUser, Limits, ShimSpec};
 const CANNOT_START: u8 = 127;
 
 fn main() -> ExitCode {
-    if std::env::args().nth(1).as_deref() == Some("--probe-pid-namespace") {
-        return probe_pid_namespace();
+    match std::env::args().nth(1).as_deref() {
+        Some("--probe-pid-namespace") => return probe_pid_namespace(),
+        Some("--serve") => return spawner::serve(std::env::args().nth(2)),
+        _ => {}
     }
     let spec = match std::env::args()
         .nth(1)
@@ -47,7 +58,7 @@ fn main() -> ExitCode {
         Some(Err(e)) => return fail(&format!("unreadable driver spec: {e}")),
         None => return fail("no driver spec given; the agent node starts this program"),
     };
-    match start(&spec) {
+    match start(&spec, None) {
         Ok(never) => match never {},
         Err(message) => fail(&message),
     }
@@ -58,9 +69,12 @@ fn fail(message: &str) -> ExitCode {
     ExitCode::from(CANNOT_START)
 }
 
-fn start(spec: &ShimSpec) -> Result<Infallible, String> {
-    // Dies with the node (its runtime thread that spawned it, which lives as
-    // long as the node); the watchdog covers the rest.
+/// Sets this process up as the driver's shim and starts the driver, with
+/// exactly `env` when given (else this process's own environment).
+fn start(spec: &ShimSpec, env: Option<&[(String, String)]>) -> Result<Infallible, String> {
+    // Dies with its parent (the spawner, or the node's runtime thread that
+    // spawned it, which lives as long as the node); the watchdog covers the
+    // rest.
     nix::sys::prctl::set_pdeathsig(Signal::SIGKILL)
         .map_err(|e| format!("cannot ask to die with the node: {e}"))?;
     if nix::unistd::getppid().as_raw() != spec.parent {
@@ -69,9 +83,9 @@ fn start(spec: &ShimSpec) -> Result<Infallible, String> {
     nix::unistd::setsid().map_err(|e| format!("cannot start a session: {e}"))?;
     close_inherited_descriptors()?;
     if spec.sandbox.pid_namespace {
-        return in_own_pid_namespace(spec);
+        return in_own_pid_namespace(spec, env);
     }
-    supervised(spec)
+    supervised(spec, env)
 }
 
 /// Runs the driver as this process's child, with this process as the
@@ -81,7 +95,7 @@ fn start(spec: &ShimSpec) -> Result<Infallible, String> {
 /// under a node that is pid 1 of its container. Signals to the group reach
 /// the driver directly; this process ignores SIGTERM, SIGINT and SIGHUP and
 /// ends as the driver ended.
-fn supervised(spec: &ShimSpec) -> Result<Infallible, String> {
+fn supervised(spec: &ShimSpec, env: Option<&[(String, String)]>) -> Result<Infallible, String> {
     use nix::unistd::{fork, ForkResult};
     nix::sys::prctl::set_child_subreaper(true)
         .map_err(|e| format!("cannot become the driver's subreaper: {e}"))?;
@@ -91,7 +105,7 @@ fn supervised(spec: &ShimSpec) -> Result<Infallible, String> {
     match unsafe { fork() }.map_err(|e| format!("cannot fork the driver: {e}"))? {
         ForkResult::Child => {
             restore_stop_signals();
-            run_driver(spec, me)
+            run_driver(spec, env, me)
         }
         ForkResult::Parent { child } => {
             release_driver_pipes();
@@ -162,7 +176,11 @@ fn end_as(status: nix::sys::wait::WaitStatus) -> Result<Infallible, String> {
 
 /// Confines this process and execs the driver; `parent` is who must still
 /// be its parent by then.
-fn run_driver(spec: &ShimSpec, parent: i32) -> Result<Infallible, String> {
+fn run_driver(
+    spec: &ShimSpec,
+    env: Option<&[(String, String)]>,
+    parent: i32,
+) -> Result<Infallible, String> {
     lower_priority()?;
     set_limits(&spec.sandbox.limits)?;
     if let Some(user) = spec.sandbox.user {
@@ -177,9 +195,12 @@ fn run_driver(spec: &ShimSpec, parent: i32) -> Result<Infallible, String> {
     if nix::unistd::getppid().as_raw() != parent {
         return Err("the node that started this driver is gone".into());
     }
-    let err = std::process::Command::new(&spec.program)
-        .args(&spec.args)
-        .exec();
+    let mut command = std::process::Command::new(&spec.program);
+    command.args(&spec.args);
+    if let Some(env) = env {
+        command.env_clear().envs(env.iter().map(|(k, v)| (k, v)));
+    }
+    let err = command.exec();
     Err(format!("cannot start {}: {err}", spec.program.display()))
 }
 
@@ -209,7 +230,10 @@ fn lower_priority() -> Result<(), String> {
 /// know, leader of the group every process here is in) and ends as the
 /// driver ended. Signals to the group reach the driver directly; the two
 /// shims ignore SIGTERM, SIGINT and SIGHUP and end with it.
-fn in_own_pid_namespace(spec: &ShimSpec) -> Result<Infallible, String> {
+fn in_own_pid_namespace(
+    spec: &ShimSpec,
+    env: Option<&[(String, String)]>,
+) -> Result<Infallible, String> {
     use nix::sched::{unshare, CloneFlags};
     use nix::unistd::{fork, ForkResult};
     unshare(CloneFlags::CLONE_NEWPID | CloneFlags::CLONE_NEWNS)
@@ -230,7 +254,7 @@ fn in_own_pid_namespace(spec: &ShimSpec) -> Result<Infallible, String> {
             match unsafe { fork() }.map_err(|e| format!("cannot fork the driver: {e}"))? {
                 ForkResult::Child => {
                     restore_stop_signals();
-                    run_driver(spec, 1)
+                    run_driver(spec, env, 1)
                 }
                 ForkResult::Parent { child } => {
                     release_driver_pipes();
