@@ -44,10 +44,11 @@ where
 pub const TEST_SECRETS_KEY: &str =
     "5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a";
 
-/// The host pids of every live process of one driver run. A driver and
-/// everything it starts carry the run's scratch dir as `HOME`, which makes
-/// a run's identity a test can see from the host; the pids a driver sees
-/// itself are its PID namespace's, not the host's.
+/// The host pids of every live process of one driver run: its shims too. A
+/// driver and everything it starts carry the run's scratch dir as `HOME`,
+/// and its shims run in that dir, which makes a run's identity a test can
+/// see from the host; the pids a driver sees itself are its PID
+/// namespace's, not the host's.
 pub fn run_processes(home: &str) -> Vec<i32> {
     let wanted = format!("HOME={home}");
     let Ok(entries) = std::fs::read_dir("/proc") else {
@@ -64,9 +65,11 @@ pub fn run_processes(home: &str) -> Vec<i32> {
                 })
                 .unwrap_or(true);
             !zombie
-                && std::fs::read(format!("/proc/{pid}/environ"))
+                && (std::fs::read(format!("/proc/{pid}/environ"))
                     .map(|env| env.split(|b| *b == 0).any(|var| var == wanted.as_bytes()))
                     .unwrap_or(false)
+                    || std::fs::read_link(format!("/proc/{pid}/cwd"))
+                        .is_ok_and(|cwd| cwd == Path::new(home)))
         })
         .collect()
 }

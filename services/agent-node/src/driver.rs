@@ -146,20 +146,31 @@ async fn run_to_end(
     cancel: &CancellationToken,
     outputs: tokio::sync::mpsc::Sender<Output>,
 ) -> Result<(), DriverError> {
-    let mut child = inv
-        .launcher
-        .start(
-            &inv.program,
-            &inv.operation,
-            &inv.scratch,
-            &inv.env,
-            &inv.sandbox,
-        )
-        .await
-        .map_err(|e| DriverError::Spawn {
+    let deadline = inv.timeout.map(|t| tokio::time::Instant::now() + t);
+    let sleep_until_deadline = || async move {
+        match deadline {
+            Some(d) => tokio::time::sleep_until(d).await,
+            None => std::future::pending().await,
+        }
+    };
+    let start = inv.launcher.start(
+        &inv.program,
+        &inv.operation,
+        &inv.scratch,
+        &inv.env,
+        &inv.sandbox,
+    );
+    // A start given up here is taken back, or its shim killed.
+    let mut child = tokio::select! {
+        started = start => started.map_err(|e| DriverError::Spawn {
             program: inv.program.display().to_string(),
             message: e.to_string(),
-        })?;
+        })?,
+        _ = cancel.cancelled() => return Err(DriverError::Cancelled),
+        _ = sleep_until_deadline() => {
+            return Err(DriverError::Timeout(inv.timeout.map(|t| t.as_millis() as u64).unwrap_or(0), String::new()))
+        }
+    };
     // The shim makes its pid the driver's process group; until it has (a
     // moment after the spawn), only the process itself can be signalled.
     let group = child.id();
@@ -198,17 +209,10 @@ async fn run_to_end(
     };
     let mut reader = BufReader::new(stdout);
 
-    let deadline = inv.timeout.map(|t| tokio::time::Instant::now() + t);
     let mut line = Vec::new();
     let mut total = 0u64;
     let mut exit: Option<ExitStatus> = None;
     let outcome: Result<(), DriverError> = loop {
-        let sleep_until_deadline = async {
-            match deadline {
-                Some(d) => tokio::time::sleep_until(d).await,
-                None => std::future::pending().await,
-            }
-        };
         tokio::select! {
             _ = cancel.cancelled() => {
                 kill_group(&mut child, Signal::SIGTERM);
@@ -217,7 +221,7 @@ async fn run_to_end(
                 }
                 break Err(DriverError::Cancelled);
             }
-            _ = sleep_until_deadline => {
+            _ = sleep_until_deadline() => {
                 kill_group(&mut child, Signal::SIGKILL);
                 break Err(DriverError::Timeout(inv.timeout.map(|t| t.as_millis() as u64).unwrap_or(0), String::new()));
             }

@@ -8,17 +8,17 @@
 //! each driver's process group while it runs.
 
 use std::collections::{HashMap, VecDeque};
-use std::io::IoSlice;
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::io::{IoSlice, IoSliceMut};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::process::{ExitStatus, Stdio};
 use std::sync::Arc;
 
-use nix::sys::signal::{kill, Signal};
+use nix::sys::signal::Signal;
 use nix::sys::socket::{
-    recv, sendmsg, socketpair, AddressFamily, ControlMessage, MsgFlags, SockFlag, SockType,
-    UnixAddr,
+    recvmsg, sendmsg, socketpair, AddressFamily, ControlMessage, ControlMessageOwned, MsgFlags,
+    SockFlag, SockType, UnixAddr,
 };
 use nix::unistd::Pid;
 use tokio::io::unix::AsyncFd;
@@ -76,8 +76,28 @@ pub struct Launcher {
 }
 
 #[derive(Debug, thiserror::Error)]
-#[error("{0}")]
-pub struct SpawnError(String);
+#[error("{message}")]
+pub struct SpawnError {
+    message: String,
+    /// The request never reached the spawner: a new spawner may take it.
+    unsent: bool,
+}
+
+impl SpawnError {
+    fn new(message: impl Into<String>) -> Self {
+        Self {
+            message: message.into(),
+            unsent: false,
+        }
+    }
+
+    fn unsent(message: impl Into<String>) -> Self {
+        Self {
+            message: message.into(),
+            unsent: true,
+        }
+    }
+}
 
 impl Launcher {
     pub fn new(shim: PathBuf, watchdog: Option<Watchdog>) -> Self {
@@ -93,7 +113,8 @@ impl Launcher {
     }
 
     /// Starts `program operation` with exactly `env`, in `dir`, confined by
-    /// `sandbox`, with piped stdio.
+    /// `sandbox`, with piped stdio. A request that a spawner dying at that
+    /// moment never read goes to a new one.
     pub async fn start(
         &self,
         program: &Path,
@@ -109,31 +130,42 @@ impl Launcher {
             env: env.to_vec(),
             sandbox: sandbox.clone(),
         };
+        let mut retried = false;
+        loop {
+            let spawner = self.spawner().await?;
+            match Self::start_through(&spawner, &request).await {
+                Err(e) if e.unsent && !retried => {
+                    spawner.mark_gone(&e.message);
+                    retried = true;
+                }
+                started => return started,
+            }
+        }
+    }
+
+    async fn start_through(
+        spawner: &Spawner,
+        request: &SpawnRequest,
+    ) -> Result<DriverProcess, SpawnError> {
         let pipe = || {
             nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
-                .map_err(|e| SpawnError(format!("cannot make the driver's pipes: {e}")))
+                .map_err(|e| SpawnError::new(format!("cannot make the driver's pipes: {e}")))
         };
         let (stdin_read, stdin_write) = pipe()?;
         let (stdout_read, stdout_write) = pipe()?;
         let (stderr_read, stderr_write) = pipe()?;
-        let spawner = self.spawner().await?;
-        let (pid, exit) = spawner
-            .start(&request, [stdin_read, stdout_write, stderr_write])
+        let shim = spawner
+            .start(request, [stdin_read, stdout_write, stderr_write])
             .await?;
-        let mut driver = DriverProcess {
-            pid: Pid::from_raw(pid),
-            stdin: None,
-            stdout: None,
-            stderr: None,
-            exit,
-            status: None,
+        let io = |e: std::io::Error| {
+            SpawnError::new(format!("cannot read or write the driver's pipes: {e}"))
         };
-        let io =
-            |e: std::io::Error| SpawnError(format!("cannot read or write the driver's pipes: {e}"));
-        driver.stdin = Some(pipe::Sender::from_owned_fd(stdin_write).map_err(io)?);
-        driver.stdout = Some(pipe::Receiver::from_owned_fd(stdout_read).map_err(io)?);
-        driver.stderr = Some(pipe::Receiver::from_owned_fd(stderr_read).map_err(io)?);
-        Ok(driver)
+        Ok(DriverProcess {
+            stdin: Some(pipe::Sender::from_owned_fd(stdin_write).map_err(io)?),
+            stdout: Some(pipe::Receiver::from_owned_fd(stdout_read).map_err(io)?),
+            stderr: Some(pipe::Receiver::from_owned_fd(stderr_read).map_err(io)?),
+            shim,
+        })
     }
 
     /// The running spawner, started anew if there is none or it died.
@@ -148,45 +180,76 @@ impl Launcher {
     }
 }
 
-/// One driver's shim, as the node holds it: its pid (also its process
-/// group, once the shim has made it), its stdio, and its end. Killed if
-/// dropped before it ended.
+/// One driver's shim with its stdio, as the node holds it.
 pub struct DriverProcess {
-    pid: Pid,
+    shim: Shim,
     pub stdin: Option<pipe::Sender>,
     pub stdout: Option<pipe::Receiver>,
     pub stderr: Option<pipe::Receiver>,
-    exit: oneshot::Receiver<ExitStatus>,
-    status: Option<ExitStatus>,
 }
 
 impl DriverProcess {
+    /// The shim's pid, also its process group once it has made it.
     pub fn id(&self) -> Pid {
-        self.pid
+        self.shim.pid
     }
 
     /// How the shim ended (as its driver ended). Cancel-safe.
     pub async fn wait(&mut self) -> std::io::Result<ExitStatus> {
+        self.shim.wait().await
+    }
+
+    /// SIGKILLs the shim itself (and nothing else, even once it is reaped:
+    /// the signal goes through its pidfd).
+    pub fn start_kill(&mut self) {
+        self.shim.start_kill();
+    }
+}
+
+/// A shim the spawner started: its pid, a pidfd for it (which no other
+/// process can ever answer to), and its end. Killed when dropped, so a
+/// shim nobody holds any more (its start was given up) does not run on.
+struct Shim {
+    pid: Pid,
+    pidfd: OwnedFd,
+    exit: Option<oneshot::Receiver<ExitStatus>>,
+    status: Option<ExitStatus>,
+}
+
+impl Shim {
+    async fn wait(&mut self) -> std::io::Result<ExitStatus> {
         if let Some(status) = self.status {
             return Ok(status);
         }
-        let status = (&mut self.exit)
-            .await
-            .map_err(|_| std::io::Error::other("the driver spawner lost this driver"))?;
+        let Some(exit) = self.exit.as_mut() else {
+            return Err(std::io::Error::other("the driver spawner lost this driver"));
+        };
+        let ended = exit.await;
+        self.exit = None;
+        let status =
+            ended.map_err(|_| std::io::Error::other("the driver spawner lost this driver"))?;
         self.status = Some(status);
         Ok(status)
     }
 
-    /// SIGKILLs the shim itself, unless it is known to have ended (its pid
-    /// is not reaped before the spawner says so).
-    pub fn start_kill(&mut self) {
-        if self.status.is_none() && self.exit.try_recv().is_err() {
-            let _ = kill(self.pid, Signal::SIGKILL);
+    fn start_kill(&mut self) {
+        if self.status.is_none() {
+            // SAFETY: the pidfd is open and owned here; a signal sent
+            // through it reaches this shim or, once it is gone, nobody.
+            unsafe {
+                nix::libc::syscall(
+                    nix::libc::SYS_pidfd_send_signal,
+                    self.pidfd.as_raw_fd(),
+                    Signal::SIGKILL as i32,
+                    std::ptr::null::<nix::libc::siginfo_t>(),
+                    0u32,
+                );
+            }
         }
     }
 }
 
-impl Drop for DriverProcess {
+impl Drop for Shim {
     fn drop(&mut self) {
         self.start_kill();
     }
@@ -194,6 +257,7 @@ impl Drop for DriverProcess {
 
 /// The node's end of a running spawner.
 struct Spawner {
+    pid: u32,
     socket: AsyncFd<OwnedFd>,
     /// Held while a request is sent, so the pending starts stay in the
     /// order the spawner reads them.
@@ -204,21 +268,19 @@ struct Spawner {
 #[derive(Default)]
 struct SpawnerState {
     /// One per request sent and not yet answered, oldest first.
-    starts: VecDeque<oneshot::Sender<Result<Started, String>>>,
+    starts: VecDeque<oneshot::Sender<Result<Shim, String>>>,
     /// One per shim started and not yet ended.
     exits: HashMap<i32, oneshot::Sender<ExitStatus>>,
     /// Why the spawner is gone, once it is.
     gone: Option<String>,
 }
 
-type Started = (i32, oneshot::Receiver<ExitStatus>);
-
 impl Spawner {
     /// Starts a spawner, its group announced to `watchdog` until it is
     /// reaped: until a shim starts its own session, it is in that group.
     fn spawn(shim: &Path, watchdog: Option<&Watchdog>) -> Result<Arc<Self>, SpawnError> {
         let cannot = |what: &str, e: &dyn std::fmt::Display| {
-            SpawnError(format!(
+            SpawnError::new(format!(
                 "cannot start the driver spawner ({}): {what}: {e}",
                 shim.display()
             ))
@@ -253,6 +315,7 @@ impl Spawner {
         // which holds it open, as it is, until it is dropped.
         let socket = unsafe { AsyncFd::register(node_end) }.map_err(|e| cannot("register", &e))?;
         let spawner = Arc::new(Self {
+            pid: child.id().unwrap_or_default(),
             socket,
             sending: tokio::sync::Mutex::new(()),
             state: std::sync::Mutex::default(),
@@ -280,17 +343,19 @@ impl Spawner {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// Sends one request with the driver's end of its three pipes; the shim's
-    /// pid and its end, once started.
-    async fn start(
-        &self,
-        request: &SpawnRequest,
-        stdio: [OwnedFd; 3],
-    ) -> Result<Started, SpawnError> {
+    /// Marks this spawner as gone (if it is not already), so the next start
+    /// makes a new one.
+    fn mark_gone(&self, why: &str) {
+        self.lock().gone.get_or_insert_with(|| why.to_string());
+    }
+
+    /// Sends one request with the driver's end of its three pipes; the
+    /// shim, once started.
+    async fn start(&self, request: &SpawnRequest, stdio: [OwnedFd; 3]) -> Result<Shim, SpawnError> {
         let bytes = serde_json::to_vec(request)
-            .map_err(|e| SpawnError(format!("cannot encode the driver's request: {e}")))?;
+            .map_err(|e| SpawnError::new(format!("cannot encode the driver's request: {e}")))?;
         if bytes.len() > MAX_SPAWN_REQUEST {
-            return Err(SpawnError(format!(
+            return Err(SpawnError::new(format!(
                 "the driver's request is {} bytes, over the {MAX_SPAWN_REQUEST} a spawner reads: its environment is too large",
                 bytes.len()
             )));
@@ -301,7 +366,9 @@ impl Spawner {
             {
                 let mut state = self.lock();
                 if let Some(why) = &state.gone {
-                    return Err(SpawnError(format!("the driver spawner is gone: {why}")));
+                    return Err(SpawnError::unsent(format!(
+                        "the driver spawner is gone: {why}"
+                    )));
                 }
                 state.starts.push_back(answer);
             }
@@ -314,10 +381,9 @@ impl Spawner {
             let fds = stdio.each_ref().map(|fd| fd.as_raw_fd());
             let rights = [ControlMessage::ScmRights(&fds)];
             loop {
-                let mut ready =
-                    self.socket.writable().await.map_err(|e| {
-                        SpawnError(format!("cannot write to the driver spawner: {e}"))
-                    })?;
+                let mut ready = self.socket.writable().await.map_err(|e| {
+                    SpawnError::unsent(format!("cannot write to the driver spawner: {e}"))
+                })?;
                 let sent = ready.try_io(|socket| {
                     sendmsg::<UnixAddr>(
                         socket.as_raw_fd(),
@@ -331,7 +397,7 @@ impl Spawner {
                 match sent {
                     Ok(Ok(_)) => break,
                     Ok(Err(e)) => {
-                        return Err(SpawnError(format!(
+                        return Err(SpawnError::unsent(format!(
                             "cannot write to the driver spawner: {e}"
                         )))
                     }
@@ -341,10 +407,12 @@ impl Spawner {
             unsent.sent = true;
         }
         drop(stdio);
+        // If this future is dropped from here on, the shim (once started)
+        // is dropped with the channel, which kills it.
         match answered.await {
-            Ok(Ok(started)) => Ok(started),
-            Ok(Err(reason)) => Err(SpawnError(reason)),
-            Err(_) => Err(SpawnError("the driver spawner is gone".into())),
+            Ok(Ok(shim)) => Ok(shim),
+            Ok(Err(reason)) => Err(SpawnError::new(reason)),
+            Err(_) => Err(SpawnError::new("the driver spawner is gone")),
         }
     }
 
@@ -358,20 +426,23 @@ impl Spawner {
                 Err(e) => break format!("cannot read from it: {e}"),
             };
             let read = ready.try_io(|socket| {
-                recv(socket.as_raw_fd(), &mut buffer, MsgFlags::empty())
-                    .map_err(std::io::Error::from)
+                receive(socket.as_raw_fd(), &mut buffer).map_err(std::io::Error::from)
             });
             match read {
                 Err(_would_block) => continue,
                 Ok(Err(e)) => break format!("cannot read from it: {e}"),
-                Ok(Ok(0)) => break "it exited".to_string(),
-                Ok(Ok(n)) => match serde_json::from_slice::<SpawnReply>(&buffer[..n]) {
-                    Ok(reply) => self.take(reply),
+                Ok(Ok((0, _))) => break "it exited".to_string(),
+                Ok(Ok((n, pidfd))) => match serde_json::from_slice::<SpawnReply>(&buffer[..n]) {
+                    Ok(reply) => {
+                        if let Err(e) = self.take(reply, pidfd) {
+                            break e;
+                        }
+                    }
                     Err(e) => break format!("it said something unreadable: {e}"),
                 },
             }
         };
-        tracing::warn!(reason = %why, "the driver spawner is gone; the drivers it started were killed with it, and the next driver starts a new spawner");
+        tracing::warn!(reason = %why, spawner = self.pid, "the driver spawner is gone; the drivers it started were killed with it, and the next driver starts a new spawner");
         let mut state = self.lock();
         state.gone = Some(why.clone());
         for start in state.starts.drain(..) {
@@ -388,16 +459,22 @@ impl Spawner {
         );
     }
 
-    fn take(&self, reply: SpawnReply) {
+    fn take(&self, reply: SpawnReply, pidfd: Option<OwnedFd>) -> Result<(), String> {
         let mut state = self.lock();
         match reply {
             SpawnReply::Started { pid } => {
+                let pidfd = pidfd.ok_or(format!("it started shim {pid} without its pidfd"))?;
                 let (ended, end) = oneshot::channel();
                 state.exits.insert(pid, ended);
-                let waiting = state.starts.pop_front();
-                if waiting.is_none_or(|w| w.send(Ok((pid, end))).is_err()) {
-                    // Nobody waits for it any more: it must not run.
-                    let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+                let shim = Shim {
+                    pid: Pid::from_raw(pid),
+                    pidfd,
+                    exit: Some(end),
+                    status: None,
+                };
+                // Nobody waiting for it any more drops it, which kills it.
+                if let Some(waiting) = state.starts.pop_front() {
+                    let _ = waiting.send(Ok(shim));
                 }
             }
             SpawnReply::Refused { reason } => {
@@ -411,7 +488,33 @@ impl Spawner {
                 }
             }
         }
+        Ok(())
     }
+}
+
+/// Receives one datagram into `buffer`: its length, and the descriptor
+/// that came with it, if one did.
+fn receive(socket: RawFd, buffer: &mut [u8]) -> nix::Result<(usize, Option<OwnedFd>)> {
+    let mut space = nix::cmsg_space!([RawFd; 1]);
+    let mut iov = [IoSliceMut::new(buffer)];
+    let message = recvmsg::<UnixAddr>(
+        socket,
+        &mut iov,
+        Some(&mut space),
+        MsgFlags::MSG_CMSG_CLOEXEC,
+    )?;
+    let mut fd = None;
+    for cmsg in message.cmsgs()? {
+        if let ControlMessageOwned::ScmRights(fds) = cmsg {
+            for received in fds {
+                // SAFETY: the kernel just gave this process the descriptor;
+                // nothing else owns it. Any beyond the first are closed.
+                let owned = unsafe { OwnedFd::from_raw_fd(received) };
+                fd.get_or_insert(owned);
+            }
+        }
+    }
+    Ok((message.bytes, fd))
 }
 
 /// Takes back the last queued start unless its request was sent.
@@ -447,61 +550,148 @@ pub mod tests {
         Launcher::new(shim, None)
     }
 
+    /// The pid of the launcher's spawner, if it has one.
+    async fn spawner_pid(launcher: &Launcher) -> Option<u32> {
+        launcher.spawner.lock().await.as_ref().map(|s| s.pid)
+    }
+
+    /// A driver script in `dir` that runs `body`.
+    fn script(dir: &Path, body: &str) -> PathBuf {
+        use std::os::unix::fs::PermissionsExt;
+        let program = dir.join("run");
+        std::fs::write(&program, format!("#!/bin/sh\n{body}\n")).expect("write driver");
+        std::fs::set_permissions(&program, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+        program
+    }
+
+    async fn read_all(from: Option<pipe::Receiver>) -> String {
+        let mut text = String::new();
+        from.expect("piped")
+            .read_to_string(&mut text)
+            .await
+            .expect("read pipe");
+        text
+    }
+
+    /// Whether `pid` has ended (gone, or a zombie nobody reaped yet).
+    fn ended(pid: i32) -> bool {
+        std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .map(|stat| {
+                stat.rsplit_once(')')
+                    .and_then(|(_, rest)| rest.split_whitespace().next())
+                    == Some("Z")
+            })
+            .unwrap_or(true)
+    }
+
+    /// Runs `test`, failing it if it hangs (a pipe end left open would).
+    async fn within_a_minute(what: &str, test: impl std::future::Future<Output = ()>) {
+        tokio::time::timeout(std::time::Duration::from_secs(60), test)
+            .await
+            .unwrap_or_else(|_| panic!("{what}: still not done after a minute"));
+    }
+
     #[tokio::test]
     async fn a_shim_that_cannot_start_its_driver_says_why_and_the_next_one_starts() {
-        let launcher = launcher();
-        let dir = tempfile::tempdir().expect("tempdir");
-        let missing = dir.path().join("gone");
-        let mut shim = launcher
-            .start(
-                Path::new("/bin/true"),
-                "go",
-                &missing,
-                &[],
-                &Sandbox::default(),
-            )
-            .await
-            .expect("the spawner starts a shim");
-        let mut stderr = String::new();
-        shim.stderr
-            .take()
-            .expect("stderr")
-            .read_to_string(&mut stderr)
-            .await
-            .expect("read stderr");
-        assert!(
-            stderr.contains("cannot enter") && stderr.contains("gone"),
-            "the shim says which directory it could not enter: {stderr}"
-        );
-        assert_eq!(shim.wait().await.expect("its end").code(), Some(127));
+        within_a_minute("two starts through one spawner", async {
+            let launcher = launcher();
+            let dir = tempfile::tempdir().expect("tempdir");
+            let missing = dir.path().join("gone");
+            let mut shim = launcher
+                .start(
+                    Path::new("/bin/true"),
+                    "go",
+                    &missing,
+                    &[],
+                    &Sandbox::default(),
+                )
+                .await
+                .expect("the spawner starts a shim");
+            let stderr = read_all(shim.stderr.take()).await;
+            assert!(
+                stderr.contains("cannot enter") && stderr.contains("gone"),
+                "the shim says which directory it could not enter: {stderr}"
+            );
+            assert_eq!(shim.wait().await.expect("its end").code(), Some(127));
+            let spawner = spawner_pid(&launcher).await;
 
-        // The next request goes to the same spawner, and its driver gets
-        // its argument, exactly the given environment, and its directory.
-        use std::os::unix::fs::PermissionsExt;
-        let program = dir.path().join("run");
-        std::fs::write(
-            &program,
-            "#!/bin/sh\necho \"$1 $GREETING home=$HOME in $(pwd)\"\n",
-        )
-        .expect("write driver");
-        std::fs::set_permissions(&program, std::fs::Permissions::from_mode(0o755)).expect("chmod");
-        let env = [("GREETING".to_string(), "hello".to_string())];
-        let mut driver = launcher
-            .start(&program, "go", dir.path(), &env, &Sandbox::default())
-            .await
-            .expect("the same spawner starts the next");
-        let mut out = String::new();
-        driver
-            .stdout
-            .take()
-            .expect("stdout")
-            .read_to_string(&mut out)
-            .await
-            .expect("read stdout");
-        assert_eq!(
-            out.trim(),
-            format!("go hello home= in {}", dir.path().display())
-        );
-        assert!(driver.wait().await.expect("its end").success());
+            // The next request goes to the same spawner, and its driver
+            // gets its argument, exactly the given environment, and its
+            // directory.
+            let program = script(dir.path(), r#"echo "$1 $GREETING home=$HOME in $(pwd)""#);
+            let env = [("GREETING".to_string(), "hello".to_string())];
+            let mut driver = launcher
+                .start(&program, "go", dir.path(), &env, &Sandbox::default())
+                .await
+                .expect("the same spawner starts the next");
+            let out = read_all(driver.stdout.take()).await;
+            assert_eq!(
+                out.trim(),
+                format!("go hello home= in {}", dir.path().display())
+            );
+            let status = driver.wait().await.expect("its end");
+            assert!(status.success());
+            assert_eq!(
+                spawner_pid(&launcher).await,
+                spawner,
+                "one spawner for both"
+            );
+            // Killing an ended shim changes nothing about how it ended.
+            driver.start_kill();
+            assert_eq!(driver.wait().await.expect("its end, again"), status);
+        })
+        .await;
+    }
+
+    /// Nothing of the node's is needed for a spawner's shims and drivers to
+    /// die with it: each dies with its parent.
+    #[tokio::test]
+    async fn a_killed_spawner_takes_its_shims_and_drivers_along() {
+        within_a_minute("a spawner killed under a driver", async {
+            use std::os::unix::process::ExitStatusExt;
+            let launcher = launcher();
+            let dir = tempfile::tempdir().expect("tempdir");
+            let program = script(dir.path(), "echo $$\nexec sleep 600");
+            let mut driver = launcher
+                .start(&program, "go", dir.path(), &[], &Sandbox::default())
+                .await
+                .expect("started");
+            let mut stdout = tokio::io::BufReader::new(driver.stdout.take().expect("stdout"));
+            let mut first = String::new();
+            tokio::io::AsyncBufReadExt::read_line(&mut stdout, &mut first)
+                .await
+                .expect("the driver's pid");
+            let driver_pid: i32 = first.trim().parse().expect("a pid");
+            let shim_pid = driver.id().as_raw();
+            let spawner = spawner_pid(&launcher).await.expect("a spawner runs");
+            assert!(!ended(driver_pid) && !ended(shim_pid), "the driver runs");
+
+            nix::sys::signal::kill(Pid::from_raw(spawner as i32), Signal::SIGKILL)
+                .expect("SIGKILL the spawner");
+            assert_eq!(
+                driver.wait().await.expect("its end").signal(),
+                Some(9),
+                "a driver whose spawner died ends as killed"
+            );
+            // Polled until the minute is up.
+            while !(ended(shim_pid) && ended(driver_pid)) {
+                tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+            }
+
+            let mut next = launcher
+                .start(
+                    &script(dir.path(), "echo next"),
+                    "go",
+                    dir.path(),
+                    &[],
+                    &Sandbox::default(),
+                )
+                .await
+                .expect("the next driver starts");
+            assert_eq!(read_all(next.stdout.take()).await.trim(), "next");
+            assert!(next.wait().await.expect("its end").success());
+            assert_ne!(spawner_pid(&launcher).await, Some(spawner), "a new spawner");
+        })
+        .await;
     }
 }

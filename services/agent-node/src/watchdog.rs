@@ -101,12 +101,18 @@ fn apply(groups: &mut BTreeSet<i32>, line: &str) {
     }
 }
 
-/// SIGKILLs every group.
+/// SIGKILLs every group, twice over: a shim that was not yet the leader of
+/// its own group when the first pass reached that group, and left the
+/// spawner's group before the first pass reached that one, is the leader
+/// of its group by the second pass.
 fn kill_all(groups: &mut BTreeSet<i32>) -> usize {
-    let n = groups.len();
-    for pgid in std::mem::take(groups) {
-        let _ = killpg(Pid::from_raw(pgid), Signal::SIGKILL);
+    for _ in 0..2 {
+        for pgid in groups.iter() {
+            let _ = killpg(Pid::from_raw(*pgid), Signal::SIGKILL);
+        }
     }
+    let n = groups.len();
+    groups.clear();
     n
 }
 

@@ -77,10 +77,11 @@ async fn bare_spawn(script: &PathBuf) {
     spawn_and_feed(tokio::process::Command::new(script).arg("go")).await;
 }
 
-/// The same driver through `zf-driver-shim`, as a node starts it: its own
-/// session, limits and, with `confined`, a PID namespace with its own /proc
-/// and Landlock rules (the user switch is left out: it cost nothing
-/// measurable). The JSON is the node's `ShimSpec`.
+/// The same driver through `zf-driver-shim` exec'd for it alone (as a node
+/// started drivers before it kept a spawner, which forks the shim instead):
+/// its own session, limits and, with `confined`, a PID namespace with its
+/// own /proc and Landlock rules (the user switch is left out: it cost
+/// nothing measurable). The JSON is the shim's `ShimSpec`.
 async fn shim_spawn(script: &std::path::Path, confined: bool) {
     let shim = std::env::current_exe()
         .expect("own path")
@@ -209,8 +210,8 @@ async fn sync_operations(sizes: &Sizes, figures: &mut Vec<Figure>) {
         meets_target: Some(p99 <= 1.6 * bare_p99),
     });
     for (samples, what) in shimmed.iter().zip([
-        "the same driver through zf-driver-shim (session, limits), p50",
-        "the same driver through zf-driver-shim, confined (PID namespace with its own /proc, Landlock), p50",
+        "the same driver through zf-driver-shim exec'd for it (session, limits), p50",
+        "the same driver through zf-driver-shim exec'd for it, confined (PID namespace with its own /proc, Landlock), p50",
     ]) {
         let value = percentile(&sorted_ms(samples), 50.0);
         figures.push(Figure {

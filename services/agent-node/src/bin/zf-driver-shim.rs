@@ -76,9 +76,9 @@ fn start(spec: &ShimSpec, env: Option<&[(String, String)]>) -> Result<Infallible
     // spawned it, which lives as long as the node); the watchdog covers the
     // rest.
     nix::sys::prctl::set_pdeathsig(Signal::SIGKILL)
-        .map_err(|e| format!("cannot ask to die with the node: {e}"))?;
+        .map_err(|e| format!("cannot ask to die with its parent: {e}"))?;
     if nix::unistd::getppid().as_raw() != spec.parent {
-        return Err("the node that started this driver is gone".into());
+        return Err("the process that started this shim (the node's spawner) is gone".into());
     }
     nix::unistd::setsid().map_err(|e| format!("cannot start a session: {e}"))?;
     close_inherited_descriptors()?;
@@ -191,9 +191,9 @@ fn run_driver(
     }
     // Set again after the credential change, which clears it.
     nix::sys::prctl::set_pdeathsig(Signal::SIGKILL)
-        .map_err(|e| format!("cannot ask to die with the node: {e}"))?;
+        .map_err(|e| format!("cannot ask to die with its shim: {e}"))?;
     if nix::unistd::getppid().as_raw() != parent {
-        return Err("the node that started this driver is gone".into());
+        return Err("the shim that started this driver is gone".into());
     }
     let mut command = std::process::Command::new(&spec.program);
     command.args(&spec.args);
@@ -226,7 +226,7 @@ fn lower_priority() -> Result<(), String> {
 /// init (pid 1, this program) that only reaps, with its own /proc: the
 /// driver sees no process but its own, and when it ends, the kernel kills
 /// whatever it left in the namespace, even processes that left its group.
-/// This process stays as the node's child (the pid the node and watchdog
+/// This process stays as the spawner's child (the pid the node and watchdog
 /// know, leader of the group every process here is in) and ends as the
 /// driver ended. Signals to the group reach the driver directly; the two
 /// shims ignore SIGTERM, SIGINT and SIGHUP and end with it.
@@ -248,7 +248,7 @@ fn in_own_pid_namespace(
         ForkResult::Child => {
             // pid 1 of the namespace; dies with the outer shim.
             nix::sys::prctl::set_pdeathsig(Signal::SIGKILL)
-                .map_err(|e| format!("cannot ask to die with the node: {e}"))?;
+                .map_err(|e| format!("cannot ask to die with the outer shim: {e}"))?;
             mount_own_proc()?;
             // SAFETY: still one thread.
             match unsafe { fork() }.map_err(|e| format!("cannot fork the driver: {e}"))? {
@@ -363,8 +363,10 @@ fn probe_pid_namespace() -> ExitCode {
 /// Closes every descriptor above stderr: whatever the node (or a library
 /// in it) left open without close-on-exec must not reach module code.
 fn close_inherited_descriptors() -> Result<(), String> {
-    // SAFETY: close_range only closes descriptors; this process holds none
-    // above 2 that any Rust value owns.
+    // SAFETY: close_range only closes descriptors. No Rust value that owns
+    // one above 2 is used again: the spawner calls this before it opens
+    // any, and a shim forked from it never returns to the spawner's frames
+    // (it execs, or ends with _exit).
     let closed = unsafe { nix::libc::syscall(nix::libc::SYS_close_range, 3u32, u32::MAX, 0u32) };
     if closed != 0 {
         return Err(format!(

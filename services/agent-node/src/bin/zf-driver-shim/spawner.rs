@@ -10,13 +10,13 @@
 use std::collections::HashSet;
 use std::convert::Infallible;
 use std::io::{IoSlice, IoSliceMut};
-use std::os::fd::{AsFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::process::ExitCode;
 
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sys::signal::{SigSet, Signal};
 use nix::sys::signalfd::{SfdFlags, SignalFd};
-use nix::sys::socket::{recvmsg, sendmsg, ControlMessageOwned, MsgFlags, UnixAddr};
+use nix::sys::socket::{recvmsg, sendmsg, ControlMessage, ControlMessageOwned, MsgFlags, UnixAddr};
 use nix::unistd::{fork, ForkResult, Pid};
 
 use crate::shim_spec::{ShimSpec, SpawnReply, SpawnRequest, MAX_SPAWN_REQUEST};
@@ -49,6 +49,8 @@ fn serve_until_the_node_is_gone(node: Option<String>) -> Result<(), String> {
     // its own children).
     nix::sys::prctl::set_child_subreaper(true)
         .map_err(|e| format!("cannot become the shims' subreaper: {e}"))?;
+    // Nothing the node left open without close-on-exec stays here.
+    super::close_inherited_descriptors()?;
     // Children's ends arrive as a readable descriptor, not as a handler.
     let mut sigchld = SigSet::empty();
     sigchld.add(Signal::SIGCHLD);
@@ -134,20 +136,21 @@ fn serve_one(buffer: &mut [u8], shims: &mut HashSet<i32>) -> Result<bool, String
             ),
         },
         (Ok(request), Ok(stdio)) => match start_shim(&request, stdio) {
-            Ok(pid) => {
+            Ok((pid, pidfd)) => {
                 shims.insert(pid.as_raw());
-                SpawnReply::Started { pid: pid.as_raw() }
+                send(&SpawnReply::Started { pid: pid.as_raw() }, Some(&pidfd))?;
+                return Ok(true);
             }
             Err(reason) => SpawnReply::Refused { reason },
         },
     };
-    send(&reply)?;
+    send(&reply, None)?;
     Ok(true)
 }
 
 /// Forks the shim for `request`, with `stdio` as its stdin, stdout and
-/// stderr.
-fn start_shim(request: &SpawnRequest, stdio: [OwnedFd; 3]) -> Result<Pid, String> {
+/// stderr; its pid, and a pidfd for it (taken before anything can reap it).
+fn start_shim(request: &SpawnRequest, stdio: [OwnedFd; 3]) -> Result<(Pid, OwnedFd), String> {
     let spec = ShimSpec {
         parent: nix::unistd::getpid().as_raw(),
         program: request.program.clone(),
@@ -156,11 +159,32 @@ fn start_shim(request: &SpawnRequest, stdio: [OwnedFd; 3]) -> Result<Pid, String
     };
     // SAFETY: this process has one thread.
     match unsafe { fork() }.map_err(|e| format!("cannot fork a shim: {e}"))? {
-        ForkResult::Parent { child } => Ok(child),
+        ForkResult::Parent { child } => {
+            // SAFETY: pidfd_open takes a pid and flags, and returns a new
+            // descriptor or -1; only this thread reaps, so the pid is the
+            // child's.
+            let fd = unsafe { nix::libc::syscall(nix::libc::SYS_pidfd_open, child.as_raw(), 0u32) };
+            if fd < 0 {
+                let error = std::io::Error::last_os_error();
+                let _ = nix::sys::signal::kill(child, Signal::SIGKILL);
+                return Err(format!("cannot hold the shim by a pidfd: {error}"));
+            }
+            // SAFETY: a descriptor the kernel just made, owned by nothing else.
+            Ok((child, unsafe { OwnedFd::from_raw_fd(fd as RawFd) }))
+        }
         ForkResult::Child => {
-            let Err(message) = become_shim(request, &spec, stdio);
+            // Never back into the spawner's frames: not by returning, not
+            // by unwinding.
+            let message = match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                become_shim(request, &spec, stdio)
+            })) {
+                Ok(Err(message)) => message,
+                Err(_) => "the shim panicked while setting up".to_string(),
+            };
             eprintln!("zf-driver-shim: {message}");
-            std::process::exit(i32::from(super::CANNOT_START))
+            // SAFETY: ends this process at once, running nothing of the
+            // spawner's.
+            unsafe { nix::libc::_exit(i32::from(super::CANNOT_START)) }
         }
     }
 }
@@ -196,15 +220,25 @@ fn reap_and_report(shims: &mut HashSet<i32>) -> Result<(), String> {
             return Ok(());
         }
         if shims.remove(&pid) {
-            send(&SpawnReply::Exited { pid, status })?;
+            send(&SpawnReply::Exited { pid, status }, None)?;
         }
     }
 }
 
-fn send(reply: &SpawnReply) -> Result<(), String> {
+/// Sends one reply, with `fd` alongside when given.
+fn send(reply: &SpawnReply, fd: Option<&OwnedFd>) -> Result<(), String> {
     let bytes = serde_json::to_vec(reply).map_err(|e| format!("cannot encode a reply: {e}"))?;
+    let fds: Vec<RawFd> = fd.iter().map(|fd| fd.as_raw_fd()).collect();
+    let rights = [ControlMessage::ScmRights(&fds)];
+    let cmsgs: &[ControlMessage] = if fds.is_empty() { &[] } else { &rights };
     loop {
-        match sendmsg::<UnixAddr>(NODE, &[IoSlice::new(&bytes)], &[], MsgFlags::empty(), None) {
+        match sendmsg::<UnixAddr>(
+            NODE,
+            &[IoSlice::new(&bytes)],
+            cmsgs,
+            MsgFlags::empty(),
+            None,
+        ) {
             Ok(_) => return Ok(()),
             Err(nix::errno::Errno::EINTR) => continue,
             Err(e) => return Err(format!("cannot tell the node: {e}")),
