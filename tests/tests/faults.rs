@@ -183,6 +183,33 @@ async fn wait_new_driver(file: &Path, old: &str) -> String {
     .await
 }
 
+/// The run the sleeper driver records in `file`, once it has.
+async fn sleeper_run(file: &Path) -> String {
+    wait_until(
+        "the sleeper driver's run",
+        Duration::from_secs(30),
+        || async {
+            let text = std::fs::read_to_string(file).map_err(|e| e.to_string())?;
+            match text.trim() {
+                "" => Err("not yet".to_string()),
+                run => Ok(run.to_string()),
+            }
+        },
+    )
+    .await
+}
+
+/// Cancels `op`, which must be acknowledged.
+async fn cancel(cluster: &Cluster, op: &str) {
+    let response = cluster
+        .http
+        .delete(cluster.url(&format!("/v1/operations/{op}")))
+        .send()
+        .await
+        .expect("DELETE");
+    assert_eq!(response.status().as_u16(), 202, "cancel acknowledged");
+}
+
 /// The first run beating in `file`.
 async fn first_driver(file: &Path) -> String {
     wait_until(
@@ -210,14 +237,7 @@ async fn a_killed_node_takes_its_drivers_along() {
     submit(&cluster, "beater", "beat", json!({"file": beat_file})).await;
     submit(&cluster, "sleeper", "sleep", json!({"file": sleep_file})).await;
     let monitor_run = first_driver(&beat_file).await;
-    let sync_run = wait_until("the sync driver's run", Duration::from_secs(30), || async {
-        let text = std::fs::read_to_string(&sleep_file).map_err(|e| e.to_string())?;
-        match text.trim() {
-            "" => Err("not yet".to_string()),
-            run => Ok(run.to_string()),
-        }
-    })
-    .await;
+    let sync_run = sleeper_run(&sleep_file).await;
     for (what, run) in [("monitor", &monitor_run), ("sync", &sync_run)] {
         assert!(
             run_processes(run).len() >= 2,
@@ -257,14 +277,7 @@ async fn a_killed_spawner_takes_its_drivers_along_and_the_next_driver_starts_ane
     let node = cluster.nodes[0].pid().as_raw();
     let sleep_file = cluster.shared_file("sleeper");
     let op = submit(&cluster, "sleeper", "sleep", json!({"file": sleep_file})).await;
-    let run = wait_until("the sync driver's run", Duration::from_secs(30), || async {
-        let text = std::fs::read_to_string(&sleep_file).map_err(|e| e.to_string())?;
-        match text.trim() {
-            "" => Err("not yet".to_string()),
-            run => Ok(run.to_string()),
-        }
-    })
-    .await;
+    let run = sleeper_run(&sleep_file).await;
     let spawner = zerofoot_tests::child_with_arg(node, "--serve")
         .expect("the node's spawner runs beside its driver");
 
@@ -283,25 +296,11 @@ async fn a_killed_spawner_takes_its_drivers_along_and_the_next_driver_starts_ane
 
     let again = cluster.shared_file("again");
     let op = submit(&cluster, "sleeper", "sleep", json!({"file": again})).await;
-    wait_until("the next driver's run", Duration::from_secs(30), || async {
-        let text = std::fs::read_to_string(&again).map_err(|e| e.to_string())?;
-        if text.trim().is_empty() {
-            Err("not yet".to_string())
-        } else {
-            Ok(())
-        }
-    })
-    .await;
+    sleeper_run(&again).await;
     let respawned = zerofoot_tests::child_with_arg(node, "--serve")
         .expect("a new spawner runs the next driver");
     assert_ne!(respawned, spawner, "the spawner was started anew");
-    let response = cluster
-        .http
-        .delete(cluster.url(&format!("/v1/operations/{op}")))
-        .send()
-        .await
-        .expect("DELETE");
-    assert_eq!(response.status().as_u16(), 202, "cancel acknowledged");
+    cancel(&cluster, &op).await;
     wait_state(&cluster, &op, "cancelled").await;
 }
 
@@ -484,13 +483,7 @@ async fn a_cancel_holds_when_its_owner_is_killed_right_after() {
     let op = submit(&cluster, "beater", "beat", json!({"file": file})).await;
     let old = first_driver(&file).await;
 
-    let response = cluster
-        .http
-        .delete(cluster.url(&format!("/v1/operations/{op}")))
-        .send()
-        .await
-        .expect("DELETE");
-    assert_eq!(response.status().as_u16(), 202, "cancel acknowledged");
+    cancel(&cluster, &op).await;
     let index = cluster.node_index(&first);
     cluster.nodes[index].kill();
     let ctx = wait_state(&cluster, &op, "cancelled").await;

@@ -8,24 +8,20 @@
 //! each driver's process group while it runs.
 
 use std::collections::{HashMap, VecDeque};
-use std::io::{IoSlice, IoSliceMut};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::process::{ExitStatus, Stdio};
 use std::sync::Arc;
 
 use nix::sys::signal::Signal;
-use nix::sys::socket::{
-    recvmsg, sendmsg, socketpair, AddressFamily, ControlMessage, ControlMessageOwned, MsgFlags,
-    SockFlag, SockType, UnixAddr,
-};
+use nix::sys::socket::{socketpair, AddressFamily, SockFlag, SockType};
 use nix::unistd::Pid;
 use tokio::io::unix::AsyncFd;
 use tokio::net::unix::pipe;
 use tokio::sync::oneshot;
 
-use crate::shim_spec::{Sandbox, SpawnReply, SpawnRequest, MAX_SPAWN_REQUEST};
+use crate::shim_spec::{receive, Sandbox, SpawnReply, SpawnRequest, MAX_SPAWN_REQUEST};
 use crate::watchdog::Watchdog;
 
 /// The shim's file name, next to `zf-agent-node` unless `--driver-shim` says.
@@ -379,20 +375,13 @@ impl Spawner {
                 sent: false,
             };
             let fds = stdio.each_ref().map(|fd| fd.as_raw_fd());
-            let rights = [ControlMessage::ScmRights(&fds)];
             loop {
                 let mut ready = self.socket.writable().await.map_err(|e| {
                     SpawnError::unsent(format!("cannot write to the driver spawner: {e}"))
                 })?;
                 let sent = ready.try_io(|socket| {
-                    sendmsg::<UnixAddr>(
-                        socket.as_raw_fd(),
-                        &[IoSlice::new(&bytes)],
-                        &rights,
-                        MsgFlags::MSG_NOSIGNAL,
-                        None,
-                    )
-                    .map_err(std::io::Error::from)
+                    crate::shim_spec::send(socket.as_raw_fd(), &bytes, &fds)
+                        .map_err(std::io::Error::from)
                 });
                 match sent {
                     Ok(Ok(_)) => break,
@@ -428,18 +417,24 @@ impl Spawner {
             let read = ready.try_io(|socket| {
                 receive(socket.as_raw_fd(), &mut buffer).map_err(std::io::Error::from)
             });
-            match read {
+            let datagram = match read {
                 Err(_would_block) => continue,
                 Ok(Err(e)) => break format!("cannot read from it: {e}"),
-                Ok(Ok((0, _))) => break "it exited".to_string(),
-                Ok(Ok((n, pidfd))) => match serde_json::from_slice::<SpawnReply>(&buffer[..n]) {
-                    Ok(reply) => {
-                        if let Err(e) = self.take(reply, pidfd) {
-                            break e;
-                        }
+                Ok(Ok(datagram)) => datagram,
+            };
+            if datagram.bytes == 0 {
+                break "it exited".to_string();
+            }
+            if datagram.truncated {
+                break "it sent a reply too large to read".to_string();
+            }
+            match serde_json::from_slice::<SpawnReply>(&buffer[..datagram.bytes]) {
+                Ok(reply) => {
+                    if let Err(e) = self.take(reply, datagram.fds.into_iter().next()) {
+                        break e;
                     }
-                    Err(e) => break format!("it said something unreadable: {e}"),
-                },
+                }
+                Err(e) => break format!("it said something unreadable: {e}"),
             }
         };
         tracing::warn!(reason = %why, spawner = self.pid, "the driver spawner is gone; the drivers it started were killed with it, and the next driver starts a new spawner");
@@ -490,31 +485,6 @@ impl Spawner {
         }
         Ok(())
     }
-}
-
-/// Receives one datagram into `buffer`: its length, and the descriptor
-/// that came with it, if one did.
-fn receive(socket: RawFd, buffer: &mut [u8]) -> nix::Result<(usize, Option<OwnedFd>)> {
-    let mut space = nix::cmsg_space!([RawFd; 1]);
-    let mut iov = [IoSliceMut::new(buffer)];
-    let message = recvmsg::<UnixAddr>(
-        socket,
-        &mut iov,
-        Some(&mut space),
-        MsgFlags::MSG_CMSG_CLOEXEC,
-    )?;
-    let mut fd = None;
-    for cmsg in message.cmsgs()? {
-        if let ControlMessageOwned::ScmRights(fds) = cmsg {
-            for received in fds {
-                // SAFETY: the kernel just gave this process the descriptor;
-                // nothing else owns it. Any beyond the first are closed.
-                let owned = unsafe { OwnedFd::from_raw_fd(received) };
-                fd.get_or_insert(owned);
-            }
-        }
-    }
-    Ok((message.bytes, fd))
 }
 
 /// Takes back the last queued start unless its request was sent.

@@ -1,12 +1,16 @@
 //! What the node and `zf-driver-shim` say to each other: the driver to
 //! exec, the process it belongs to, and the sandbox to put it in; and, for
 //! the shim serving as the node's spawner, each request to start a driver
-//! and the spawner's replies. Shared by the node (`launcher.rs`,
+//! and the spawner's replies, and how one datagram with its descriptors
+//! goes over their socket. Shared by the node (`launcher.rs`,
 //! `sandbox.rs`) and the shim (`bin/zf-driver-shim.rs`), which are built
 //! together, so the two always agree.
 
+use std::io::{IoSlice, IoSliceMut};
+use std::os::fd::{FromRawFd, OwnedFd, RawFd};
 use std::path::PathBuf;
 
+use nix::sys::socket::{recvmsg, sendmsg, ControlMessage, ControlMessageOwned, MsgFlags, UnixAddr};
 use serde::{Deserialize, Serialize};
 
 /// What one shim applies. Only the shim builds it (from its argument, or
@@ -96,3 +100,57 @@ pub enum SpawnReply {
 
 /// The largest request a spawner reads; a larger one is refused.
 pub const MAX_SPAWN_REQUEST: usize = 128 * 1024;
+
+/// One datagram read from the node–spawner socket.
+pub struct Datagram {
+    /// How many bytes of the buffer it filled.
+    pub bytes: usize,
+    /// It, or the descriptors with it, did not fit.
+    pub truncated: bool,
+    /// The descriptors that came with it, now owned here.
+    pub fds: Vec<OwnedFd>,
+}
+
+/// Reads one datagram into `buffer`, with up to three descriptors.
+pub fn receive(socket: RawFd, buffer: &mut [u8]) -> nix::Result<Datagram> {
+    let mut space = nix::cmsg_space!([RawFd; 3]);
+    let mut iov = [IoSliceMut::new(buffer)];
+    let message = recvmsg::<UnixAddr>(
+        socket,
+        &mut iov,
+        Some(&mut space),
+        MsgFlags::MSG_CMSG_CLOEXEC,
+    )?;
+    let mut fds = Vec::new();
+    for cmsg in message.cmsgs()? {
+        if let ControlMessageOwned::ScmRights(received) = cmsg {
+            // SAFETY: the kernel just gave this process these descriptors;
+            // nothing else owns them.
+            fds.extend(
+                received
+                    .into_iter()
+                    .map(|fd| unsafe { OwnedFd::from_raw_fd(fd) }),
+            );
+        }
+    }
+    Ok(Datagram {
+        bytes: message.bytes,
+        truncated: message
+            .flags
+            .intersects(MsgFlags::MSG_TRUNC | MsgFlags::MSG_CTRUNC),
+        fds,
+    })
+}
+
+/// Sends `bytes` as one datagram, with `fds` alongside.
+pub fn send(socket: RawFd, bytes: &[u8], fds: &[RawFd]) -> nix::Result<usize> {
+    let rights = [ControlMessage::ScmRights(fds)];
+    let cmsgs: &[ControlMessage] = if fds.is_empty() { &[] } else { &rights };
+    sendmsg::<UnixAddr>(
+        socket,
+        &[IoSlice::new(bytes)],
+        cmsgs,
+        MsgFlags::MSG_NOSIGNAL,
+        None,
+    )
+}

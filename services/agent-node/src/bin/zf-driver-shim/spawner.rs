@@ -9,17 +9,15 @@
 
 use std::collections::HashSet;
 use std::convert::Infallible;
-use std::io::{IoSlice, IoSliceMut};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::process::ExitCode;
 
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sys::signal::{SigSet, Signal};
 use nix::sys::signalfd::{SfdFlags, SignalFd};
-use nix::sys::socket::{recvmsg, sendmsg, ControlMessage, ControlMessageOwned, MsgFlags, UnixAddr};
 use nix::unistd::{fork, ForkResult, Pid};
 
-use crate::shim_spec::{ShimSpec, SpawnReply, SpawnRequest, MAX_SPAWN_REQUEST};
+use crate::shim_spec::{receive, Datagram, ShimSpec, SpawnReply, SpawnRequest, MAX_SPAWN_REQUEST};
 
 /// The socket to the node: this process's stdin.
 const NODE: RawFd = 0;
@@ -87,34 +85,14 @@ fn serve_until_the_node_is_gone(node: Option<String>) -> Result<(), String> {
 /// Reads one request and starts its shim; `false` once the node has closed
 /// its end.
 fn serve_one(buffer: &mut [u8], shims: &mut HashSet<i32>) -> Result<bool, String> {
-    let mut space = nix::cmsg_space!([RawFd; 3]);
-    let (bytes, truncated, fds) = {
-        let mut iov = [IoSliceMut::new(buffer)];
-        let message =
-            match recvmsg::<UnixAddr>(NODE, &mut iov, Some(&mut space), MsgFlags::MSG_CMSG_CLOEXEC)
-            {
-                Ok(message) => message,
-                Err(nix::errno::Errno::EINTR | nix::errno::Errno::EAGAIN) => return Ok(true),
-                Err(e) => return Err(format!("cannot read from the node: {e}")),
-            };
-        let mut fds = Vec::new();
-        if let Ok(cmsgs) = message.cmsgs() {
-            for cmsg in cmsgs {
-                if let ControlMessageOwned::ScmRights(received) = cmsg {
-                    // SAFETY: the kernel just gave this process these
-                    // descriptors; nothing else owns them.
-                    fds.extend(
-                        received
-                            .into_iter()
-                            .map(|fd| unsafe { OwnedFd::from_raw_fd(fd) }),
-                    );
-                }
-            }
-        }
-        let truncated = message
-            .flags
-            .intersects(MsgFlags::MSG_TRUNC | MsgFlags::MSG_CTRUNC);
-        (message.bytes, truncated, fds)
+    let Datagram {
+        bytes,
+        truncated,
+        fds,
+    } = match receive(NODE, buffer) {
+        Ok(datagram) => datagram,
+        Err(nix::errno::Errno::EINTR | nix::errno::Errno::EAGAIN) => return Ok(true),
+        Err(e) => return Err(format!("cannot read from the node: {e}")),
     };
     if bytes == 0 && fds.is_empty() {
         return Ok(false);
@@ -229,16 +207,8 @@ fn reap_and_report(shims: &mut HashSet<i32>) -> Result<(), String> {
 fn send(reply: &SpawnReply, fd: Option<&OwnedFd>) -> Result<(), String> {
     let bytes = serde_json::to_vec(reply).map_err(|e| format!("cannot encode a reply: {e}"))?;
     let fds: Vec<RawFd> = fd.iter().map(|fd| fd.as_raw_fd()).collect();
-    let rights = [ControlMessage::ScmRights(&fds)];
-    let cmsgs: &[ControlMessage] = if fds.is_empty() { &[] } else { &rights };
     loop {
-        match sendmsg::<UnixAddr>(
-            NODE,
-            &[IoSlice::new(&bytes)],
-            cmsgs,
-            MsgFlags::empty(),
-            None,
-        ) {
+        match crate::shim_spec::send(NODE, &bytes, &fds) {
             Ok(_) => return Ok(()),
             Err(nix::errno::Errno::EINTR) => continue,
             Err(e) => return Err(format!("cannot tell the node: {e}")),
