@@ -201,13 +201,8 @@ async fn sleeper_run(file: &Path) -> String {
 
 /// Cancels `op`, which must be acknowledged.
 async fn cancel(cluster: &Cluster, op: &str) {
-    let response = cluster
-        .http
-        .delete(cluster.url(&format!("/v1/operations/{op}")))
-        .send()
-        .await
-        .expect("DELETE");
-    assert_eq!(response.status().as_u16(), 202, "cancel acknowledged");
+    let (status, ctx) = cluster.delete(&format!("/v1/operations/{op}")).await;
+    assert_eq!(status, 202, "cancel acknowledged: {ctx}");
 }
 
 /// The first run beating in `file`.
