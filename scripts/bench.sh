@@ -14,8 +14,8 @@ cargo build --release --bins --quiet
 export ZF_TEST_LOG=${ZF_TEST_LOG:-warn,zerofoot::timing=debug}
 # Figures are measured with every JetStream write synced to disk (SPEC §12).
 export ZF_NATS_SYNC_ALWAYS=1
-# Ten thousand monitors are thirty thousand processes (shim, namespace init,
-# driver), above the kernel's default of 32768 process ids with the rest: a
+# Ten thousand monitors are twenty thousand processes (shim and driver),
+# near the kernel's default of 32768 process ids with the rest: a
 # full run of the monitors scenario raises it where it may, and puts it back.
 args=" $* "
 if [[ $args != *" --quick "* && ($args != *" --only "* || $args == *" --only monitors "*) ]]; then

@@ -664,4 +664,90 @@ pub mod tests {
         })
         .await;
     }
+
+    /// Each driver asking for a PID namespace gets a new one, as pid 2 under
+    /// an init the spawner forked straight into it; the spawner itself stays
+    /// in its own namespace, where the drivers that ask for none start.
+    #[tokio::test]
+    async fn each_driver_in_a_pid_namespace_gets_its_own_and_dies_with_the_spawner() {
+        if !nix::unistd::geteuid().is_root() {
+            eprintln!("skipped: only root may make PID namespaces (CI runs this as root)");
+            return;
+        }
+        within_a_minute("drivers in PID namespaces", async {
+            let launcher = launcher();
+            let dir = tempfile::tempdir().expect("tempdir");
+            let in_namespace = Sandbox {
+                pid_namespace: true,
+                ..Sandbox::default()
+            };
+            let program = script(
+                dir.path(),
+                "echo \"$$ $PPID $(tr '\\0' ' ' </proc/1/cmdline)\"\nexec sleep 600",
+            );
+            let mut namespaced = Vec::new();
+            for _ in 0..2 {
+                let mut driver = launcher
+                    .start(&program, "go", dir.path(), &[], &in_namespace)
+                    .await
+                    .expect("started in a namespace");
+                let mut stdout = tokio::io::BufReader::new(driver.stdout.take().expect("stdout"));
+                let mut first = String::new();
+                tokio::io::AsyncBufReadExt::read_line(&mut stdout, &mut first)
+                    .await
+                    .expect("the driver's first line");
+                // The second driver is pid 2 while the first still is: each
+                // has a namespace of its own, under its own init.
+                assert!(
+                    first.starts_with("2 1 ") && first.contains("--serve"),
+                    "the driver is pid 2 under an init forked from the spawner, and \
+                     its /proc is its namespace's: {first}"
+                );
+                namespaced.push((driver, stdout));
+            }
+
+            let plain = script(dir.path(), "echo $$");
+            let mut driver = launcher
+                .start(&plain, "go", dir.path(), &[], &Sandbox::default())
+                .await
+                .expect("started without a namespace");
+            let pid: i32 = read_all(driver.stdout.take())
+                .await
+                .trim()
+                .parse()
+                .expect("a pid");
+            assert!(
+                pid > 2 && driver.wait().await.expect("its end").success(),
+                "a driver that asks for no namespace starts in the spawner's: pid {pid}"
+            );
+
+            let spawner = spawner_pid(&launcher).await.expect("a spawner runs");
+            let inits: Vec<i32> = namespaced.iter().map(|(d, _)| d.id().as_raw()).collect();
+            let drivers: Vec<i32> = inits
+                .iter()
+                .map(|init| {
+                    std::fs::read_to_string(format!("/proc/{init}/task/{init}/children"))
+                        .expect("the init's children")
+                        .trim()
+                        .parse()
+                        .expect("one child: the driver")
+                })
+                .collect();
+            nix::sys::signal::kill(Pid::from_raw(spawner as i32), Signal::SIGKILL)
+                .expect("SIGKILL the spawner");
+            for (driver, _) in &mut namespaced {
+                use std::os::unix::process::ExitStatusExt;
+                assert_eq!(
+                    driver.wait().await.expect("its end").signal(),
+                    Some(9),
+                    "an init whose spawner died ends as killed"
+                );
+            }
+            // Polled until the minute is up.
+            while !inits.iter().chain(&drivers).all(|pid| ended(*pid)) {
+                tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+            }
+        })
+        .await;
+    }
 }

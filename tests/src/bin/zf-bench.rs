@@ -1265,9 +1265,10 @@ const SCALE_ZONES: usize = 5;
 /// `sizes.monitors` monitors across ten nodes in five zones of two (each
 /// zone's monitors on its lead): the nodes' memory per monitor, drivers
 /// excluded, and whether every zone kept its lead while they started. Each
-/// monitor is three processes (the shim, its PID namespace's init and the
-/// driver), so ten thousand need a `kernel.pid_max` above 32768, which
-/// `scripts/bench.sh` raises where it may.
+/// monitor is two processes (the shim, which is its PID namespace's init,
+/// and the driver), which with the nodes' threads and everything else on the
+/// machine can pass a `kernel.pid_max` of 32768, which `scripts/bench.sh`
+/// raises where it may.
 async fn many_monitors(sizes: &Sizes, figures: &mut Vec<Figure>) {
     use futures::StreamExt;
     let monitors = sizes.monitors;

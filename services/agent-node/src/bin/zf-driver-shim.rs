@@ -12,7 +12,9 @@
 //!   nothing the driver leaves behind outlives it or lingers as a zombie;
 //! - it keeps no file descriptor but stdin, stdout and stderr;
 //! - where the node can, it gives the driver a PID namespace of its own
-//!   with its own /proc (see `in_own_pid_namespace`);
+//!   with its own /proc: the spawner forks the shim into a new namespace
+//!   as its init (`start_as_namespace_init`); a shim exec'd for one driver
+//!   makes the namespace and forks its init (`in_own_pid_namespace`);
 //! - it sets the resource limits, drops to the driver's user and group, and
 //!   confines the filesystem with Landlock (and signals to its own domain);
 //! - then its child execs the driver.
@@ -29,6 +31,7 @@ mod shim_spec;
 mod spawner;
 
 use std::convert::Infallible;
+use std::os::fd::BorrowedFd;
 use std::os::unix::process::CommandExt;
 use std::process::ExitCode;
 
@@ -249,18 +252,58 @@ fn in_own_pid_namespace(
             // pid 1 of the namespace; dies with the outer shim.
             nix::sys::prctl::set_pdeathsig(Signal::SIGKILL)
                 .map_err(|e| format!("cannot ask to die with the outer shim: {e}"))?;
-            mount_own_proc()?;
-            // SAFETY: still one thread.
-            match unsafe { fork() }.map_err(|e| format!("cannot fork the driver: {e}"))? {
-                ForkResult::Child => {
-                    restore_stop_signals();
-                    run_driver(spec, env, 1)
-                }
-                ForkResult::Parent { child } => {
-                    release_driver_pipes();
-                    reap_until(child)
-                }
-            }
+            namespace_init(spec, env)
+        }
+    }
+}
+
+/// Sets up, as pid 1 of a PID namespace the spawner forked it into, the
+/// same namespace as [`in_own_pid_namespace`] does, without an outer shim:
+/// this process is the spawner's child (the pid the node and watchdog
+/// know, leader of the driver's group) and the namespace's init at once.
+/// `spawner` is a pidfd for the spawner: in its own namespace this process
+/// has no parent pid to check.
+fn start_as_namespace_init(
+    spec: &ShimSpec,
+    env: &[(String, String)],
+    spawner: BorrowedFd<'_>,
+) -> Result<Infallible, String> {
+    nix::sys::prctl::set_pdeathsig(Signal::SIGKILL)
+        .map_err(|e| format!("cannot ask to die with the spawner: {e}"))?;
+    if has_ended(spawner)? {
+        return Err("the spawner that forked this shim is gone".into());
+    }
+    nix::unistd::setsid().map_err(|e| format!("cannot start a session: {e}"))?;
+    close_inherited_descriptors()?;
+    nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNS)
+        .map_err(|e| format!("cannot make a mount namespace: {e}"))?;
+    ignore_stop_signals();
+    namespace_init(spec, Some(env))
+}
+
+/// Whether the process behind `pidfd` has ended.
+fn has_ended(pidfd: BorrowedFd<'_>) -> Result<bool, String> {
+    use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+    let mut fds = [PollFd::new(pidfd, PollFlags::POLLIN)];
+    poll(&mut fds, PollTimeout::ZERO)
+        .map(|ready| ready > 0)
+        .map_err(|e| format!("cannot check on the spawner: {e}"))
+}
+
+/// The namespace's init (pid 1): mounts the namespace's /proc, forks the
+/// driver (pid 2) and reaps until it ends, then ends as it did.
+fn namespace_init(spec: &ShimSpec, env: Option<&[(String, String)]>) -> Result<Infallible, String> {
+    use nix::unistd::{fork, ForkResult};
+    mount_own_proc()?;
+    // SAFETY: this process has one thread.
+    match unsafe { fork() }.map_err(|e| format!("cannot fork the driver: {e}"))? {
+        ForkResult::Child => {
+            restore_stop_signals();
+            run_driver(spec, env, 1)
+        }
+        ForkResult::Parent { child } => {
+            release_driver_pipes();
+            reap_until(child)
         }
     }
 }

@@ -57,6 +57,7 @@ fn serve_until_the_node_is_gone(node: Option<String>) -> Result<(), String> {
         .map_err(|e| format!("cannot block SIGCHLD: {e}"))?;
     let children = SignalFd::with_flags(&sigchld, SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC)
         .map_err(|e| format!("cannot watch for children: {e}"))?;
+    let namespaces = Namespaces::open()?;
     // SAFETY: fd 0 is this process's stdin, open for its whole life.
     let socket = unsafe { BorrowedFd::borrow_raw(NODE) };
     let mut buffer = vec![0u8; MAX_SPAWN_REQUEST];
@@ -76,7 +77,7 @@ fn serve_until_the_node_is_gone(node: Option<String>) -> Result<(), String> {
             while let Ok(Some(_)) = children.read_signal() {}
             reap_and_report(&mut shims)?;
         }
-        if request_ready && !serve_one(&mut buffer, &mut shims)? {
+        if request_ready && !serve_one(&mut buffer, &mut shims, &namespaces)? {
             return Ok(());
         }
     }
@@ -84,7 +85,11 @@ fn serve_until_the_node_is_gone(node: Option<String>) -> Result<(), String> {
 
 /// Reads one request and starts its shim; `false` once the node has closed
 /// its end.
-fn serve_one(buffer: &mut [u8], shims: &mut HashSet<i32>) -> Result<bool, String> {
+fn serve_one(
+    buffer: &mut [u8],
+    shims: &mut HashSet<i32>,
+    namespaces: &Namespaces,
+) -> Result<bool, String> {
     let Datagram {
         bytes,
         truncated,
@@ -113,48 +118,107 @@ fn serve_one(buffer: &mut [u8], shims: &mut HashSet<i32>) -> Result<bool, String
                 fds.len()
             ),
         },
-        (Ok(request), Ok(stdio)) => match start_shim(&request, stdio) {
+        (Ok(request), Ok(stdio)) => match start_shim(&request, stdio, namespaces) {
             Ok((pid, pidfd)) => {
                 shims.insert(pid.as_raw());
                 send(&SpawnReply::Started { pid: pid.as_raw() }, Some(&pidfd))?;
                 return Ok(true);
             }
-            Err(reason) => SpawnReply::Refused { reason },
+            Err(StartError::Refused(reason)) => SpawnReply::Refused { reason },
+            Err(StartError::Broken(message)) => return Err(message),
         },
     };
     send(&reply, None)?;
     Ok(true)
 }
 
+/// What this spawner needs to fork a shim straight into a PID namespace of
+/// its own: itself as a pidfd (which such a shim checks, having no parent
+/// pid in its namespace) and its own PID namespace, to come back to after
+/// each such fork.
+struct Namespaces {
+    spawner: OwnedFd,
+    own_pid_namespace: Result<std::fs::File, String>,
+}
+
+impl Namespaces {
+    fn open() -> Result<Self, String> {
+        let spawner = pidfd_open(nix::unistd::getpid())
+            .map_err(|e| format!("cannot hold itself by a pidfd: {e}"))?;
+        let own_pid_namespace = std::fs::File::open("/proc/self/ns/pid")
+            .map_err(|e| format!("cannot open this spawner's PID namespace: {e}"));
+        Ok(Self {
+            spawner,
+            own_pid_namespace,
+        })
+    }
+}
+
+enum StartError {
+    /// This driver cannot start; the next one may.
+    Refused(String),
+    /// This spawner can start none any more.
+    Broken(String),
+}
+
 /// Forks the shim for `request`, with `stdio` as its stdin, stdout and
 /// stderr; its pid, and a pidfd for it (taken before anything can reap it).
-fn start_shim(request: &SpawnRequest, stdio: [OwnedFd; 3]) -> Result<(Pid, OwnedFd), String> {
+/// A shim for a driver in a PID namespace of its own is forked straight
+/// into a new namespace, as its init: one process fewer per driver than a
+/// shim that makes the namespace and forks its init.
+fn start_shim(
+    request: &SpawnRequest,
+    stdio: [OwnedFd; 3],
+    namespaces: &Namespaces,
+) -> Result<(Pid, OwnedFd), StartError> {
+    use nix::sched::CloneFlags;
     let spec = ShimSpec {
         parent: nix::unistd::getpid().as_raw(),
         program: request.program.clone(),
         args: request.args.clone(),
         sandbox: request.sandbox.clone(),
     };
+    let own_pid_namespace = match (&namespaces.own_pid_namespace, spec.sandbox.pid_namespace) {
+        (_, false) => None,
+        (Ok(own), true) => Some(own),
+        (Err(e), true) => return Err(StartError::Refused(e.clone())),
+    };
+    if own_pid_namespace.is_some() {
+        // The next child is pid 1 of a new namespace (this process stays
+        // where it is).
+        nix::sched::unshare(CloneFlags::CLONE_NEWPID)
+            .map_err(|e| StartError::Refused(format!("cannot make a PID namespace: {e}")))?;
+    }
     // SAFETY: this process has one thread.
-    match unsafe { fork() }.map_err(|e| format!("cannot fork a shim: {e}"))? {
+    let forked = unsafe { fork() };
+    if let (Some(own), Ok(ForkResult::Parent { .. }) | Err(_)) = (own_pid_namespace, &forked) {
+        // Children after this one start in this process's own namespace
+        // again (and a later unshare may make another).
+        nix::sched::setns(own, CloneFlags::CLONE_NEWPID).map_err(|e| {
+            StartError::Broken(format!(
+                "cannot return to its own PID namespace after a fork: {e}"
+            ))
+        })?;
+    }
+    match forked.map_err(|e| StartError::Refused(format!("cannot fork a shim: {e}")))? {
         ForkResult::Parent { child } => {
-            // SAFETY: pidfd_open takes a pid and flags, and returns a new
-            // descriptor or -1; only this thread reaps, so the pid is the
-            // child's.
-            let fd = unsafe { nix::libc::syscall(nix::libc::SYS_pidfd_open, child.as_raw(), 0u32) };
-            if fd < 0 {
-                let error = std::io::Error::last_os_error();
-                let _ = nix::sys::signal::kill(child, Signal::SIGKILL);
-                return Err(format!("cannot hold the shim by a pidfd: {error}"));
+            // Only this thread reaps, so the pid is the child's.
+            match pidfd_open(child) {
+                Ok(pidfd) => Ok((child, pidfd)),
+                Err(error) => {
+                    let _ = nix::sys::signal::kill(child, Signal::SIGKILL);
+                    Err(StartError::Refused(format!(
+                        "cannot hold the shim by a pidfd: {error}"
+                    )))
+                }
             }
-            // SAFETY: a descriptor the kernel just made, owned by nothing else.
-            Ok((child, unsafe { OwnedFd::from_raw_fd(fd as RawFd) }))
         }
         ForkResult::Child => {
             // Never back into the spawner's frames: not by returning, not
             // by unwinding.
             let message = match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                become_shim(request, &spec, stdio)
+                let spawner = own_pid_namespace.map(|_| namespaces.spawner.as_fd());
+                become_shim(request, &spec, stdio, spawner)
             })) {
                 Ok(Err(message)) => message,
                 Err(_) => "the shim panicked while setting up".to_string(),
@@ -167,12 +231,26 @@ fn start_shim(request: &SpawnRequest, stdio: [OwnedFd; 3]) -> Result<(Pid, Owned
     }
 }
 
+/// A pidfd for `pid`.
+fn pidfd_open(pid: Pid) -> std::io::Result<OwnedFd> {
+    // SAFETY: pidfd_open takes a pid and flags, and returns a new
+    // descriptor or -1.
+    let fd = unsafe { nix::libc::syscall(nix::libc::SYS_pidfd_open, pid.as_raw(), 0u32) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: a descriptor the kernel just made, owned by nothing else.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
+}
+
 /// In the forked child: takes the driver's stdio and directory, undoes what
-/// only the spawner wants, and goes on as a shim.
+/// only the spawner wants, and goes on as a shim; as the init of its own
+/// PID namespace when it was forked into one (`spawner` is then given).
 fn become_shim(
     request: &SpawnRequest,
     spec: &ShimSpec,
     stdio: [OwnedFd; 3],
+    spawner: Option<BorrowedFd<'_>>,
 ) -> Result<Infallible, String> {
     let [stdin, stdout, stderr] = stdio;
     nix::unistd::dup2_stdin(&stdin)
@@ -185,7 +263,10 @@ fn become_shim(
         .map_err(|e| format!("cannot unblock signals: {e}"))?;
     nix::unistd::chdir(&request.dir)
         .map_err(|e| format!("cannot enter {}: {e}", request.dir.display()))?;
-    super::start(spec, Some(&request.env))
+    match spawner {
+        Some(spawner) => super::start_as_namespace_init(spec, &request.env, spawner),
+        None => super::start(spec, Some(&request.env)),
+    }
 }
 
 /// Reaps every ended child, and tells the node how each shim ended.
