@@ -18,6 +18,7 @@ use crate::launcher::DriverProcess;
 use nix::sys::signal::{killpg, Signal};
 use tokio::io::{AsyncBufRead, AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio_util::sync::CancellationToken;
+use zerofoot_shared::telemetry::{micros_since, TIMING};
 
 /// Longest stdout line a driver may write.
 pub const MAX_LINE_BYTES: usize = 1024 * 1024;
@@ -146,6 +147,7 @@ async fn run_to_end(
     cancel: &CancellationToken,
     outputs: tokio::sync::mpsc::Sender<Output>,
 ) -> Result<(), DriverError> {
+    let began = std::time::Instant::now();
     let deadline = inv.timeout.map(|t| tokio::time::Instant::now() + t);
     let sleep_until_deadline = || async move {
         match deadline {
@@ -171,6 +173,9 @@ async fn run_to_end(
             return Err(DriverError::Timeout(inv.timeout.map(|t| t.as_millis() as u64).unwrap_or(0), String::new()))
         }
     };
+    let spawned_us = micros_since(began);
+    let mut stdout_closed_us = 0;
+    let mut exit_status_us = 0;
     // The shim makes its pid the driver's process group; until it has (a
     // moment after the spawn), only the process itself can be signalled.
     let group = child.id();
@@ -226,6 +231,7 @@ async fn run_to_end(
                 break Err(DriverError::Timeout(inv.timeout.map(|t| t.as_millis() as u64).unwrap_or(0), String::new()));
             }
             status = child.wait(), if exit.is_none() => {
+                exit_status_us = micros_since(began);
                 match status {
                     Ok(status) => exit = Some(status),
                     Err(e) => break Err(DriverError::Io(e.to_string())),
@@ -238,9 +244,12 @@ async fn run_to_end(
                 match read {
                     Err(e) => break Err(e),
                     Ok(None) => {
+                        stdout_closed_us = micros_since(began);
                         if exit.is_none() {
                             // stdout closed before exit: wait for the exit status.
-                            match child.wait().await {
+                            let status = child.wait().await;
+                            exit_status_us = micros_since(began);
+                            match status {
                                 Ok(status) => exit = Some(status),
                                 Err(e) => break Err(DriverError::Io(e.to_string())),
                             }
@@ -274,6 +283,13 @@ async fn run_to_end(
         kill_group(&mut child, Signal::SIGKILL);
         let _ = child.wait().await;
     }
+    tracing::debug!(
+        target: TIMING,
+        spawned_us,
+        stdout_closed_us,
+        exit_status_us,
+        "driver ran"
+    );
     let tail = stderr_tail.await.unwrap_or_default();
     if !tail.trim().is_empty() {
         // Kept in the operation's log too, whether the driver failed or not.

@@ -109,6 +109,122 @@ async fn shim_spawn(script: &std::path::Path, confined: bool) {
     spawn_and_feed(tokio::process::Command::new(shim).arg(spec.to_string())).await;
 }
 
+/// The raw costs under every sync operation, measured on the same cluster:
+/// each sorted, in ms.
+struct RawCosts {
+    /// `GET /healthz` on management: the HTTP round trip alone.
+    http: Vec<f64>,
+    /// A core NATS request to a responder that echoes it: the hop from
+    /// management to a node and back.
+    nats: Vec<f64>,
+    /// A put of a context-sized value into a file-backed KV bucket, acked
+    /// once synced to disk (the server runs with `sync_interval: always`):
+    /// the result's write.
+    synced_write: Vec<f64>,
+}
+
+async fn raw_costs(cluster: &Cluster, samples: usize) -> RawCosts {
+    use futures::StreamExt;
+    let mut http = Vec::new();
+    for _ in 0..samples {
+        let t = Instant::now();
+        let (status, _) = cluster.get("/healthz").await;
+        assert_eq!(status, 200, "management is healthy");
+        http.push(t.elapsed());
+    }
+    let client = cluster.nats.client().await;
+    let mut requests = client
+        .subscribe("bench.floor.echo")
+        .await
+        .expect("subscribe");
+    let responder = client.clone();
+    let echo = tokio::spawn(async move {
+        while let Some(msg) = requests.next().await {
+            if let Some(reply) = msg.reply {
+                let _ = responder.publish(reply, msg.payload).await;
+            }
+        }
+    });
+    let (_, list) = cluster.get("/v1/operations?limit=1").await;
+    let context = bytes::Bytes::from(list["operations"][0].to_string());
+    let mut nats = Vec::new();
+    for _ in 0..samples {
+        let t = Instant::now();
+        client
+            .request("bench.floor.echo", context.clone())
+            .await
+            .expect("an echo");
+        nats.push(t.elapsed());
+    }
+    echo.abort();
+    let js = async_nats::jetstream::new(client);
+    let bucket = js
+        .create_key_value(async_nats::jetstream::kv::Config {
+            bucket: "bench_floor".into(),
+            storage: async_nats::jetstream::stream::StorageType::File,
+            ..Default::default()
+        })
+        .await
+        .expect("a scratch bucket");
+    let mut synced_write = Vec::new();
+    for i in 0..samples {
+        let t = Instant::now();
+        bucket
+            .put(format!("k{i}"), context.clone())
+            .await
+            .expect("a synced put");
+        synced_write.push(t.elapsed());
+    }
+    RawCosts {
+        http: sorted_ms(&http),
+        nats: sorted_ms(&nats),
+        synced_write: sorted_ms(&synced_write),
+    }
+}
+
+/// The raw costs, and the floor they put under a sync operation that keeps
+/// its rules: the driver's run, the HTTP round trip, the hop to the node
+/// and back, and the result's synced write, which must land before the
+/// answer (the take's synced write overlaps the spawn, so it is left out:
+/// this is a lower bound).
+fn floor_figures(raw: &RawCosts, bare_p50: f64, figures: &mut Vec<Figure>) {
+    let parts = [
+        ("HTTP round trip (GET /healthz), p50", &raw.http),
+        ("NATS request round trip (echo), p50", &raw.nats),
+        (
+            "KV put synced to disk (sync_interval: always), p50",
+            &raw.synced_write,
+        ),
+    ];
+    let mut floor = bare_p50;
+    for (what, samples) in parts {
+        let value = percentile(samples, 50.0);
+        floor += value;
+        figures.push(Figure {
+            figure: format!("raw cost: {what}"),
+            value,
+            unit: "ms",
+            baseline: Some(bare_p50),
+            baseline_what: Some("bare spawn of the same driver, p50".into()),
+            ratio: Some(value / bare_p50),
+            target: "-",
+            meets_target: None,
+        });
+    }
+    figures.push(Figure {
+        figure: "floor of a sync op through HTTP: bare spawn + HTTP + NATS round trip + \
+                 one synced write, p50 each"
+            .into(),
+        value: floor,
+        unit: "ms",
+        baseline: Some(bare_p50),
+        baseline_what: Some("bare spawn of the same driver, p50".into()),
+        ratio: Some(floor / bare_p50),
+        target: "-",
+        meets_target: None,
+    });
+}
+
 async fn spawn_and_feed(command: &mut tokio::process::Command) {
     let mut child = command
         .stdin(std::process::Stdio::piped())
@@ -187,6 +303,7 @@ async fn sync_operations(sizes: &Sizes, figures: &mut Vec<Figure>) {
     let (bare_ms, http_ms) = (sorted_ms(&bare), sorted_ms(&http));
     let p50 = percentile(&http_ms, 50.0);
     let bare_p50 = percentile(&bare_ms, 50.0);
+    let raw = raw_costs(&cluster, sizes.latency_ops).await;
     figures.push(Figure {
         figure: "sync op latency through HTTP, 1 client, p50".into(),
         value: p50,
@@ -225,6 +342,7 @@ async fn sync_operations(sizes: &Sizes, figures: &mut Vec<Figure>) {
             meets_target: None,
         });
     }
+    floor_figures(&raw, bare_p50, figures);
     // Where the single client's time went: the services' own timings of
     // each phase (debug events of target zerofoot::timing), median of each.
     for (phase, median_ms) in timing_medians(&logs, &log_starts) {
@@ -311,7 +429,7 @@ async fn sync_operations(sizes: &Sizes, figures: &mut Vec<Figure>) {
             );
         }
     }
-    for (what, ms) in cpu_per_op {
+    for (what, ms) in cpu_per_op.iter().cloned() {
         figures.push(Figure {
             figure: format!("CPU per sync op, {} clients: {what}", sizes.clients),
             value: ms,
@@ -323,6 +441,30 @@ async fn sync_operations(sizes: &Sizes, figures: &mut Vec<Figure>) {
             meets_target: None,
         });
     }
+    let control_plane_cpu_ms: f64 = cpu_per_op
+        .iter()
+        .filter(|(what, _)| what != "shims and drivers")
+        .map(|(_, ms)| ms)
+        .sum();
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
+    let bound = cores * 1000.0 / (bare_cpu_ms + control_plane_cpu_ms);
+    figures.push(Figure {
+        figure: format!(
+            "bound on sync ops/s, {} clients, were each driver to cost only a bare spawn's CPU: \
+             {cores} cores / (bare spawn CPU + control plane CPU {control_plane_cpu_ms:.2} ms per op)",
+            sizes.clients
+        ),
+        value: bound,
+        unit: "ops/s",
+        baseline: Some(bare_rate),
+        baseline_what: Some(format!(
+            "bare spawns of the same driver, {} at a time",
+            sizes.clients
+        )),
+        ratio: Some(bound / bare_rate),
+        target: "-",
+        meets_target: None,
+    });
     figures.push(Figure {
         figure: format!(
             "sync ops through HTTP, {} concurrent clients",
