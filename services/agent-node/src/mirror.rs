@@ -1,7 +1,10 @@
 //! Keeps a redb table equal to a KV bucket: replays from the last revision
 //! applied when the stream still holds it, otherwise rebuilds from a full
 //! snapshot; then follows live changes, committing them in batches so the
-//! mirror keeps up with thousands of changes per second.
+//! mirror keeps up with thousands of changes per second. A batch is what
+//! arrives within a short window after a change: applying every change at
+//! once made the other nodes compete for the CPU with an owner starting its
+//! driver, while nothing waits on a mirror for a sync operation's answer.
 //!
 //! A replay sees every change after the last revision applied, with one
 //! exception: the marker of a purged key is not kept forever (the lead
@@ -15,12 +18,14 @@ use std::collections::HashSet;
 use std::time::Duration;
 
 use async_nats::jetstream::kv;
-use futures::{FutureExt, StreamExt};
+use futures::StreamExt;
 use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
 
 use crate::store::{Change, Mirrored, Stamped, Store};
 
+/// How long a mirror waits after a change for more to commit with it.
+const COALESCE: Duration = Duration::from_millis(5);
 /// Largest number of changes committed in one redb transaction.
 const MAX_BATCH: usize = 2048;
 /// How often a batch is committed with an fsync; the ones between skip it,
@@ -219,17 +224,23 @@ async fn follow_once(
         let mut revision = first.revision;
         let mut behind = first.delta;
         let mut batch = vec![change_of(&first)];
-        // Take whatever else is already waiting, without waiting for more.
+        // Take whatever else comes within the coalescing window.
+        let until = tokio::time::Instant::now() + COALESCE;
         while batch.len() < MAX_BATCH {
-            match watch.next().now_or_never() {
-                Some(Some(Ok(entry))) => {
+            let next = tokio::select! {
+                biased;
+                _ = cancel.cancelled() => return Ok(()),
+                e = watch.next() => e,
+                _ = tokio::time::sleep_until(until) => break,
+            };
+            match next {
+                Some(Ok(entry)) => {
                     revision = revision.max(entry.revision);
                     behind = entry.delta;
                     batch.push(change_of(&entry));
                 }
-                Some(Some(Err(e))) => return Err(e.to_string()),
-                Some(None) => return Err("watch ended".into()),
-                None => break,
+                Some(Err(e)) => return Err(e.to_string()),
+                None => return Err("watch ended".into()),
             }
         }
         let durable = last_durable.elapsed() >= DURABLE_EVERY;
