@@ -8,7 +8,8 @@
 # HTTP port uploads a module, seals a resource secret that a node opens, runs
 # a sync operation, a command over SSH on the example host, a hostile module that must reach nothing of the node it
 # runs on (as tests/tests/isolation.rs, in the containers) while an innocent
-# one runs beside it, and a keyed monitor, kills the lead's container, checks the
+# one runs beside it, SIGKILLs a node's driver spawner under a driver (no
+# zombie may be left), runs a keyed monitor, kills the lead's container, checks the
 # monitor resumed with every event exactly once, that NATS refuses anonymous
 # clients and that no service was refused a subject, then removes everything
 # (`down -v`). docker-compose.ha.yml is validated (`config -q`), not started.
@@ -204,11 +205,12 @@ echo "compose-test: a resource secret sealed by management opened on a node"
 # victim's bundle is at /data/modules/<its digest> there.
 mkdir -p "$work/victim/bin" "$work/hostile/bin"
 cat >"$work/victim/module.json" <<'JSON'
-{"name": "victim", "version": "1.0.0", "entrypoint": "bin/run", "operations": {"run": {"kind": "sync"}}}
+{"name": "victim", "version": "1.0.0", "entrypoint": "bin/run", "operations": {"run": {"kind": "sync"}, "hold": {"kind": "sync", "retries": 0}}}
 JSON
 cat >"$work/victim/bin/run" <<'SH'
 #!/bin/sh
 cat >/dev/null
+[ "$1" = hold ] && exec sleep 600
 echo '{"type":"result","data":"fine"}'
 SH
 cat >"$work/hostile/module.json" <<'JSON'
@@ -225,7 +227,7 @@ param() { printf '%s' "$input" | jq -r ".params.$1"; }
 ls /proc/self/fd > "$HOME/fds"
 uid=$(id -u)
 hold=$(param hold_s)
-node_pid=$(param node_pid)
+node_pid=$(param "node_pids[\"$ZF_NODE_ID\"]")
 bundle=$(cd "$(dirname "$0")/.." && pwd)
 report="$HOME/report"
 try() { # name command...
@@ -308,16 +310,18 @@ done
 # Everything the attack goes for is there on every node (a denial must not
 # be for want of a target).
 for n in 1 2 3; do
-  dc exec -T "node-$n" sh -c 'test -s /data/node.redb && test -s /run/zf-secrets/secrets.key && test -s /run/zf-nats/password && test -s "/data/modules/$1/module.json" && [ "$(cat /proc/1/comm)" = zf-agent-node ]' sh "$victim_digest" ||
-    fail "node-$n lacks a target of the attack (redb, secrets key, NATS password, the victim's bundle, or the node as pid 1)"
+  dc exec -T "node-$n" sh -c 'test -s /data/node.redb && test -s /run/zf-secrets/secrets.key && test -s /run/zf-nats/password && test -s "/data/modules/$1/module.json" && [ "$(cat /proc/1/comm)" = docker-init ] && node=$(cat /proc/1/task/1/children) && [ "$(cat "/proc/${node%% *}/comm")" = zf-agent-node ]' sh "$victim_digest" ||
+    fail "node-$n lacks a target of the attack (redb, secrets key, NATS password, the victim's bundle, or the node as the only child of the container's init)"
 done
+# Each node's pid in its container (the only child of docker-init).
+node_pids=$(for n in 1 2 3; do printf '{"node-%s": %s}\n' "$n" "$(dc exec -T "node-$n" cat /proc/1/task/1/children | tr -d '[:space:]')"; done | jq -sc add)
 echo "compose-test: the victim's bundle is unpacked on every node ($runs runs); nodes report sandbox: $(curl -sf "$api/v1/cluster" | jq -r '[.nodes[] | "\(.id)=\(.sandbox)"] | sort | join(" ")')"
 dc logs --no-color node-1 node-2 node-3 2>&1 | grep -E 'Landlock|PID namespace' | sed -E 's/^([^ |]+)[ |]+.*(WARN|INFO)/\1 \2/' | cut -c1-200 | sort -u | sed 's/^/compose-test:   log: /' || true
 
-params=$(jq -nc --arg other "/data/modules/$victim_digest" --arg cluster "$cluster" \
+params=$(jq -nc --arg other "/data/modules/$victim_digest" --arg cluster "$cluster" --argjson node_pids "$node_pids" \
   '{store: "/data/node.redb", secrets_key: "/run/zf-secrets/secrets.key", nats_auth: "/run/zf-nats",
     nats_password: "/run/zf-nats/password", modules: "/data/modules", other_bundle: $other,
-    cluster: $cluster, other_node: "node-2", nats: "nats:4222", node_pid: 1, hold_s: 8}')
+    cluster: $cluster, other_node: "node-2", nats: "nats:4222", node_pids: $node_pids, hold_s: 8}')
 curl -s -o "$work/attack.json" -w '%{http_code}' "$api/v1/operations" -H 'content-type: application/json' \
   -d "{\"module\": \"hostile\", \"operation\": \"attack\", \"params\": $params}" >"$work/attack.code" &
 attack_call=$!
@@ -364,8 +368,8 @@ left_by_driver() {
     done; true' sh "$uid"
 }
 # Not even as zombies: the driver's shim is the subreaper of all it started
-# and reaps them (the node, pid 1 of its container, reaps nothing it did not
-# start), so no later driver in that uid finds its process limit used up.
+# and reaps them (the node reaps nothing it did not start), so no later
+# driver in that uid finds its process limit used up.
 bomb_gone() { left=$(left_by_driver) && [ -z "$(tr -d '[:space:]' <<<"$left")" ]; }
 wait_for 10 "the fork bomb's processes (uid $uid) on $node to be gone with their driver, zombies included" bomb_gone
 for n in 1 2 3; do
@@ -375,6 +379,34 @@ wait_for 30 "three nodes up and a lead after the attack" cluster_ready
 run_victim "an innocent operation after the attack"
 echo "compose-test: uid $uid, descriptors 0 1 2 3, fork bomb stopped after $forks processes; innocent operations ran beside it; all nodes up"
 echo "compose-test: a hostile module reached nothing of the node (sandbox: $sandbox)"
+
+# A node's driver spawner SIGKILLed under a driver: the driver's shim dies
+# with it, an orphan of the container, and the container's init reaps it
+# (the node reaps only its own children). No zombie is left, the operation
+# fails, and the next driver starts under a new spawner.
+hold=$(curl -sf "$api/v1/operations?wait=false" -H 'content-type: application/json' \
+  -d '{"module": "victim", "operation": "hold"}' | jq -r .id)
+hold_running() { hold_node=$(curl -sf "$api/v1/operations/$hold" | jq -er 'select(.state == "running") | .attempts[-1].node'); }
+wait_for 30 "the hold operation to run" hold_running
+hold_running
+hold_node_pid=$(jq -r --arg node "$hold_node" '.[$node]' <<<"$node_pids")
+# The spawner: the node's child named zf-driver-shim (the shims it forks
+# have its name too, but it is their parent).
+spawner_of() {
+  dc exec -T "$hold_node" sh -c 'for d in /proc/[0-9]*; do
+      [ "$(cat "$d/comm" 2>/dev/null)" = zf-driver-shim ] && grep -q "^PPid:[[:space:]]*$1\$" "$d/status" 2>/dev/null && echo "${d#/proc/}"
+    done; true' sh "$hold_node_pid"
+}
+spawner=$(spawner_of)
+[ -n "$spawner" ] || fail "no driver spawner under the node (pid $hold_node_pid) on $hold_node"
+dc exec -T "$hold_node" kill -9 "$spawner"
+hold_failed() { [ "$(curl -sf "$api/v1/operations/$hold" | jq -r .state)" = failed ]; }
+wait_for 30 "the hold operation to fail once its spawner on $hold_node was killed" hold_failed
+zombies_on() { dc exec -T "$1" sh -c 'grep -l "^State:[[:space:]]*Z" /proc/[0-9]*/status 2>/dev/null; true'; }
+no_zombies() { [ -z "$(zombies_on "$hold_node")" ]; }
+wait_for 10 "no zombie left in $hold_node's container after its spawner was killed" no_zombies
+for i in 1 2 3; do run_victim "an operation after a spawner was killed"; done
+echo "compose-test: the driver spawner on $hold_node (pid $spawner) killed under a driver: the operation failed, no zombie was left, and the next drivers ran"
 
 total=300
 op=$(curl -sf "$api/v1/operations" -H 'content-type: application/json' \
