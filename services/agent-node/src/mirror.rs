@@ -27,7 +27,7 @@ use crate::store::{Change, Mirrored, Stamped, Store};
 /// How long a mirror waits after a change for more to commit with it.
 const COALESCE: Duration = Duration::from_millis(5);
 /// Largest number of changes committed in one redb transaction.
-const MAX_BATCH: usize = 2048;
+pub const MAX_BATCH: usize = 2048;
 /// How often a batch is committed with an fsync; the ones between skip it,
 /// which bounds what a crash makes the node replay.
 const DURABLE_EVERY: Duration = Duration::from_secs(1);

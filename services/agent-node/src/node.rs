@@ -103,9 +103,11 @@ async fn serve(
     let lapse = Duration::from_millis(args.lapse_ms);
 
     let mut tasks = tokio::task::JoinSet::new();
-    let (changes_tx, changes) = tokio::sync::broadcast::channel(4096);
+    // A mirror announces a whole batch at once: each channel holds two.
+    let capacity = 2 * crate::mirror::MAX_BATCH;
+    let (changes_tx, changes) = tokio::sync::broadcast::channel(capacity);
     let changes_tx_for_owners = changes_tx.clone();
-    let (resource_changes_tx, resource_changes) = tokio::sync::broadcast::channel(1024);
+    let (resource_changes_tx, resource_changes) = tokio::sync::broadcast::channel(capacity);
     tasks.spawn(
         crate::mirror::follow(
             assets.contexts.clone(),

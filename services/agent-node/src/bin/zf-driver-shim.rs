@@ -31,7 +31,6 @@ mod shim_spec;
 mod spawner;
 
 use std::convert::Infallible;
-use std::os::fd::BorrowedFd;
 use std::os::unix::process::CommandExt;
 use std::process::ExitCode;
 
@@ -261,16 +260,16 @@ fn in_own_pid_namespace(
 /// same namespace as [`in_own_pid_namespace`] does, without an outer shim:
 /// this process is the spawner's child (the pid the node and watchdog
 /// know, leader of the driver's group) and the namespace's init at once.
-/// `spawner` is a pidfd for the spawner: in its own namespace this process
-/// has no parent pid to check.
 fn start_as_namespace_init(
     spec: &ShimSpec,
     env: &[(String, String)],
-    spawner: BorrowedFd<'_>,
 ) -> Result<Infallible, String> {
     nix::sys::prctl::set_pdeathsig(Signal::SIGKILL)
         .map_err(|e| format!("cannot ask to die with the spawner: {e}"))?;
-    if has_ended(spawner)? {
+    // getppid() is 0 in a namespace of its own; the /proc still mounted
+    // here is the spawner's, and its PPid is the one the kernel changes
+    // (before it sends the death signal) when the parent dies.
+    if parent_in_outer_proc()? != spec.parent {
         return Err("the spawner that forked this shim is gone".into());
     }
     nix::unistd::setsid().map_err(|e| format!("cannot start a session: {e}"))?;
@@ -281,13 +280,15 @@ fn start_as_namespace_init(
     namespace_init(spec, Some(env))
 }
 
-/// Whether the process behind `pidfd` has ended.
-fn has_ended(pidfd: BorrowedFd<'_>) -> Result<bool, String> {
-    use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
-    let mut fds = [PollFd::new(pidfd, PollFlags::POLLIN)];
-    poll(&mut fds, PollTimeout::ZERO)
-        .map(|ready| ready > 0)
-        .map_err(|e| format!("cannot check on the spawner: {e}"))
+/// This process's parent as the mounted /proc shows it (`PPid:`).
+fn parent_in_outer_proc() -> Result<i32, String> {
+    let status = std::fs::read_to_string("/proc/self/status")
+        .map_err(|e| format!("cannot read /proc/self/status: {e}"))?;
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix("PPid:"))
+        .and_then(|pid| pid.trim().parse().ok())
+        .ok_or_else(|| "no PPid in /proc/self/status".to_string())
 }
 
 /// The namespace's init (pid 1): mounts the namespace's /proc, forks the
@@ -378,27 +379,42 @@ fn exit_as(child: nix::unistd::Pid) -> Result<Infallible, String> {
     }
 }
 
-/// `--probe-pid-namespace`: whether this machine lets the shim make a PID
-/// namespace with its own /proc (root, and a container allowing mounts).
+/// `--probe-pid-namespace`: whether this machine lets the spawner give a
+/// driver a PID namespace with its own /proc (root, and a container allowing
+/// mounts), the way it does: a new PID namespace for its next child, then
+/// back to its own; in the child, a mount namespace and a /proc.
 fn probe_pid_namespace() -> ExitCode {
-    use nix::sched::{unshare, CloneFlags};
+    use nix::sched::{setns, unshare, CloneFlags};
     use nix::unistd::{fork, ForkResult};
-    if let Err(e) = unshare(CloneFlags::CLONE_NEWPID | CloneFlags::CLONE_NEWNS) {
+    let own = match std::fs::File::open("/proc/self/ns/pid") {
+        Ok(own) => own,
+        Err(e) => return fail(&format!("cannot open its own PID namespace: {e}")),
+    };
+    if let Err(e) = unshare(CloneFlags::CLONE_NEWPID) {
         return fail(&format!("no PID namespace: {e}"));
     }
     // SAFETY: this process has one thread.
     match unsafe { fork() } {
-        Ok(ForkResult::Child) => match mount_own_proc() {
-            Ok(()) => std::process::exit(0),
-            Err(e) => {
-                eprintln!("zf-driver-shim: {e}");
-                std::process::exit(i32::from(CANNOT_START))
+        Ok(ForkResult::Child) => {
+            match unshare(CloneFlags::CLONE_NEWNS)
+                .map_err(|e| format!("no mount namespace: {e}"))
+                .and_then(|()| mount_own_proc())
+            {
+                Ok(()) => std::process::exit(0),
+                Err(e) => {
+                    eprintln!("zf-driver-shim: {e}");
+                    std::process::exit(i32::from(CANNOT_START))
+                }
             }
-        },
-        Ok(ForkResult::Parent { child }) => match nix::sys::wait::waitpid(child, None) {
-            Ok(nix::sys::wait::WaitStatus::Exited(_, 0)) => ExitCode::SUCCESS,
-            _ => ExitCode::from(CANNOT_START),
-        },
+        }
+        Ok(ForkResult::Parent { child }) => {
+            let back = setns(&own, CloneFlags::CLONE_NEWPID);
+            match (back, nix::sys::wait::waitpid(child, None)) {
+                (Err(e), _) => fail(&format!("cannot return to its own PID namespace: {e}")),
+                (Ok(()), Ok(nix::sys::wait::WaitStatus::Exited(_, 0))) => ExitCode::SUCCESS,
+                (Ok(()), _) => ExitCode::from(CANNOT_START),
+            }
+        }
         Err(e) => fail(&format!("cannot fork: {e}")),
     }
 }

@@ -57,7 +57,7 @@ fn serve_until_the_node_is_gone(node: Option<String>) -> Result<(), String> {
         .map_err(|e| format!("cannot block SIGCHLD: {e}"))?;
     let children = SignalFd::with_flags(&sigchld, SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC)
         .map_err(|e| format!("cannot watch for children: {e}"))?;
-    let namespaces = Namespaces::open()?;
+    let namespaces = Namespaces::open();
     // SAFETY: fd 0 is this process's stdin, open for its whole life.
     let socket = unsafe { BorrowedFd::borrow_raw(NODE) };
     let mut buffer = vec![0u8; MAX_SPAWN_REQUEST];
@@ -133,24 +133,16 @@ fn serve_one(
 }
 
 /// What this spawner needs to fork a shim straight into a PID namespace of
-/// its own: itself as a pidfd (which such a shim checks, having no parent
-/// pid in its namespace) and its own PID namespace, to come back to after
-/// each such fork.
+/// its own: its own PID namespace, to come back to after each such fork.
 struct Namespaces {
-    spawner: OwnedFd,
     own_pid_namespace: Result<std::fs::File, String>,
 }
 
 impl Namespaces {
-    fn open() -> Result<Self, String> {
-        let spawner = pidfd_open(nix::unistd::getpid())
-            .map_err(|e| format!("cannot hold itself by a pidfd: {e}"))?;
+    fn open() -> Self {
         let own_pid_namespace = std::fs::File::open("/proc/self/ns/pid")
             .map_err(|e| format!("cannot open this spawner's PID namespace: {e}"));
-        Ok(Self {
-            spawner,
-            own_pid_namespace,
-        })
+        Self { own_pid_namespace }
     }
 }
 
@@ -193,12 +185,17 @@ fn start_shim(
     let forked = unsafe { fork() };
     if let (Some(own), Ok(ForkResult::Parent { .. }) | Err(_)) = (own_pid_namespace, &forked) {
         // Children after this one start in this process's own namespace
-        // again (and a later unshare may make another).
-        nix::sched::setns(own, CloneFlags::CLONE_NEWPID).map_err(|e| {
-            StartError::Broken(format!(
+        // again (and a later unshare may make another). The node's probe
+        // checked that this works; should it fail now, every later fork
+        // would, and this spawner ends (the node starts another).
+        if let Err(e) = nix::sched::setns(own, CloneFlags::CLONE_NEWPID) {
+            if let Ok(ForkResult::Parent { child }) = forked {
+                let _ = nix::sys::signal::kill(child, Signal::SIGKILL);
+            }
+            return Err(StartError::Broken(format!(
                 "cannot return to its own PID namespace after a fork: {e}"
-            ))
-        })?;
+            )));
+        }
     }
     match forked.map_err(|e| StartError::Refused(format!("cannot fork a shim: {e}")))? {
         ForkResult::Parent { child } => {
@@ -217,8 +214,7 @@ fn start_shim(
             // Never back into the spawner's frames: not by returning, not
             // by unwinding.
             let message = match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                let spawner = own_pid_namespace.map(|_| namespaces.spawner.as_fd());
-                become_shim(request, &spec, stdio, spawner)
+                become_shim(request, &spec, stdio, own_pid_namespace.is_some())
             })) {
                 Ok(Err(message)) => message,
                 Err(_) => "the shim panicked while setting up".to_string(),
@@ -245,12 +241,12 @@ fn pidfd_open(pid: Pid) -> std::io::Result<OwnedFd> {
 
 /// In the forked child: takes the driver's stdio and directory, undoes what
 /// only the spawner wants, and goes on as a shim; as the init of its own
-/// PID namespace when it was forked into one (`spawner` is then given).
+/// PID namespace when it was forked into one.
 fn become_shim(
     request: &SpawnRequest,
     spec: &ShimSpec,
     stdio: [OwnedFd; 3],
-    spawner: Option<BorrowedFd<'_>>,
+    namespace_init: bool,
 ) -> Result<Infallible, String> {
     let [stdin, stdout, stderr] = stdio;
     nix::unistd::dup2_stdin(&stdin)
@@ -263,9 +259,10 @@ fn become_shim(
         .map_err(|e| format!("cannot unblock signals: {e}"))?;
     nix::unistd::chdir(&request.dir)
         .map_err(|e| format!("cannot enter {}: {e}", request.dir.display()))?;
-    match spawner {
-        Some(spawner) => super::start_as_namespace_init(spec, &request.env, spawner),
-        None => super::start(spec, Some(&request.env)),
+    if namespace_init {
+        super::start_as_namespace_init(spec, &request.env)
+    } else {
+        super::start(spec, Some(&request.env))
     }
 }
 
