@@ -9,7 +9,7 @@ nats=$(scripts/install-deps.sh | tail -n 1)
 export ZF_NATS_SERVER="$nats"
 cargo build --release --bins --quiet
 # Benchmarks keep logs quiet: logging every operation would be measured too.
-# The one exception is the services' phase timings of a sync operation (three
+# The one exception is the services' phase timings of a sync operation (four
 # lines per operation), which the sync scenario reports.
 export ZF_TEST_LOG=${ZF_TEST_LOG:-warn,zerofoot::timing=debug}
 # Figures are measured with every JetStream write synced to disk (SPEC §12).
