@@ -554,6 +554,18 @@ pub mod tests {
             .unwrap_or(true)
     }
 
+    /// The driver's first line, and its stdout still open for the rest.
+    async fn first_line(
+        driver: &mut DriverProcess,
+    ) -> (String, tokio::io::BufReader<pipe::Receiver>) {
+        let mut stdout = tokio::io::BufReader::new(driver.stdout.take().expect("stdout"));
+        let mut first = String::new();
+        tokio::io::AsyncBufReadExt::read_line(&mut stdout, &mut first)
+            .await
+            .expect("the driver's first line");
+        (first, stdout)
+    }
+
     /// Runs `test`, failing it if it hangs (a pipe end left open would).
     async fn within_a_minute(what: &str, test: impl std::future::Future<Output = ()>) {
         tokio::time::timeout(std::time::Duration::from_secs(60), test)
@@ -626,11 +638,7 @@ pub mod tests {
                 .start(&program, "go", dir.path(), &[], &Sandbox::default())
                 .await
                 .expect("started");
-            let mut stdout = tokio::io::BufReader::new(driver.stdout.take().expect("stdout"));
-            let mut first = String::new();
-            tokio::io::AsyncBufReadExt::read_line(&mut stdout, &mut first)
-                .await
-                .expect("the driver's pid");
+            let (first, _stdout) = first_line(&mut driver).await;
             let driver_pid: i32 = first.trim().parse().expect("a pid");
             let shim_pid = driver.id().as_raw();
             let spawner = spawner_pid(&launcher).await.expect("a spawner runs");
@@ -691,11 +699,7 @@ pub mod tests {
                     .start(&program, "go", dir.path(), &[], &in_namespace)
                     .await
                     .expect("started in a namespace");
-                let mut stdout = tokio::io::BufReader::new(driver.stdout.take().expect("stdout"));
-                let mut first = String::new();
-                tokio::io::AsyncBufReadExt::read_line(&mut stdout, &mut first)
-                    .await
-                    .expect("the driver's first line");
+                let (first, stdout) = first_line(&mut driver).await;
                 // The second driver is pid 2 while the first still is: each
                 // has a namespace of its own, under its own init.
                 assert!(

@@ -225,13 +225,14 @@ async fn follow_once(
         let mut behind = first.delta;
         let mut batch = vec![change_of(&first)];
         // Take whatever else comes within the coalescing window.
-        let until = tokio::time::Instant::now() + COALESCE;
+        let window = tokio::time::sleep(COALESCE);
+        tokio::pin!(window);
         while batch.len() < MAX_BATCH {
             let next = tokio::select! {
                 biased;
                 _ = cancel.cancelled() => return Ok(()),
                 e = watch.next() => e,
-                _ = tokio::time::sleep_until(until) => break,
+                _ = &mut window => break,
             };
             match next {
                 Some(Ok(entry)) => {

@@ -26,6 +26,23 @@ struct Figure {
     meets_target: Option<bool>,
 }
 
+impl Figure {
+    /// A figure in ms with no target of its own, next to the p50 of a bare
+    /// spawn of the benchmark's driver.
+    fn against_bare_p50(figure: String, value: f64, bare_p50: f64) -> Self {
+        Self {
+            figure,
+            value,
+            unit: "ms",
+            baseline: Some(bare_p50),
+            baseline_what: Some("bare spawn of the same driver, p50".into()),
+            ratio: Some(value / bare_p50),
+            target: "-",
+            meets_target: None,
+        }
+    }
+}
+
 struct Sizes {
     latency_ops: usize,
     clients: usize,
@@ -200,29 +217,19 @@ fn floor_figures(raw: &RawCosts, bare_p50: f64, figures: &mut Vec<Figure>) {
     for (what, samples) in parts {
         let value = percentile(samples, 50.0);
         floor += value;
-        figures.push(Figure {
-            figure: format!("raw cost: {what}"),
+        figures.push(Figure::against_bare_p50(
+            format!("raw cost: {what}"),
             value,
-            unit: "ms",
-            baseline: Some(bare_p50),
-            baseline_what: Some("bare spawn of the same driver, p50".into()),
-            ratio: Some(value / bare_p50),
-            target: "-",
-            meets_target: None,
-        });
+            bare_p50,
+        ));
     }
-    figures.push(Figure {
-        figure: "floor of a sync op through HTTP: bare spawn + HTTP + NATS round trip + \
-                 one synced write, p50 each"
+    figures.push(Figure::against_bare_p50(
+        "floor of a sync op through HTTP: bare spawn + HTTP + NATS round trip + \
+         one synced write, p50 each"
             .into(),
-        value: floor,
-        unit: "ms",
-        baseline: Some(bare_p50),
-        baseline_what: Some("bare spawn of the same driver, p50".into()),
-        ratio: Some(floor / bare_p50),
-        target: "-",
-        meets_target: None,
-    });
+        floor,
+        bare_p50,
+    ));
 }
 
 async fn spawn_and_feed(command: &mut tokio::process::Command) {
@@ -331,31 +338,17 @@ async fn sync_operations(sizes: &Sizes, figures: &mut Vec<Figure>) {
         "the same driver through zf-driver-shim exec'd for it, confined (PID namespace with its own /proc, Landlock), p50",
     ]) {
         let value = percentile(&sorted_ms(samples), 50.0);
-        figures.push(Figure {
-            figure: what.into(),
-            value,
-            unit: "ms",
-            baseline: Some(bare_p50),
-            baseline_what: Some("bare spawn of the same driver, p50".into()),
-            ratio: Some(value / bare_p50),
-            target: "-",
-            meets_target: None,
-        });
+        figures.push(Figure::against_bare_p50(what.into(), value, bare_p50));
     }
     floor_figures(&raw, bare_p50, figures);
     // Where the single client's time went: the services' own timings of
     // each phase (debug events of target zerofoot::timing), median of each.
     for (phase, median_ms) in timing_medians(&logs, &log_starts) {
-        figures.push(Figure {
-            figure: format!("sync op, 1 client, phase `{phase}`, median"),
-            value: median_ms,
-            unit: "ms",
-            baseline: Some(bare_p50),
-            baseline_what: Some("bare spawn of the same driver, p50".into()),
-            ratio: Some(median_ms / bare_p50),
-            target: "-",
-            meets_target: None,
-        });
+        figures.push(Figure::against_bare_p50(
+            format!("sync op, 1 client, phase `{phase}`, median"),
+            median_ms,
+            bare_p50,
+        ));
     }
 
     let total = sizes.clients * sizes.ops_per_client;

@@ -13,8 +13,8 @@
 //! - it keeps no file descriptor but stdin, stdout and stderr;
 //! - where the node can, it gives the driver a PID namespace of its own
 //!   with its own /proc: the spawner forks the shim into a new namespace
-//!   as its init (`start_as_namespace_init`); a shim exec'd for one driver
-//!   makes the namespace and forks its init (`in_own_pid_namespace`);
+//!   as its init (`namespace_init`); a shim exec'd for one driver makes the
+//!   namespace and forks its init (`in_own_pid_namespace`);
 //! - it sets the resource limits, drops to the driver's user and group, and
 //!   confines the filesystem with Landlock (and signals to its own domain);
 //! - then its child execs the driver.
@@ -60,7 +60,7 @@ fn main() -> ExitCode {
         Some(Err(e)) => return fail(&format!("unreadable driver spec: {e}")),
         None => return fail("no driver spec given; the agent node starts this program"),
     };
-    match start(&spec, None) {
+    match start(&spec, None, false) {
         Ok(never) => match never {},
         Err(message) => fail(&message),
     }
@@ -73,17 +73,37 @@ fn fail(message: &str) -> ExitCode {
 
 /// Sets this process up as the driver's shim and starts the driver, with
 /// exactly `env` when given (else this process's own environment).
-fn start(spec: &ShimSpec, env: Option<&[(String, String)]>) -> Result<Infallible, String> {
+/// `forked_as_init`: the spawner forked this process into a PID namespace of
+/// its own, as its init, so it sets up the rest of the namespace itself;
+/// otherwise a driver that needs one gets it through `in_own_pid_namespace`.
+fn start(
+    spec: &ShimSpec,
+    env: Option<&[(String, String)]>,
+    forked_as_init: bool,
+) -> Result<Infallible, String> {
     // Dies with its parent (the spawner, or the node's runtime thread that
     // spawned it, which lives as long as the node); the watchdog covers the
     // rest.
     nix::sys::prctl::set_pdeathsig(Signal::SIGKILL)
         .map_err(|e| format!("cannot ask to die with its parent: {e}"))?;
-    if nix::unistd::getppid().as_raw() != spec.parent {
+    // getppid() is 0 in a namespace of its own; the /proc still mounted
+    // there is the spawner's, and its PPid is the one the kernel changes
+    // (before it sends the death signal) when the parent dies.
+    let parent = match forked_as_init {
+        true => parent_in_outer_proc()?,
+        false => nix::unistd::getppid().as_raw(),
+    };
+    if parent != spec.parent {
         return Err("the process that started this shim (the node's spawner) is gone".into());
     }
     nix::unistd::setsid().map_err(|e| format!("cannot start a session: {e}"))?;
     close_inherited_descriptors()?;
+    if forked_as_init {
+        nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNS)
+            .map_err(|e| format!("cannot make a mount namespace: {e}"))?;
+        ignore_stop_signals();
+        return namespace_init(spec, env);
+    }
     if spec.sandbox.pid_namespace {
         return in_own_pid_namespace(spec, env);
     }
@@ -256,30 +276,6 @@ fn in_own_pid_namespace(
     }
 }
 
-/// Sets up, as pid 1 of a PID namespace the spawner forked it into, the
-/// same namespace as [`in_own_pid_namespace`] does, without an outer shim:
-/// this process is the spawner's child (the pid the node and watchdog
-/// know, leader of the driver's group) and the namespace's init at once.
-fn start_as_namespace_init(
-    spec: &ShimSpec,
-    env: &[(String, String)],
-) -> Result<Infallible, String> {
-    nix::sys::prctl::set_pdeathsig(Signal::SIGKILL)
-        .map_err(|e| format!("cannot ask to die with the spawner: {e}"))?;
-    // getppid() is 0 in a namespace of its own; the /proc still mounted
-    // here is the spawner's, and its PPid is the one the kernel changes
-    // (before it sends the death signal) when the parent dies.
-    if parent_in_outer_proc()? != spec.parent {
-        return Err("the spawner that forked this shim is gone".into());
-    }
-    nix::unistd::setsid().map_err(|e| format!("cannot start a session: {e}"))?;
-    close_inherited_descriptors()?;
-    nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNS)
-        .map_err(|e| format!("cannot make a mount namespace: {e}"))?;
-    ignore_stop_signals();
-    namespace_init(spec, Some(env))
-}
-
 /// This process's parent as the mounted /proc shows it (`PPid:`).
 fn parent_in_outer_proc() -> Result<i32, String> {
     let status = std::fs::read_to_string("/proc/self/status")
@@ -292,7 +288,9 @@ fn parent_in_outer_proc() -> Result<i32, String> {
 }
 
 /// The namespace's init (pid 1): mounts the namespace's /proc, forks the
-/// driver (pid 2) and reaps until it ends, then ends as it did.
+/// driver (pid 2) and reaps until it ends, then ends as it did. The shim
+/// the spawner forked into the namespace is this init itself (one process
+/// fewer per driver); a shim exec'd for one driver forks it.
 fn namespace_init(spec: &ShimSpec, env: Option<&[(String, String)]>) -> Result<Infallible, String> {
     use nix::unistd::{fork, ForkResult};
     mount_own_proc()?;

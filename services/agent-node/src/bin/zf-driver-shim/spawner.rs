@@ -57,7 +57,9 @@ fn serve_until_the_node_is_gone(node: Option<String>) -> Result<(), String> {
         .map_err(|e| format!("cannot block SIGCHLD: {e}"))?;
     let children = SignalFd::with_flags(&sigchld, SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC)
         .map_err(|e| format!("cannot watch for children: {e}"))?;
-    let namespaces = Namespaces::open();
+    // Its own PID namespace, to come back to after each fork into a new one.
+    let own_pid_namespace = std::fs::File::open("/proc/self/ns/pid")
+        .map_err(|e| format!("cannot open this spawner's PID namespace: {e}"));
     // SAFETY: fd 0 is this process's stdin, open for its whole life.
     let socket = unsafe { BorrowedFd::borrow_raw(NODE) };
     let mut buffer = vec![0u8; MAX_SPAWN_REQUEST];
@@ -77,7 +79,7 @@ fn serve_until_the_node_is_gone(node: Option<String>) -> Result<(), String> {
             while let Ok(Some(_)) = children.read_signal() {}
             reap_and_report(&mut shims)?;
         }
-        if request_ready && !serve_one(&mut buffer, &mut shims, &namespaces)? {
+        if request_ready && !serve_one(&mut buffer, &mut shims, &own_pid_namespace)? {
             return Ok(());
         }
     }
@@ -88,7 +90,7 @@ fn serve_until_the_node_is_gone(node: Option<String>) -> Result<(), String> {
 fn serve_one(
     buffer: &mut [u8],
     shims: &mut HashSet<i32>,
-    namespaces: &Namespaces,
+    own_pid_namespace: &Result<std::fs::File, String>,
 ) -> Result<bool, String> {
     let Datagram {
         bytes,
@@ -118,7 +120,7 @@ fn serve_one(
                 fds.len()
             ),
         },
-        (Ok(request), Ok(stdio)) => match start_shim(&request, stdio, namespaces) {
+        (Ok(request), Ok(stdio)) => match start_shim(&request, stdio, own_pid_namespace) {
             Ok((pid, pidfd)) => {
                 shims.insert(pid.as_raw());
                 send(&SpawnReply::Started { pid: pid.as_raw() }, Some(&pidfd))?;
@@ -130,20 +132,6 @@ fn serve_one(
     };
     send(&reply, None)?;
     Ok(true)
-}
-
-/// What this spawner needs to fork a shim straight into a PID namespace of
-/// its own: its own PID namespace, to come back to after each such fork.
-struct Namespaces {
-    own_pid_namespace: Result<std::fs::File, String>,
-}
-
-impl Namespaces {
-    fn open() -> Self {
-        let own_pid_namespace = std::fs::File::open("/proc/self/ns/pid")
-            .map_err(|e| format!("cannot open this spawner's PID namespace: {e}"));
-        Self { own_pid_namespace }
-    }
 }
 
 enum StartError {
@@ -161,7 +149,7 @@ enum StartError {
 fn start_shim(
     request: &SpawnRequest,
     stdio: [OwnedFd; 3],
-    namespaces: &Namespaces,
+    own_pid_namespace: &Result<std::fs::File, String>,
 ) -> Result<(Pid, OwnedFd), StartError> {
     use nix::sched::CloneFlags;
     let spec = ShimSpec {
@@ -170,7 +158,7 @@ fn start_shim(
         args: request.args.clone(),
         sandbox: request.sandbox.clone(),
     };
-    let own_pid_namespace = match (&namespaces.own_pid_namespace, spec.sandbox.pid_namespace) {
+    let own_pid_namespace = match (own_pid_namespace, spec.sandbox.pid_namespace) {
         (_, false) => None,
         (Ok(own), true) => Some(own),
         (Err(e), true) => return Err(StartError::Refused(e.clone())),
@@ -246,7 +234,7 @@ fn become_shim(
     request: &SpawnRequest,
     spec: &ShimSpec,
     stdio: [OwnedFd; 3],
-    namespace_init: bool,
+    forked_as_init: bool,
 ) -> Result<Infallible, String> {
     let [stdin, stdout, stderr] = stdio;
     nix::unistd::dup2_stdin(&stdin)
@@ -259,11 +247,7 @@ fn become_shim(
         .map_err(|e| format!("cannot unblock signals: {e}"))?;
     nix::unistd::chdir(&request.dir)
         .map_err(|e| format!("cannot enter {}: {e}", request.dir.display()))?;
-    if namespace_init {
-        super::start_as_namespace_init(spec, &request.env)
-    } else {
-        super::start(spec, Some(&request.env))
-    }
+    super::start(spec, Some(&request.env), forked_as_init)
 }
 
 /// Reaps every ended child, and tells the node how each shim ended.
